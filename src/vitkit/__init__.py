@@ -1,0 +1,7 @@
+"""vitkit: Vision Transformers as in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021)."""
+
+from .config import ViTConfig, variant, variant_names
+from .model import ViT
+
+__all__ = ["ViT", "ViTConfig", "variant", "variant_names"]
+__version__ = "0.1.0"

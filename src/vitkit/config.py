@@ -1,0 +1,136 @@
+"""Model configuration: one small dataclass plus the named variants of the paper's Table 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+PosEmbed = Literal["learn", "sincos2d", "none"]
+Pool = Literal["cls", "mean"]
+Gelu = Literal["exact", "tanh"]
+Stem = Literal["patch", "conv"]
+
+
+@dataclass
+class ViTConfig:
+    """Everything that fixes a ViT's architecture; the names follow the paper."""
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_size: int = 3072
+    num_classes: int = 1000
+    representation_size: int | None = None  # tanh pre-logits layer of the pre-training head
+    pos_embed: PosEmbed = "learn"  # learnable 1D (paper default), fixed 2D sin-cos, or none
+    pool: Pool = "cls"  # class token, or global average of the patch tokens
+    class_token: bool = True
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth at the last block; linear from 0 over depth
+    layer_norm_eps: float = 1e-6
+    gelu: Gelu = "exact"  # "tanh" is the approximation used by the official JAX code
+    qkv_bias: bool = True
+    stem: Stem = "patch"  # "conv": the paper's hybrid input, a small conv stem before the patches
+    stem_channels: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True")
+        if self.pos_embed == "sincos2d" and self.hidden_size % 4:
+            raise ValueError(
+                f"2D sin-cos position embeddings need hidden_size % 4 == 0, got {self.hidden_size}"
+            )
+        h, w = self.image_hw
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}x{w} is not a multiple of patch size {self.patch_size}")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.image_hw
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def replace(self, **changes) -> ViTConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["image_size"], tuple):
+            d["image_size"] = list(d["image_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+# Paper Table 1 (B, L, H) plus the widely used Ti and S (DeiT): (hidden, layers, mlp, heads).
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+PATCH_SIZES = (8, 14, 16, 32)
+# Parameter counts printed in the paper's Table 1 (millions, rounded there).
+PAPER_PARAMS_M = {"B": 86, "L": 307, "H": 632}
+
+_NAME = re.compile(r"^(Ti|S|B|L|H)/(\d+)$")
+
+
+def variant(name: str, **overrides) -> ViTConfig:
+    """Config for a named variant such as "B/16" or "Ti/16"; keyword overrides win.
+
+    >>> variant("B/16").hidden_size
+    768
+    """
+    m = _NAME.match(name.strip())
+    if not m:
+        raise ValueError(
+            f"unknown variant {name!r}: expected <size>/<patch> with size in "
+            f"{', '.join(VARIANTS)} (for example 'B/16')"
+        )
+    size, patch = m.group(1), int(m.group(2))
+    hidden, layers, mlp, heads = VARIANTS[size]
+    base = dict(
+        patch_size=patch, hidden_size=hidden, num_layers=layers, mlp_size=mlp, num_heads=heads
+    )
+    base.update(overrides)
+    return ViTConfig(**base)
+
+
+def variant_names() -> list[str]:
+    return [f"{s}/{p}" for s in VARIANTS for p in PATCH_SIZES]

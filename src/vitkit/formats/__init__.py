@@ -1,0 +1,1 @@
+"""Checkpoint formats of other ViT libraries: key mappings to and from vitkit's names."""

@@ -1,0 +1,126 @@
+"""Hugging Face transformers' ViTModel / ViTForImageClassification state dicts and configs.
+
+HF keeps separate query, key and value projections; vitkit fuses them into one qkv matrix.
+The optional pooler (dense + tanh on the class token) is the paper's pre-logits layer.
+Two namings exist: files on disk (and transformers 4 modules) say
+``encoder.layer.N.attention.attention.query``; transformers 5 modules say
+``layers.N.attention.q_proj`` and convert files when they load them. Both are read;
+``to_hf`` writes the file naming unless asked for the module one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# vitkit block suffix -> (file naming, transformers 5 module naming)
+_BLOCK = {
+    "norm1": ("layernorm_before", "layernorm_before"),
+    "attn.proj": ("attention.output.dense", "attention.o_proj"),
+    "norm2": ("layernorm_after", "layernorm_after"),
+    "mlp.fc1": ("intermediate.dense", "mlp.fc1"),
+    "mlp.fc2": ("output.dense", "mlp.fc2"),
+}
+_QKV = (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+        ("attention.q_proj", "attention.k_proj", "attention.v_proj"))
+_LAYERS = ("encoder.layer.", "layers.")
+_TOP = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj": "embeddings.patch_embeddings.projection",
+    "norm": "layernorm",
+    "pre_logits.dense": "pooler.dense",
+}
+
+
+def _split(key: str) -> tuple[str, str]:
+    if key in ("cls_token", "pos_embed", *_TOP.values()):
+        return key, ""
+    name, _, leaf = key.rpartition(".")
+    return name, leaf
+
+
+def to_hf(sd: dict[str, torch.Tensor], prefix: str = "vit.", naming: str = "file"
+          ) -> dict[str, torch.Tensor]:
+    """vitkit state dict -> HF ViTForImageClassification state dict.
+
+    prefix "" gives a bare ViTModel; naming "module" gives transformers 5 module names.
+    """
+    n = {"file": 0, "module": 1}[naming]
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        name, leaf = _split(k)
+        dot_leaf = f".{leaf}" if leaf else ""
+        if k.startswith("blocks."):
+            _, i, rest = name.split(".", 2)
+            base = f"{prefix}{_LAYERS[n]}{i}."
+            if rest == "attn.qkv":
+                for part, t in zip(_QKV[n], v.chunk(3, dim=0), strict=True):
+                    out[f"{base}{part}{dot_leaf}"] = t.clone()
+            elif rest in _BLOCK:
+                out[f"{base}{_BLOCK[rest][n]}{dot_leaf}"] = v
+            else:
+                raise ValueError(f"no Hugging Face ViT key for vitkit key {k!r}")
+        elif name == "head":
+            out[f"classifier{dot_leaf}"] = v
+        elif name in _TOP:
+            out[prefix + _TOP[name] + dot_leaf] = v
+        else:
+            raise ValueError(f"no Hugging Face ViT key for vitkit key {k!r}")
+    return out
+
+
+def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF ViTModel / ViTForImageClassification state dict (either naming, with or without
+    the 'vit.' prefix) -> vitkit state dict."""
+    inv_top = {v: k for k, v in _TOP.items()}
+    inv_block = {hf: ours for ours, names in _BLOCK.items() for hf in names}
+    inv_qkv = {hf: j for names in _QKV for j, hf in enumerate(names)}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    unknown = []
+    for k, v in sd.items():
+        key = k[4:] if k.startswith("vit.") else k
+        name, leaf = _split(key)
+        dot_leaf = f".{leaf}" if leaf else ""
+        layer = next((p for p in _LAYERS if name.startswith(p)), None)
+        if name == "classifier":
+            out["head" + dot_leaf] = v
+        elif name in inv_top:
+            out[inv_top[name] + dot_leaf] = v
+        elif layer:
+            i, rest = name[len(layer):].split(".", 1)
+            if rest in inv_qkv:
+                qkv.setdefault((i, leaf), {})[inv_qkv[rest]] = v
+            elif rest in inv_block:
+                out[f"blocks.{i}.{inv_block[rest]}{dot_leaf}"] = v
+            else:
+                unknown.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f"unexpected keys in Hugging Face ViT checkpoint: {', '.join(unknown[:6])}")
+    for (i, leaf), parts in qkv.items():
+        if len(parts) != 3:
+            raise ValueError(f"layer {i} attention lacks some of query/key/value {leaf}")
+        out[f"blocks.{i}.attn.qkv.{leaf}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    return out
+
+
+def config_to_hf(config) -> dict:
+    """Keyword arguments for transformers.ViTConfig describing the same architecture."""
+    if config.pool != "cls" or config.pos_embed != "learn" or config.stem != "patch":
+        raise ValueError("Hugging Face ViT supports only class-token pooling, learned position "
+                         "embeddings and the plain patch embedding")
+    h, w = config.image_hw
+    if h != w:
+        raise ValueError(f"Hugging Face ViT needs a square image size, got {h}x{w}")
+    return dict(
+        image_size=h, patch_size=config.patch_size, num_channels=config.num_channels,
+        hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, intermediate_size=config.mlp_size,
+        hidden_act="gelu" if config.gelu == "exact" else "gelu_pytorch_tanh",
+        layer_norm_eps=config.layer_norm_eps, qkv_bias=config.qkv_bias,
+        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
+        num_labels=config.num_classes,
+        pooler_output_size=config.representation_size or config.hidden_size, pooler_act="tanh",
+    )

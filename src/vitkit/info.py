@@ -1,0 +1,62 @@
+"""Size and cost of the named variants, computed from the models themselves."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import PAPER_PARAMS_M, VARIANTS, ViTConfig, variant
+from .model import ViT
+
+
+def forward_macs(config: ViTConfig) -> int:
+    """Multiply-accumulates of one forward pass on one image, counted analytically.
+
+    Counts the matrix products (patch projection, qkv, QK^T, attention x V, output
+    projection, MLP, pre-logits, head); norms, softmax and GELU are left out, as FLOP
+    counters do. A FLOP count is twice this.
+    """
+    d, m, n = config.hidden_size, config.mlp_size, config.num_patches
+    t = n + config.num_prefix_tokens
+    macs = n * config.num_channels * config.patch_size**2 * d
+    if config.stem == "conv":
+        h, w = config.image_hw
+        c = config.stem_channels
+        macs += h * w * 9 * c * (config.num_channels + c)
+        macs += n * (c - config.num_channels) * config.patch_size**2 * d
+    per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m
+    macs += config.num_layers * per_block
+    head_in = d
+    if config.representation_size:
+        macs += d * config.representation_size
+        head_in = config.representation_size
+    return macs + head_in * config.num_classes
+
+
+def variant_rows(image_size: int = 224, patch_sizes: dict[str, int] | None = None) -> list[dict]:
+    """One row per variant: layers, D, MLP, heads, parameters and GFLOPs at image_size."""
+    patch_sizes = patch_sizes or {"Ti": 16, "S": 16, "B": 16, "L": 16, "H": 14}
+    rows = []
+    for size in VARIANTS:
+        name = f"{size}/{patch_sizes[size]}"
+        cfg = variant(name, image_size=image_size)
+        with torch.device("meta"):  # shapes only: no memory, no init time
+            params = ViT(cfg).num_params()
+        rows.append(dict(
+            variant=name, layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+            mlp_size=cfg.mlp_size, heads=cfg.num_heads, params=params,
+            paper_params_m=PAPER_PARAMS_M.get(size), gflops=2 * forward_macs(cfg) / 1e9,
+        ))
+    return rows
+
+
+def format_table(rows: list[dict], image_size: int = 224) -> str:
+    head = ("| variant | layers | D | MLP | heads | params | paper (Table 1) "
+            f"| GFLOPs @{image_size} |")
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        paper = f"{r['paper_params_m']}M" if r["paper_params_m"] else "-"
+        lines.append(
+            f"| {r['variant']} | {r['layers']} | {r['hidden_size']} | {r['mlp_size']} "
+            f"| {r['heads']} | {r['params']:,} | {paper} | {r['gflops']:.1f} |"
+        )
+    return "\n".join(lines)

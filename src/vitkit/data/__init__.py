@@ -1,0 +1,1 @@
+"""Data: the built-in digits set, image folders, CIFAR and MNIST files, and input preparation."""

@@ -1,0 +1,286 @@
+"""The paper's figures drawn with matplotlib, written as PNG files.
+
+Figures are built on matplotlib.figure.Figure directly (Agg rendering, no pyplot, no
+display, no global state) and laid out in pixels, so every file has a known size: each
+function returns the path and the (width, height) it was drawn at. Files are written
+atomically, so a viewer (or a training loop rewriting curves.png) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..checkpoint import atomic_write
+from .analysis import upsample
+
+DPI = 100
+HEAT = "inferno"
+TITLE_LINE = 18  # pixels per line of an 11 pt title
+Size = tuple[int, int]
+
+
+def _wrap(title: str, width_px: int) -> tuple[str, int]:
+    """Wrap a title to the figure width (about 8 px per character at 11 pt): text, line count."""
+    lines = textwrap.wrap(title, max(20, width_px // 8)) or [""]
+    return "\n".join(lines), len(lines)
+
+
+class _Canvas:
+    """A figure of exactly width x height pixels with axes placed in pixels from the top left."""
+
+    def __init__(self, width: int, height: int):
+        self.w, self.h = int(width), int(height)
+        self.fig = Figure(figsize=(self.w / DPI, self.h / DPI), dpi=DPI)
+
+    def axes(self, x: float, y: float, w: float, h: float):
+        return self.fig.add_axes((x / self.w, 1 - (y + h) / self.h, w / self.w, h / self.h))
+
+    def colorbar(self, x: float, y: float, h: float, label: str, vmin: float = 0.0, vmax: float = 1.0,
+                 cmap: str = HEAT) -> None:
+        cax = self.axes(x, y, 14, h)
+        sm = ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap)
+        cb = self.fig.colorbar(sm, cax=cax)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+
+    def title(self, text: str, size: int = 11) -> None:
+        self.fig.suptitle(text, fontsize=size, y=1 - 8 / self.h, va="top")
+
+    def save(self, path: str | Path) -> tuple[Path, Size]:
+        path = Path(path)
+        atomic_write(path, lambda f: self.fig.savefig(f, format="png", dpi=DPI))
+        return path, (self.w, self.h)
+
+
+def display_image(image: np.ndarray, min_side: int = 96) -> np.ndarray:
+    """A (C, H, W) uint8 image as a float (H', W'[, 3]) array in [0, 1] for imshow.
+
+    Tiny images (8x8 digits) are enlarged by an integer factor with nearest-neighbour
+    sampling, so their pixels stay sharp and overlays have room to be smooth.
+    """
+    img = np.asarray(image, dtype=np.float32) / 255.0
+    img = img[0] if img.shape[0] == 1 else np.moveaxis(img[:3], 0, -1)
+    scale = max(1, math.ceil(min_side / min(img.shape[:2])))
+    if scale > 1:
+        img = img.repeat(scale, axis=0).repeat(scale, axis=1)
+    return img
+
+
+def _show(ax, img: np.ndarray) -> None:
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _normalized(m: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] by its maximum, so each panel shows its own pattern."""
+    m = np.asarray(m, dtype=np.float64)
+    return m / m.max() if m.max() > 0 else m
+
+
+def _overlay(ax, img: np.ndarray, attn: np.ndarray, alpha: float = 0.6) -> None:
+    _show(ax, img)
+    heat = _normalized(upsample(attn, img.shape[:2]))
+    ax.imshow(heat, cmap=HEAT, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
+
+
+def plot_attention_grid(image: np.ndarray, maps: np.ndarray, path: str | Path, title: str,
+                        row_labels: Sequence[str], col_labels: Sequence[str], panel: int = 120
+                        ) -> tuple[Path, Size]:
+    """Attention maps (rows, cols, gh, gw) overlaid on one (C, H, W) uint8 image, e.g.
+    layers x heads. Each panel is scaled to its own maximum."""
+    rows, cols = maps.shape[:2]
+    img = display_image(image)
+    left, top, right, bottom = 62, 58, 92, 12
+    title, lines = _wrap(title, left + cols * panel + right)
+    top += TITLE_LINE * (lines - 1)
+    c = _Canvas(left + cols * panel + right, top + rows * panel + bottom)
+    for r in range(rows):
+        for k in range(cols):
+            ax = c.axes(left + k * panel + 2, top + r * panel + 2, panel - 4, panel - 4)
+            _overlay(ax, img, maps[r, k])
+            if k == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+            if r == 0:
+                ax.set_title(col_labels[k], fontsize=8)
+    c.colorbar(left + cols * panel + 18, top + 2, rows * panel - 4, "attention / panel maximum")
+    c.title(title)
+    return c.save(path)
+
+
+def plot_rollout(images: Sequence[np.ndarray], maps: np.ndarray, path: str | Path, title: str,
+                 names: Sequence[str] | None = None, panel: int = 170) -> tuple[Path, Size]:
+    """Attention rollout as in the paper's Figure 6: for each image the input, the rollout
+    map overlaid on it, and the input masked by the map (maps (B, gh, gw))."""
+    n = len(images)
+    left, top, right, bottom = 24, 66, 92, 30
+    cols = ["input", "rollout", "input x rollout"]
+    title, lines = _wrap(title, left + 3 * panel + right)
+    top += TITLE_LINE * (lines - 1)
+    c = _Canvas(left + 3 * panel + right, top + n * panel + bottom)
+    for i, image in enumerate(images):
+        img = display_image(image)
+        mask = _normalized(upsample(maps[i], img.shape[:2]))
+        masked = img * (mask if img.ndim == 2 else mask[..., None])
+        y = top + i * panel + 2
+        axes = [c.axes(left + k * panel + 2, y, panel - 4, panel - 24) for k in range(3)]
+        _show(axes[0], img)
+        _overlay(axes[1], img, maps[i])
+        _show(axes[2], masked)
+        if names is not None:
+            axes[0].set_xlabel(names[i], fontsize=7)
+        if i == 0:
+            for ax, label in zip(axes, cols, strict=True):
+                ax.set_title(label, fontsize=9)
+    c.colorbar(left + 3 * panel + 18, top + 2, n * panel - 24, "rollout / image maximum")
+    c.title(title)
+    return c.save(path)
+
+
+def plot_attention_distance(distance: np.ndarray, path: str | Path, title: str,
+                            uniform: float | None = None) -> tuple[Path, Size]:
+    """Mean attention distance (L, heads) in pixels against depth, one dot per head, as in
+    the paper's Figure 7 (right)."""
+    layers, heads = distance.shape
+    c = _Canvas(720, 480)
+    ax = c.axes(72, 52, 470, 370)
+    depth = np.arange(1, layers + 1)
+    colors = colormaps["viridis"](np.linspace(0, 0.9, heads))
+    for h in range(heads):
+        ax.scatter(depth, distance[:, h], s=18, color=colors[h], label=f"head {h + 1}", zorder=3)
+    if uniform is not None:
+        ax.axhline(uniform, color="gray", ls="--", lw=1, label="uniform attention")
+    ax.set_xlabel("network depth (layer)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(depth)
+    ax.set_xlim(0.5, layers + 0.5)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+              ncol=1 if heads <= 16 else 2)
+    c.title(title)
+    return c.save(path)
+
+
+def plot_position_similarity(similarity: np.ndarray, path: str | Path, title: str) -> tuple[Path, Size]:
+    """Cosine similarity of position embeddings (gh, gw, gh, gw) as the paper's Figure 7
+    (centre): tile (i, j) is the similarity of patch (i, j)'s embedding with all others."""
+    gh, gw = similarity.shape[:2]
+    mosaic = np.full((gh * (gh + 1) - 1, gw * (gw + 1) - 1), np.nan)
+    for i in range(gh):
+        for j in range(gw):
+            mosaic[i * (gh + 1):i * (gh + 1) + gh, j * (gw + 1):j * (gw + 1) + gw] = similarity[i, j]
+    side = 520
+    aw, ah = (side, side * mosaic.shape[0] / mosaic.shape[1]) if gw >= gh else \
+        (side * mosaic.shape[1] / mosaic.shape[0], side)
+    left, top = 72, 56
+    c = _Canvas(left + aw + 110, top + ah + 60)
+    ax = c.axes(left, top, aw, ah)
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks([j * (gw + 1) + (gw - 1) / 2 for j in range(gw)], [str(j + 1) for j in range(gw)])
+    ax.set_yticks([i * (gh + 1) + (gh - 1) / 2 for i in range(gh)], [str(i + 1) for i in range(gh)])
+    ax.tick_params(length=0, labelsize=7 if max(gh, gw) > 10 else 8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    c.colorbar(left + aw + 24, top, ah, "cosine similarity", vmin=-1, vmax=1, cmap="viridis")
+    c.title(title)
+    return c.save(path)
+
+
+def plot_patch_pcs(components: np.ndarray, explained: np.ndarray, path: str | Path, title: str,
+                   cols: int = 7, panel: int = 86) -> tuple[Path, Size]:
+    """Principal components (n, C, P, P) of the patch-embedding filters as small images,
+    as in the paper's Figure 7 (left): RGB for 3 channels, grey otherwise, each scaled
+    to its own range."""
+    n = len(components)
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    left, top, bottom = 16, 56, 8
+    title, lines = _wrap(title, left * 2 + cols * panel)
+    top += TITLE_LINE * (lines - 1)
+    c = _Canvas(left * 2 + cols * panel, top + rows * panel + bottom)
+    for k in range(n):
+        comp = components[k]
+        comp = (comp - comp.min()) / max(comp.max() - comp.min(), 1e-12)
+        img = np.moveaxis(comp, 0, -1) if comp.shape[0] == 3 else comp.mean(axis=0)
+        ax = c.axes(left + (k % cols) * panel + 3, top + (k // cols) * panel + 3, panel - 6, panel - 20)
+        _show(ax, img)
+        ax.set_title(f"PC {k + 1}: {100 * explained[k]:.1f}%", fontsize=7, pad=2)
+    c.title(title)
+    return c.save(path)
+
+
+# ---- training curves ---------------------------------------------------------------------
+
+def _column(rows: list[dict[str, str]], name: str) -> np.ndarray:
+    """A metrics column as floats, NaN where empty or missing (val_* on epochs without validation)."""
+    out = []
+    for r in rows:
+        v = (r.get(name) or "").strip()
+        try:
+            out.append(float(v))
+        except ValueError:
+            out.append(np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """Loss, accuracy and learning rate against epoch from a run's metrics.csv.
+
+    Columns: epoch, train_loss, train_acc, val_loss, val_acc, lr (others are ignored;
+    empty val_* cells are gaps). Rewrites out_png atomically, so a trainer can call this
+    after every epoch while someone looks at the file.
+    """
+    metrics_csv = Path(metrics_csv)
+    with metrics_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    epoch = _column(rows, "epoch")
+    c = _Canvas(1200, 400)
+    panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_acc", "val_acc"]),
+              ("learning rate", ["lr"])]
+    for k, (label, names) in enumerate(panels):
+        ax = c.axes(70 + k * 380, 50, 300, 300)
+        drawn = False
+        for name in names:
+            y = _column(rows, name)
+            ok = ~np.isnan(y) & ~np.isnan(epoch)
+            if ok.any():
+                ax.plot(epoch[ok], y[ok], marker="o" if ok.sum() < 30 else None, ms=3,
+                        label=name.replace("_", " "))
+                drawn = True
+        if drawn and len(names) > 1:
+            ax.legend(fontsize=8)
+        if not drawn:
+            ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes,
+                    color="gray")
+        if label == "learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    c.title(title or f"Training curves ({metrics_csv.parent.name or metrics_csv.name})")
+    path, _ = c.save(out_png)
+    return path
+
+
+def curves_size() -> Size:
+    """The pixel size plot_curves draws at."""
+    return (1200, 400)

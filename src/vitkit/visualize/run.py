@@ -1,0 +1,292 @@
+"""From a model (and optionally images and a training run) to every figure and report.html.
+
+This is what `vitkit visualize` runs; `make_figures` takes an already loaded model so a
+notebook or the trainer can call it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..checkpoint import CONFIG_NAME, load_pretrained
+from ..config import ViTConfig
+from ..data.preprocess import InputSpec, image_to_uint8, normalize
+from ..model import ViT
+from . import analysis as A
+from . import figures as fig
+from .report import Section, write_report
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MAX_GRID_PANELS = 144  # layers x heads above this: one attention figure per layer
+
+
+@dataclass
+class Inputs:
+    """Images to look at: as the model sees them, as uint8 for display, and where they came from."""
+
+    raw: torch.Tensor  # (B, C, H, W) uint8 at the model's input size
+    names: list[str]
+    description: str
+    noise: bool = False
+
+    def normalized(self, spec: InputSpec) -> torch.Tensor:
+        return normalize(self.raw, spec)
+
+
+@dataclass
+class Result:
+    """What make_figures wrote: report path, figure files with their pixel sizes, skipped figures."""
+
+    report: Path
+    figures: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+def load_model(path: str | Path) -> tuple[ViT, dict]:
+    """A vitkit model or run directory (config.json + model.safetensors); other formats
+    through vitkit.loading when that module is available."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return load_pretrained(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    try:
+        from ..loading import load
+    except ImportError:
+        raise ValueError(f"{path}: not a vitkit model directory (no {CONFIG_NAME})") from None
+    loaded = load(path)
+    model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})
+    meta = dict(meta or {})
+    meta.setdefault("model", model.config.to_dict())
+    return model, meta
+
+
+def input_spec(meta: dict, config: ViTConfig) -> InputSpec:
+    """The stored preprocessing, else the model's size and channels with mean = std = 0.5."""
+    if meta.get("data"):
+        return InputSpec.from_dict(meta["data"])
+    c = config.num_channels
+    return InputSpec(image_size=config.image_hw, channels=c, mean=[0.5] * c, std=[0.5] * c)
+
+
+def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
+    """Image files, converted and resized exactly as for prediction."""
+    raw = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such image file")
+        try:
+            with Image.open(p) as img:
+                raw.append(image_to_uint8(img, spec.channels, spec.image_size))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{p}: cannot read as an image ({e})") from None
+    names = [Path(p).name for p in paths]
+    return Inputs(torch.stack(raw), names, f"{len(raw)} image(s) given: {', '.join(names)}")
+
+
+def _from_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(N, C, H, W) uint8 in any channel count and size -> the model's."""
+    if images.shape[1] == spec.channels and tuple(images.shape[-2:]) == tuple(spec.image_size):
+        return images
+    out = []
+    for im in images:
+        arr = im.permute(1, 2, 0).numpy()
+        pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        out.append(image_to_uint8(pil, spec.channels, spec.image_size))
+    return torch.stack(out)
+
+
+def sample_data(data: str | Path, spec: InputSpec, n: int, seed: int = 0) -> Inputs:
+    """n images drawn with a fixed seed from an image folder (searched recursively), or
+    from the built-in digits set's test split when data is "digits"."""
+    rng = np.random.default_rng(seed)
+    if str(data) == "digits":
+        try:
+            from ..data.arrays import load_digits
+        except ImportError:
+            raise ValueError("the built-in digits set is not available in this installation") from None
+        _, test = load_digits()
+        idx = np.sort(rng.choice(len(test), size=min(n, len(test)), replace=False))
+        raw = _from_uint8(test.images[torch.from_numpy(idx)], spec)
+        names = [f"digit {test.classes[int(test.labels[i])]} (test #{i})" for i in idx]
+        return Inputs(raw, names, f"{len(idx)} images sampled from the built-in digits test split")
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such image folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"{root}: no image files found")
+    pick = [files[i] for i in np.sort(rng.choice(len(files), size=min(n, len(files)), replace=False))]
+    inputs = load_images(pick, spec)
+    inputs.names = [p.relative_to(root).as_posix() for p in pick]
+    inputs.description = f"{len(pick)} of {len(files)} images sampled from {root}"
+    return inputs
+
+
+def noise_images(spec: InputSpec, n: int, seed: int = 0) -> Inputs:
+    """Uniform random pixels: something to run attention on when no images are at hand."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (n, spec.channels, *spec.image_size), generator=g, dtype=torch.uint8)
+    return Inputs(raw, [f"noise {i + 1}" for i in range(n)],
+                  f"{n} random-noise images (no images and no --data given)", noise=True)
+
+
+# ---- the figures --------------------------------------------------------------------------
+
+NOISE_NOTE = ("Inputs are random-noise images because no images and no --data folder were given: "
+              "these maps show how the model responds to noise, not to real data.")
+
+
+def make_figures(model: ViT, meta: dict, out_dir: str | Path, inputs: Inputs,
+                 run_dir: str | Path | None = None, max_images: int = 4,
+                 device: str | torch.device = "cpu", source: str = "") -> Result:
+    """Write every figure for model on inputs into out_dir, then report.html."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    spec = input_spec(meta, cfg)
+    model = model.to(device).eval()
+    result = Result(report=out_dir / "report.html")
+    sections: list[Section] = []
+    noise = " (random-noise inputs)" if inputs.noise else ""
+    prefix, pool, grid = cfg.num_prefix_tokens, cfg.pool, cfg.grid_size
+    token = "class token" if pool == "cls" else "mean token"
+
+    def add(section: Section, files: list[tuple[Path, tuple[int, int]]]) -> None:
+        for path, size in files:
+            result.figures[path] = size
+            section.images.append(path)
+        sections.append(section)
+
+    attn = A.capture_attention(model, inputs.normalized(spec).to(device))
+    shown = list(range(min(max_images, len(inputs.raw))))
+    raw = inputs.raw.numpy()
+
+    # 1. attention of the pooled token, per layer and head
+    per_token = A.class_token_attention([a[shown] for a in attn], grid, prefix, pool)  # (L, B, H, gh, gw)
+    layers, heads = cfg.num_layers, cfg.num_heads
+    files = []
+    for b in shown:
+        name = inputs.names[b]
+        title = f"Attention of the {token} to each patch: {name}{noise}"
+        heads_labels = [f"head {h + 1}" for h in range(heads)]
+        if layers * heads <= MAX_GRID_PANELS:
+            files.append(fig.plot_attention_grid(
+                raw[b], per_token[:, b], out_dir / f"attention_{b + 1}.png", title,
+                [f"layer {i + 1}" for i in range(layers)], heads_labels))
+        else:
+            for i in range(layers):
+                files.append(fig.plot_attention_grid(
+                    raw[b], per_token[i:i + 1, b], out_dir / f"attention_{b + 1}_layer{i + 1:02d}.png",
+                    f"{title}, layer {i + 1}", [f"layer {i + 1}"], heads_labels))
+    what = ("the class token's attention row" if pool == "cls" else
+            "the mean over the patch tokens' attention rows (this model pools by averaging the patch tokens)")
+    add(Section(f"Attention of the {token}, per layer and head",
+                f"For each layer (rows) and head (columns): {what}, over the patches, upsampled to the "
+                "image and overlaid on it. Each panel is scaled to its own maximum.",
+                note=NOISE_NOTE if inputs.noise else None), files)
+
+    # 2. attention rollout
+    rollout = A.readout(A.attention_rollout([a[shown] for a in attn]), grid, prefix, pool)
+    add(Section("Attention rollout (paper Figure 6)",
+                "Attention rollout (Abnar and Zuidema, 2020): per layer the heads are averaged, the "
+                "identity is added for the residual connection and the rows renormalized; the layers "
+                f"are multiplied through. Shown: what the {token} draws from each input patch, overlaid on "
+                "the image, and the image masked by it."),
+        [fig.plot_rollout([raw[b] for b in shown], rollout, out_dir / "rollout.png",
+                          f"Attention rollout{noise}", [inputs.names[b] for b in shown])])
+
+    # 3. mean attention distance
+    dist = A.mean_attention_distance(attn, grid, cfg.patch_size, prefix)
+    uniform = A.uniform_attention_distance(grid, cfg.patch_size)
+    add(Section("Mean attention distance (paper Figure 7, right)",
+                f"For each head (dots) and layer: the distance in pixels between a query patch and the "
+                f"patches it attends to, weighted by attention, averaged over query patches and "
+                f"{inputs.description}. Image {spec.image_size[0]}x{spec.image_size[1]}, patch "
+                f"{cfg.patch_size}; the dashed line is uniform attention over all patches "
+                f"({uniform:.1f} px).", note=NOISE_NOTE if inputs.noise else None),
+        [fig.plot_attention_distance(dist, out_dir / "attention_distance.png",
+                                     f"Mean attention distance, {len(inputs.raw)} images{noise}", uniform)])
+
+    # 4. position-embedding similarity
+    title = "Position embedding similarity (paper Figure 7, centre)"
+    if model.pos_embed is None:
+        result.skipped[title] = "this model has no position embeddings"
+        sections.append(Section(title, note=result.skipped[title]))
+    else:
+        sim = A.position_embedding_similarity(model.pos_embed, grid, prefix)
+        kind = "learned" if cfg.pos_embed == "learn" else "fixed 2D sin-cos (not learned)"
+        add(Section(title, f"Cosine similarity of the {kind} position embedding of each patch (tile at "
+                           "its row and column) with those of all patches."),
+            [fig.plot_position_similarity(sim, out_dir / "position_similarity.png",
+                                          "Position embedding similarity")])
+
+    # 5. principal components of the patch-embedding filters
+    title = "Patch-embedding filters (paper Figure 7, left)"
+    if cfg.stem == "conv":
+        result.skipped[title] = ("this hybrid model's patch filters act on CNN features, not on pixels, "
+                                 "so they have no image-like picture")
+        sections.append(Section(title, note=result.skipped[title]))
+    else:
+        comps, ratio = A.patch_embedding_pcs(model.patch_embed.proj.weight, 28)
+        add(Section(title, f"The leading {len(comps)} principal components of the {cfg.hidden_size} "
+                           f"patch-embedding filters ({cfg.num_channels}x{cfg.patch_size}x{cfg.patch_size} "
+                           "each), each scaled to its own range, with the share of variance it explains."),
+            [fig.plot_patch_pcs(comps, ratio, out_dir / "patch_embedding_pcs.png",
+                                f"Patch-embedding filters: top {len(comps)} principal components "
+                                f"({100 * ratio.sum():.0f}% of variance)")])
+
+    # 6. training curves
+    title = "Training curves"
+    metrics = Path(run_dir) / "metrics.csv" if run_dir is not None else None
+    if metrics is None or not metrics.is_file():
+        where = f"in {run_dir}" if run_dir is not None else "(not a training run directory)"
+        result.skipped[title] = f"no metrics.csv {where}"
+        sections.append(Section(title, note=result.skipped[title]))
+    else:
+        path = fig.plot_curves(metrics, out_dir / "curves.png")
+        add(Section(title, "Loss, accuracy and learning rate per epoch from metrics.csv."),
+            [(path, fig.curves_size())])
+
+    summary = {
+        "model": source or "(in memory)",
+        "architecture": (f"{cfg.num_layers} layers, D={cfg.hidden_size}, {cfg.num_heads} heads, "
+                         f"MLP {cfg.mlp_size}, patch {cfg.patch_size}, grid {grid[0]}x{grid[1]}"),
+        "input": f"{spec.image_size[0]}x{spec.image_size[1]}, {spec.channels} channel(s)",
+        "pooling": "class token" if pool == "cls" else "mean of the patch tokens",
+        "position embeddings": cfg.pos_embed,
+        "parameters": f"{model.num_params():,}",
+        "inputs": inputs.description,
+    }
+    if meta.get("classes"):
+        summary["classes"] = f"{len(meta['classes'])}: " + ", ".join(map(str, meta["classes"][:12])) + (
+            " ..." if len(meta["classes"]) > 12 else "")
+    write_report(out_dir, f"Looking inside {Path(source).name or 'a ViT'}", sections, summary,
+                 [NOISE_NOTE] if inputs.noise else None)
+    return result
+
+
+def visualize_path(path: str | Path, out: str | Path, images: list[str] | None = None,
+                   data: str | None = None, num_samples: int = 16, max_images: int = 4, seed: int = 0,
+                   device: str = "cpu") -> Result:
+    """Load a model or run directory and write its figures and report to out."""
+    if max_images < 1 or num_samples < 1:
+        raise ValueError("max_images and num_samples must be at least 1")
+    model, meta = load_model(path)
+    spec = input_spec(meta, model.config)
+    if images:
+        inputs = load_images(images, spec)
+    elif data:
+        inputs = sample_data(data, spec, num_samples, seed)
+    else:
+        inputs = noise_images(spec, num_samples, seed)
+    run_dir = Path(path) if Path(path).is_dir() else None
+    return make_figures(model, meta, out, inputs, run_dir, max_images, device, source=str(path))
+

@@ -8,6 +8,7 @@ image -> patches -> linear projection -> [class] token + position embeddings
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +194,14 @@ class ViT(nn.Module):
         from .config import variant
 
         return cls(variant(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], **options) -> ViT:
+        """Load an official .npz, timm, Hugging Face, torchvision or vitkit checkpoint;
+        the options are those of vitkit.loading.load (image_size, num_classes, strict, ...)."""
+        from .loading import load
+
+        return load(path, **options)
 
     # ---- initialization -------------------------------------------------------------
     @torch.no_grad()

@@ -69,15 +69,16 @@ def to_hf(sd: dict[str, torch.Tensor], prefix: str = "vit.", naming: str = "file
     return out
 
 
-def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_hf(sd: dict[str, torch.Tensor], unknown: list[str] | None = None) -> dict[str, torch.Tensor]:
     """HF ViTModel / ViTForImageClassification state dict (either naming, with or without
-    the 'vit.' prefix) -> vitkit state dict."""
+    the 'vit.' prefix) -> vitkit state dict. Keys it does not know are appended to
+    `unknown` when given, else refused."""
     inv_top = {v: k for k, v in _TOP.items()}
     inv_block = {hf: ours for ours, names in _BLOCK.items() for hf in names}
     inv_qkv = {hf: j for names in _QKV for j, hf in enumerate(names)}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
-    unknown = []
+    leftover = []
     for k, v in sd.items():
         key = k[4:] if k.startswith("vit.") else k
         name, leaf = _split(key)
@@ -94,11 +95,13 @@ def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             elif rest in inv_block:
                 out[f"blocks.{i}.{inv_block[rest]}{dot_leaf}"] = v
             else:
-                unknown.append(k)
+                leftover.append(k)
         else:
-            unknown.append(k)
-    if unknown:
-        raise ValueError(f"unexpected keys in Hugging Face ViT checkpoint: {', '.join(unknown[:6])}")
+            leftover.append(k)
+    if leftover and unknown is None:
+        raise ValueError(f"unexpected keys in Hugging Face ViT checkpoint: {', '.join(leftover[:6])}")
+    if unknown is not None:
+        unknown.extend(leftover)
     for (i, leaf), parts in qkv.items():
         if len(parts) != 3:
             raise ValueError(f"layer {i} attention lacks some of query/key/value {leaf}")

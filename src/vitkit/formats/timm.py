@@ -11,7 +11,8 @@ import torch
 
 # timm keys that change the architecture away from the paper's ViT.
 _UNSUPPORTED = ("ls1.", "ls2.", "q_norm.", "k_norm.", "norm_pre.", "reg_token", "attn_pool.",
-                "fc_norm.", "norm1_post", "norm2_post", "head_drop")
+                "fc_norm.", "norm1_post", "norm2_post", "head_drop", "dist_token", "head_dist.",
+                "patch_embed.norm.", "patch_embed.backbone.", "mask_token")
 
 
 def from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

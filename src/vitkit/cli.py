@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 
 def info(image_size: int = 224) -> None:
@@ -53,6 +54,47 @@ def visualize(
     print(f"wrote {result.report}")
 
 
+def convert(
+    src: str,
+    out: str,
+    to: Literal["vitkit", "timm", "hf", "npz"] = "vitkit",
+    naming: Literal["vit_jax", "big_vision"] = "vit_jax",
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
+    strict: bool = True,
+    num_heads: int | None = None,
+    pool: Literal["cls", "mean"] | None = None,
+) -> None:
+    """Convert a ViT checkpoint (official .npz, timm, Hugging Face, torchvision, vitkit) to another format.
+
+    Usage: vitkit convert SRC OUT --to timm|hf|npz|vitkit. Prints what was found and done.
+
+    Args:
+        src: the checkpoint: a file (.npz, .pth, .bin, .safetensors) or a model directory.
+        out: where to write: a directory for vitkit and hf, a file for timm (.pth or
+            .safetensors) and npz.
+        to: output format.
+        naming: parameter names of an npz output: vit_jax (the paper's code) or big_vision.
+        image_size: resize the position embeddings for this input size (2D interpolation).
+        num_classes: replace the head by a zero-initialized one with this many classes.
+        resize_mode: interpolation of the position embeddings: bicubic, bilinear, or jax
+            (scipy zoom order 1, as the official code).
+        strict: refuse missing, unexpected or mis-shaped keys; false: convert what fits.
+        num_heads: attention heads, for timm and torchvision files of a width that is not
+            a named variant's (those files do not record it).
+        pool: cls or mean, for timm files that pool by global average.
+    """
+    from .loading import convert as convert_checkpoint
+
+    overrides = {k: v for k, v in dict(num_heads=num_heads, pool=pool).items() if v is not None}
+    path, report = convert_checkpoint(src, out, to=to, naming=naming, image_size=image_size,
+                                      num_classes=num_classes, resize_mode=resize_mode, strict=strict,
+                                      **overrides)
+    print(report)
+    print(f"wrote {path} ({to})")
+
+
 def _run_with_file_list(name: str, argv: list[str]) -> None:
     """Run a command whose required parameters are positional and whose list parameter
     (FILE_LISTS[name]) takes all further positional arguments, e.g. `visualize RUN a.png b.png`;
@@ -79,7 +121,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     func(**parser.parse_args(argv).as_dict())
 
 
-COMMANDS = {"info": info, "visualize": visualize}
+COMMANDS = {"info": info, "visualize": visualize, "convert": convert}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
 FILE_LISTS = {"visualize": "images"}
 

@@ -51,29 +51,34 @@ class Result:
 
 def load_model(path: str | Path) -> tuple[ViT, dict]:
     """A vitkit model or run directory (config.json + model.safetensors); other formats
-    through vitkit.loading when that module is available."""
+    (.npz, timm, Hugging Face, torchvision) through vitkit.loading when it is available."""
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
         return load_pretrained(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     try:
-        from ..loading import load
+        from .. import loading
     except ImportError:
         raise ValueError(f"{path}: not a vitkit model directory (no {CONFIG_NAME})") from None
-    loaded = load(path)
-    model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})
+    if hasattr(loading, "load_with_report"):  # also gives class names and normalization if stored
+        model, report = loading.load_with_report(path)
+        meta = dict(getattr(report, "extra", None) or {})
+    else:
+        loaded = loading.load(path)
+        model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})
     meta = dict(meta or {})
     meta.setdefault("model", model.config.to_dict())
-    return model, meta
+    return model.eval(), meta
 
 
 def input_spec(meta: dict, config: ViTConfig) -> InputSpec:
-    """The stored preprocessing, else the model's size and channels with mean = std = 0.5."""
-    if meta.get("data"):
-        return InputSpec.from_dict(meta["data"])
-    c = config.num_channels
-    return InputSpec(image_size=config.image_hw, channels=c, mean=[0.5] * c, std=[0.5] * c)
+    """The stored preprocessing; what is not stored comes from the model's size and channels,
+    with mean = std = 0.5 (inputs in [-1, 1], as the paper's models were trained)."""
+    d = meta.get("data") or {}
+    c = int(d.get("channels", config.num_channels))
+    return InputSpec(image_size=tuple(d.get("image_size", config.image_hw)), channels=c,
+                     mean=list(d.get("mean", [0.5] * c)), std=list(d.get("std", [0.5] * c)))
 
 
 def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:

@@ -22,7 +22,7 @@ from vitkit.visualize import (
     position_embedding_similarity,
     readout,
 )
-from vitkit.visualize.figures import curves_size
+from vitkit.visualize.figures import curves_size, display_image
 from vitkit.visualize.run import input_spec
 
 METRICS = ("epoch,step,train_loss,train_acc,val_loss,val_acc,lr,images_per_s,elapsed_s\n"
@@ -255,3 +255,30 @@ def test_cli_missing_path_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitkit: error:") and "missing" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_digits_sample_for_a_grayscale_8x8_model(tmp_path):
+    pytest.importorskip("vitkit.data.arrays")
+    from vitkit.visualize import sample_data
+
+    cfg = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_layers=2,
+                    num_heads=2, mlp_size=64, num_classes=10)
+    spec = input_spec({}, cfg)
+    inputs = sample_data("digits", spec, 4, seed=0)
+    assert inputs.raw.shape == (4, 1, 8, 8) and inputs.raw.dtype == torch.uint8
+    result = make_figures(randomize_(ViT(cfg).eval()), {}, tmp_path, inputs, max_images=1)
+    for path, size in result.figures.items():
+        assert_nonblank_png(path, size)
+    shown = display_image(inputs.raw[0].numpy())  # 8x8 digits are enlarged with sharp pixels
+    assert shown.shape == (96, 96) and (shown[:12, :12] == shown[0, 0]).all()
+
+
+def test_foreign_checkpoint_through_vitkit_loading(tmp_path):
+    pytest.importorskip("vitkit.loading")
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32,
+                            patch_size=8, depth=1)
+    torch.save(net.state_dict(), tmp_path / "timm.pth")
+    main(["visualize", str(tmp_path / "timm.pth"), "--out", str(tmp_path / "o"), "--num_samples", "1"])
+    pngs = {p.name for p in (tmp_path / "o").glob("*.png")}
+    assert "attention_1.png" in pngs and referenced_images(tmp_path / "o" / "report.html") == pngs

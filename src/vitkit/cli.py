@@ -112,7 +112,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
         return m.group(1) if m else ""
 
     params = inspect.signature(func).parameters
-    required = [p for p, v in params.items() if v.default is inspect.Parameter.empty]
+    required = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p != files]
     parser = ArgumentParser(prog=f"vitkit {name}", description=doc.split("\n\n")[0])
     for p in required:
         parser.add_argument(p, help=arg_help(p))

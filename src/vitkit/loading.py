@@ -428,7 +428,7 @@ def load_with_report(
     """Load a ViT checkpoint of any supported format; see `load`. Returns the model (in eval
     mode) and the report of what was found and done."""
     path = Path(path)
-    bad = sorted(set(overrides) - _CONFIG_FIELDS) + sorted({"image_size", "num_classes"} & set(overrides))
+    bad = sorted(set(overrides) - _CONFIG_FIELDS)
     if bad:
         raise ValueError(f"{path}: unknown load option(s): {', '.join(bad)}")
     try:
@@ -542,11 +542,11 @@ def _export_state_dict(model: ViT, notes: list[str]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _check_plain(config: ViTConfig, fmt: str) -> None:
+def _check_plain(config: ViTConfig, fmt: str, notes: list[str]) -> None:
     if config.stem != "patch":
         raise ValueError(f"{fmt} has no convolutional stem (stem='conv')")
-    if config.layer_norm_eps != 1e-6:
-        raise ValueError(f"{fmt} files assume LayerNorm eps 1e-6, the model uses {config.layer_norm_eps:g}")
+    if config.layer_norm_eps != 1e-6:  # e.g. Hugging Face's 1e-12: a tiny difference, worth knowing
+        notes.append(f"{fmt} files imply LayerNorm eps 1e-6; this model uses {config.layer_norm_eps:g}")
 
 
 def export(model: ViT, out: str | Path, to: str = "vitkit", naming: str = "vit_jax",
@@ -562,7 +562,7 @@ def export(model: ViT, out: str | Path, to: str = "vitkit", naming: str = "vit_j
         raise ValueError(f"unknown output format {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     sd = _export_state_dict(model, notes)
     if to == "timm":
-        _check_plain(cfg, "timm")
+        _check_plain(cfg, "timm", notes)
         sd = to_timm(sd)
         if cfg.gelu == "tanh":
             notes.append("the model uses the tanh GELU: build timm's model with that act_layer")
@@ -574,7 +574,7 @@ def export(model: ViT, out: str | Path, to: str = "vitkit", naming: str = "vit_j
             atomic_torch_save(out, sd)
         return out, notes
     if to == "npz":
-        _check_plain(cfg, "the official .npz format")
+        _check_plain(cfg, "official .npz", notes)
         if cfg.class_token and cfg.pool == "mean":
             raise ValueError("the official format pools by class token when it has one; "
                              "this model averages patch tokens although it has a class token")

@@ -305,6 +305,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", ["pth", "bin", "npz", "pickle-as-npz"])
 def test_malicious_pickle_refused(tmp_path, kind):
     marker = tmp_path / "pwned"

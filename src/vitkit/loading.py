@@ -82,6 +82,8 @@ class LoadReport:
                 parts.insert(4, f"pre-logits {c.representation_size}")
             if c.pos_embed != "learn":
                 parts.append(f"pos_embed {c.pos_embed}")
+            if c.stem != "patch":
+                parts.append(f"{c.stem} stem")
             lines.append("  config: " + ", ".join(parts))
         for name in ("dropped", "resized", "missing", "unexpected", "mismatched", "notes"):
             items = getattr(self, name)
@@ -428,30 +430,37 @@ def load_with_report(
     """Load a ViT checkpoint of any supported format; see `load`. Returns the model (in eval
     mode) and the report of what was found and done."""
     path = Path(path)
+    try:
+        return _load(path, image_size, num_classes, resize_mode, strict, keep_pre_logits, drop_zero_head,
+                     overrides)
+    except ValueError as e:  # every error names the file it is about
+        raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def _load(path: Path, image_size: int | tuple[int, int] | None, num_classes: int | None,
+          resize_mode: ResizeMode, strict: bool, keep_pre_logits: bool, drop_zero_head: bool,
+          overrides: dict) -> tuple[ViT, LoadReport]:
     bad = sorted(set(overrides) - _CONFIG_FIELDS)
     if bad:
-        raise ValueError(f"{path}: unknown load option(s): {', '.join(bad)}")
-    try:
-        src = read_checkpoint(path)
-        report = LoadReport(str(path), src.format, src.detail, dropped=list(src.dropped),
-                            notes=list(src.notes), extra=dict(src.extra))
-        if src.unknown:
-            if strict:
-                raise ValueError(f"unexpected keys for a {src.format} ViT: {', '.join(src.unknown[:6])}"
-                                 + (" ..." if len(src.unknown) > 6 else ""))
-            report.unexpected += src.unknown
-        sd = src.sd
-        if src.config is not None:
-            config = src.config
-        else:
-            note = _add_class_row(sd)
-            if note:
-                report.notes.append(note)
-            config, notes = infer_config(sd, {**src.known, **overrides}, image_size)
-            report.notes += notes
-        config = config.replace(**overrides)
-    except ValueError as e:
-        raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
+        raise ValueError(f"unknown load option(s): {', '.join(bad)}")
+    src = read_checkpoint(path)
+    report = LoadReport(str(path), src.format, src.detail, dropped=list(src.dropped),
+                        notes=list(src.notes), extra=dict(src.extra))
+    if src.unknown:
+        if strict:
+            raise ValueError(f"unexpected keys for a {src.format} ViT: {', '.join(src.unknown[:6])}"
+                             + (" ..." if len(src.unknown) > 6 else ""))
+        report.unexpected += src.unknown
+    sd = src.sd
+    if src.config is not None:
+        config = src.config
+    else:
+        note = _add_class_row(sd)
+        if note:
+            report.notes.append(note)
+        config, notes = infer_config(sd, {**src.known, **overrides}, image_size)
+        report.notes += notes
+    config = config.replace(**overrides)
     head = sd.get("head.weight")
     if src.format == "npz" and drop_zero_head and head is not None and not head.any() \
             and not sd.get("head.bias", head).any():
@@ -485,7 +494,8 @@ def load_with_report(
         report.extra.pop("classes", None)
     elif head is not None and "head.weight" in sd and not head.any():
         report.notes.append("the head is all zeros")
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()} - {"float32"})
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()}
+                    - {"float32"})
     if dtypes:
         report.notes.append(f"weights stored as {', '.join(dtypes)}, loaded as float32")
     report.config = model.config

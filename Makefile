@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/vitkit info
+	$(BIN)/vitkit train --config configs/digits.yaml --run.overwrite true
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
+from .data.augment import AugmentConfig
+from .data.pipeline import DataConfig
+from .training.config import ModelSpec, OptimConfig, RunConfig
+
 
 def info(image_size: int = 224) -> None:
     """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs.
@@ -17,6 +21,109 @@ def info(image_size: int = 224) -> None:
     print(f"ViT variants (1000 classes, {image_size}x{image_size}; GFLOPs = 2 x multiply-adds "
           "of one forward pass, counted analytically)")
     print(format_table(variant_rows(image_size), image_size))
+
+
+def train(
+    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
+    model: ModelSpec = ModelSpec(),  # noqa: B008 (read-only defaults)
+    optim: OptimConfig = OptimConfig(),  # noqa: B008 (read-only defaults)
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (read-only defaults)
+    run: RunConfig = RunConfig(),  # noqa: B008 (read-only defaults)
+    resume: str | None = None,
+) -> None:
+    """Train a ViT; with no arguments, on the built-in digits set (recipes: configs/*.yaml).
+
+    Args:
+        data: where the images come from and how they are shaped.
+        model: the architecture (a variant such as "Ti/16", or explicit sizes).
+        optim: optimizer, schedule, clipping, accumulation, EMA.
+        augment: augmentation and label smoothing.
+        run: epochs, batch size, output directory, seed, precision, device, time budget.
+        resume: a run directory to continue exactly where it stopped (its stored config is used).
+    """
+    from .training import TrainConfig, fit
+
+    cfg = TrainConfig(data=data, model=model, optim=optim, augment=augment, run=run)
+    result = fit(cfg, resume=resume)
+    if result.status == "interrupted":
+        raise SystemExit(130)
+
+
+def evaluate(
+    weights: str,
+    data: DataConfig | None = None,
+    out: str | None = None,
+    batch_size: int = 500,
+    precision: str = "fp32",
+) -> None:
+    """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
+
+    Args:
+        weights: a run directory, a vitkit model directory or another library's checkpoint.
+        data: the data to evaluate on; default: the validation split the run was trained with.
+        out: where to write confusion.png / confusion.csv / eval.json (default: the run directory).
+        batch_size: images per forward pass.
+        precision: fp32 or bf16.
+    """
+    import json
+    from pathlib import Path
+
+    from .data.pipeline import load_data
+    from .evaluation import evaluate_model, write_confusion
+    from .predict import load_for_inference
+
+    loaded = load_for_inference(weights)
+    if data is None:
+        stored = Path(weights) / "config.json"
+        meta = json.loads(stored.read_text()) if stored.is_file() else {}
+        if "train" not in meta:
+            raise ValueError(f"{weights}: no stored training data; pass --data.dataset / --data.path")
+        data = DataConfig(**{**meta["train"]["data"], "per_class": None})
+    spec = loaded.spec
+    data.image_size = spec.image_size[0] if spec.image_size[0] == spec.image_size[1] else data.image_size
+    data.channels = spec.channels
+    d = load_data(data)
+    if d.classes != loaded.classes:
+        raise ValueError(f"the model's classes {loaded.classes[:10]} differ from the data's {d.classes[:10]}")
+    res = evaluate_model(loaded.model, d.val, spec, loaded.classes, batch_size, "cpu", precision,
+                         data.workers)
+    out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
+    summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
+               "per_class": res.per_class}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{res.count} images: top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  loss {res.loss:.4f}")
+    width = max(len(c) for c in res.classes)
+    for c, acc in res.per_class.items():
+        print(f"  {c:<{width}}  {acc:.2%}")
+    print(f"wrote {out_dir}/confusion.png, confusion.csv, eval.json")
+
+
+def predict(weights: str, images: list[str], topk: int = 5, json: bool = False) -> None:
+    """Top-k classes with probabilities for image files or directories of images.
+
+    Args:
+        weights: a run directory, a vitkit model directory or another library's checkpoint.
+        images: image files and/or directories.
+        topk: how many classes to show per image.
+        json: print JSON instead of a table.
+    """
+    import json as _json
+
+    from .predict import list_images, load_for_inference, predict_files
+
+    loaded = load_for_inference(weights)
+    results = predict_files(loaded, list_images(images), topk)
+    if json:
+        print(_json.dumps(results, indent=2))
+        return
+    for r in results:
+        if "error" in r:
+            print(f"{r['file']}: {r['error']}")
+            continue
+        tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+        print(f"{r['file']}: {tops}")
 
 
 def visualize(
@@ -121,9 +228,10 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     func(**parser.parse_args(argv).as_dict())
 
 
-COMMANDS = {"info": info, "visualize": visualize, "convert": convert}
+COMMANDS = {"info": info, "train": train, "evaluate": evaluate, "predict": predict, "visualize": visualize,
+            "convert": convert}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
-FILE_LISTS = {"visualize": "images"}
+FILE_LISTS = {"visualize": "images", "predict": "images"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] in FILE_LISTS:
             _run_with_file_list(argv[0], argv[1:])
         else:
-            CLI(COMMANDS, args=argv, as_positional=False)
+            CLI(COMMANDS, args=argv)
     except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

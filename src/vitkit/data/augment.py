@@ -1,0 +1,122 @@
+"""Augmentation on whole batches, switchable from the config.
+
+In-memory data sets are augmented a batch at a time: crops and flips are vectorized
+gathers, RandAugment runs per image through torchvision.transforms.v2, and MixUp/CutMix
+come from torchvision.transforms.v2 as well. Randomness comes from the global torch RNG,
+whose state every checkpoint saves, so a resumed run augments exactly as an unbroken one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations run; each is off when its value is 0 / False / "none"."""
+
+    crop: Literal["none", "pad", "resized"] = "none"  # pad-and-crop, or random resized crop
+    pad: int = 1  # pixels of padding for crop="pad"
+    scale_min: float = 0.35  # smallest area fraction for crop="resized"
+    flip: bool = False  # horizontal flip (off for digits, on for natural images)
+    randaugment: int = 0  # RandAugment operations per image (0: off)
+    randaugment_magnitude: int = 9
+    erasing: float = 0.0  # probability of random erasing per image
+    mixup: float = 0.0  # MixUp alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    label_smoothing: float = 0.0
+
+
+def random_crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad by `pad` pixels and cut a random window of the original size from each image."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    rows = (oy + torch.arange(h, device=x.device))[:, :, None]  # b, h, 1
+    cols = (ox + torch.arange(w, device=x.device))[:, None, :]  # b, 1, w
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    return xp.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_resized_crop(x: torch.Tensor, scale_min: float, ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                        ) -> torch.Tensor:
+    """Per-image random resized crop of a float batch through one affine grid_sample."""
+    b = x.shape[0]
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(scale_min, 1.0)
+    logr = torch.empty(b, device=dev).uniform_(*torch.tensor(ratio).log().tolist())
+    r = logr.exp()
+    sw = (area * r).sqrt().clamp(max=1.0)
+    sh = (area / r).sqrt().clamp(max=1.0)
+    tx = (torch.rand(b, device=dev) * 2 - 1) * (1 - sw)
+    ty = (torch.rand(b, device=dev) * 2 - 1) * (1 - sh)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, tx, sh, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.25)) -> torch.Tensor:
+    """Replace one random rectangle per chosen image with noise (Zhong et al., 2020)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    hit = torch.rand(b, device=dev) < p
+    a = torch.empty(b, device=dev).uniform_(*area) * h * w
+    r = torch.empty(b, device=dev).uniform_(0.3, 3.3)
+    eh = (a * r).sqrt().clamp(1, h).long()
+    ew = (a / r).sqrt().clamp(1, w).long()
+    y0 = (torch.rand(b, device=dev) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, device=dev) * (w - ew + 1)).long()
+    ys = torch.arange(h, device=dev)[None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, :]
+    box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+           & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]) & hit[:, None, None])
+    return torch.where(box[:, None], torch.randn_like(x), x)
+
+
+class BatchAugment:
+    """uint8 batch in, normalized float batch (and possibly soft targets) out."""
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int, mean: list[float], std: list[float]):
+        self.cfg = cfg
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.randaugment = (v2.RandAugment(cfg.randaugment, cfg.randaugment_magnitude)
+                            if cfg.randaugment else None)
+        mixers = []
+        if cfg.mixup > 0:
+            mixers.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+        if cfg.cutmix > 0:
+            mixers.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if self.randaugment is not None:
+            x = torch.stack([self.randaugment(img) for img in x])
+        if cfg.crop == "pad" and cfg.pad > 0:
+            x = random_crop_pad(x, cfg.pad)
+        x = self.normalize(x)
+        if cfg.crop == "resized":
+            x = random_resized_crop(x, cfg.scale_min)
+        if cfg.flip:
+            x = random_flip(x)
+        if cfg.erasing > 0:
+            x = random_erasing(x, cfg.erasing)
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        return x, y

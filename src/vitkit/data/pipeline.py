@@ -1,0 +1,182 @@
+"""From a DataConfig to batches: which data set, which size, how it is split and fed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torchvision.transforms import v2
+
+from .arrays import ImageArrays, load_cifar, load_digits, load_mnist, stratified_split
+from .folder import StreamingFolder, load_folder_cached, probe, scan_folder
+from .preprocess import InputSpec
+
+SMALL_SIDE = 64  # images up to this side are decoded once and cached as uint8 tensors
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shaped."""
+
+    dataset: Literal["digits", "folder", "cifar10", "cifar100", "mnist", "fashion-mnist"] = "digits"
+    path: str | None = None  # the folder or the directory of CIFAR / MNIST files
+    val_path: str | None = None  # a separate validation folder; else split off val_split
+    val_split: float = 0.1
+    image_size: int | None = None  # default: the data's own size (224 for large images)
+    channels: int | None = None  # default: 1 if every image is grayscale, else 3
+    per_class: int | None = None  # keep at most this many training images per class
+    val_per_class: int | None = None
+    cache: Literal["auto", "always", "never"] = "auto"
+    cache_dir: str | None = None
+    workers: int = 2
+    seed: int = 0  # fixes the train/val split
+
+
+@dataclass
+class Data:
+    train: ImageArrays | StreamingFolder
+    val: ImageArrays | StreamingFolder
+    classes: list[str]
+    spec: InputSpec
+    notes: list[str]
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, ImageArrays)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    sample = x[:: max(1, len(x) // 5000)].float() / 255.0
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
+
+
+def _resize_arrays(a: ImageArrays, size: tuple[int, int]) -> ImageArrays:
+    if tuple(a.images.shape[-2:]) == size:
+        return a
+    x = torch.nn.functional.interpolate(a.images.float(), size=size, mode="bicubic", antialias=True)
+    return ImageArrays(x.round().clamp(0, 255).to(torch.uint8), a.labels, a.classes)
+
+
+def _to_channels(a: ImageArrays, channels: int) -> ImageArrays:
+    c = a.images.shape[1]
+    if c == channels:
+        return a
+    if channels == 3 and c == 1:
+        return ImageArrays(a.images.expand(-1, 3, -1, -1).contiguous(), a.labels, a.classes)
+    if channels == 1 and c == 3:  # ITU-R 601 luma, as PIL's "L" conversion
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        y = (a.images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        return ImageArrays(y, a.labels, a.classes)
+    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+
+
+def load_data(cfg: DataConfig) -> Data:
+    """Read the configured data set and settle image size, channels and normalization."""
+    notes: list[str] = []
+    if cfg.dataset == "folder":
+        return _load_folder(cfg)
+    if cfg.dataset == "digits":
+        train, val = load_digits(seed=cfg.seed)
+    else:
+        if not cfg.path:
+            raise ValueError(f"dataset {cfg.dataset!r} needs --data.path (a local directory)")
+        if cfg.dataset in ("cifar10", "cifar100"):
+            train, val = load_cifar(cfg.path)
+        else:
+            train, val = load_mnist(cfg.path, fashion=cfg.dataset == "fashion-mnist")
+    channels = cfg.channels or train.images.shape[1]
+    size = (cfg.image_size,) * 2 if cfg.image_size else tuple(train.images.shape[-2:])
+    train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
+    return _finish(cfg, train, val, channels, size, notes)
+
+
+def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int,
+            size: tuple[int, int], notes: list[str]) -> Data:
+    if cfg.per_class:
+        train = train.per_class(cfg.per_class, cfg.seed)
+    if cfg.val_per_class:
+        val = val.per_class(cfg.val_per_class, cfg.seed)
+    mean, std = _channel_stats(train.images)
+    notes.append(f"{len(train)} training and {len(val)} validation images, {len(train.classes)} classes, "
+                 f"{channels}x{size[0]}x{size[1]}")
+    return Data(train, val, train.classes, InputSpec(size, channels, mean, std), notes)
+
+
+def _load_folder(cfg: DataConfig) -> Data:
+    if not cfg.path:
+        raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
+    notes: list[str] = []
+    index = scan_folder(cfg.path)
+    val_index = scan_folder(cfg.val_path, index.classes) if cfg.val_path else None
+    (h, w), channels = probe(index)
+    channels = cfg.channels or channels
+    if cfg.image_size:
+        size = (cfg.image_size, cfg.image_size)
+    elif max(h, w) <= SMALL_SIDE:
+        size = (h, w)
+        notes.append(f"image size {h}x{w} taken from the data")
+    else:
+        size = (224, 224)
+        notes.append(f"images are {h}x{w}: resized to 224x224 (set --data.image_size to change)")
+    small = max(size) <= SMALL_SIDE
+    if cfg.cache == "always" or (cfg.cache == "auto" and small):
+        train = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
+        if val_index is not None:
+            val = load_folder_cached(val_index, channels, size, cfg.cache_dir, cfg.workers)
+        else:
+            tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
+            train, val = train.subset(tr), train.subset(va)
+            notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
+        return _finish(cfg, train, val, channels, size, notes)
+    # large images stream through DataLoader workers
+    if val_index is None:
+        import numpy as np
+
+        tr, va = stratified_split(np.array(index.labels), cfg.val_split, cfg.seed)
+        val_index = _sub_index(index, va)
+        index = _sub_index(index, tr)
+    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip()])
+    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
+    spec = InputSpec(size, channels, [0.5] * channels, [0.5] * channels)
+    notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
+                 f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
+    return Data(StreamingFolder(index, channels, train_tf), StreamingFolder(val_index, channels, eval_tf),
+                index.classes, spec, notes)
+
+
+def _sub_index(index, keep):
+    from .folder import FolderIndex
+
+    return FolderIndex(index.root, [index.paths[i] for i in keep], [index.labels[i] for i in keep],
+                       index.classes)
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """The shuffled order of an epoch: a pure function of (seed, epoch), so a resumed run and
+    every distributed rank agree on it without sharing state."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def array_batches(data: ImageArrays, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world: int = 1, start: int = 0, shuffle: bool = True, drop_last: bool = True):
+    """Yield (images uint8, labels) batches of one epoch, from batch index `start`.
+
+    batch_size is the global batch; each of `world` ranks takes an equal, disjoint slice.
+    """
+    n = len(data)
+    order = epoch_order(n, epoch, seed) if shuffle else torch.arange(n)
+    per_rank = batch_size // world
+    steps = n // batch_size if drop_last else -(-n // batch_size)
+    for s in range(start, steps):
+        idx = order[s * batch_size:(s + 1) * batch_size]
+        idx = idx[rank * per_rank:(rank + 1) * per_rank] if world > 1 else idx
+        yield data.images[idx], data.labels[idx]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)

@@ -1,0 +1,115 @@
+"""Accuracy of a model on a data set: top-1, top-5, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.arrays import ImageArrays
+from .data.preprocess import InputSpec
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    confusion: np.ndarray  # (true class, predicted class) counts
+    classes: list[str]
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        totals = self.confusion.sum(1)
+        return {c: float(self.confusion[i, i] / totals[i]) if totals[i] else float("nan")
+                for i, c in enumerate(self.classes)}
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def iterate_eval(data, batch_size: int, workers: int = 0):
+    """Batches of (uint8 images, labels) in order, from arrays or a streaming folder."""
+    if isinstance(data, ImageArrays):
+        for i in range(0, len(data), batch_size):
+            yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
+    else:
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, data, spec: InputSpec, classes: list[str],
+                   batch_size: int = 500, device: torch.device | str = "cpu",
+                   precision: str = "fp32", workers: int = 0) -> EvalResult:
+    """Evaluate in eval mode; images are normalized with the model's InputSpec."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+    k = len(classes)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    loss_sum, top5_hits = 0.0, 0
+    for x, y in iterate_eval(data, batch_size, workers):
+        x = (x.to(device, non_blocking=True).float() / 255.0 - mean) / std
+        y = y.to(device)
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        pred = logits.argmax(1)
+        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        topk = logits.topk(min(5, k), dim=1).indices
+        top5_hits += (topk == y[:, None]).any(1).sum().item()
+    model.train(was_training)
+    n = int(confusion.sum())
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    conf = confusion.numpy()
+    return EvalResult(loss_sum / n, float(np.trace(conf) / n), top5_hits / n, conf, list(classes))
+
+
+def write_confusion(result: EvalResult, csv_path, png_path) -> None:
+    """The confusion matrix as CSV (rows: true class) and as a labelled PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_write_bytes
+
+    lines = ["true\\predicted," + ",".join(result.classes)]
+    for i, c in enumerate(result.classes):
+        lines.append(c + "," + ",".join(str(int(v)) for v in result.confusion[i]))
+    atomic_write_bytes(csv_path, ("\n".join(lines) + "\n").encode())
+    k = len(result.classes)
+    size = min(4 + 0.35 * k, 20)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    norm = result.confusion / np.maximum(result.confusion.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), result.classes, rotation=90 if k > 10 else 45,
+                  ha="right" if k <= 10 else "center")
+    ax.set_yticks(range(k), result.classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix (top-1 {result.top1:.2%}, {result.count} images)")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if result.confusion[i, j]:
+                    ax.text(j, i, int(result.confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,572 @@
+"""The training loop: data, model, optimizer and schedule, checkpoints that survive anything.
+
+A run directory holds:
+- config.json: the model config, classes, input spec and the resolved training config;
+- train.yaml: the same training config, ready for ``vitkit train --config``;
+- model.safetensors: the weights alone (the EMA weights when EMA is on);
+- state.pt: everything needed to continue exactly (weights, optimizer, EMA, RNG states,
+  epoch, step within the epoch, best metric, metrics so far), loadable with weights_only;
+- metrics.csv, curves.png, and TensorBoard event files when tensorboard is installed.
+Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save, and exit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_state_dict_checked,
+    save_weights,
+)
+from ..data.augment import BatchAugment
+from ..data.pipeline import Data, array_batches, load_data, num_batches
+from ..evaluation import autocast, evaluate_model
+from ..model import ViT
+from .config import TrainConfig
+from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
+
+METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                  "images_per_s", "elapsed_s"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "finished", "interrupted" or "budget"
+    epoch: int
+    step: int
+    val_acc: float | None
+    best_acc: float | None
+    metrics: list[dict] = field(default_factory=list)
+
+
+# ---- hardware ---------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--run.device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # On CPUs bf16 autocast pays off only for wide layers (casts and norms dominate small
+    # models), so training defaults to fp32 there; ask for bf16 explicitly where it helps.
+    return "fp32"
+
+
+# ---- schedule and optimizer ----------------------------------------------------------------
+
+def lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -> float:
+    """Linear warmup over the first `warmup` fraction, then cosine / linear decay / constant."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 1e-3)
+    if schedule == "constant":
+        return 1.0
+    t = min(max((progress - warmup) / max(1.0 - warmup, 1e-8), 0.0), 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """Weight decay on matrices only: biases, norms, position embeddings and the class token
+    are left undecayed, as in the official code."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "adam":  # classic Adam with L2 added to the gradient
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+# ---- state ------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+          "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
+          "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((3, tuple(st["python"]), st["python_pos"]))
+    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], 0, 0.0))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves, and returns."""
+
+    def __init__(self):
+        self.set = False
+        self.signal_name = ""
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:  # a second signal: stop at once (files on disk are still whole)
+            raise KeyboardInterrupt
+        self.set = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name} received: finishing this step, then saving...", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
+                 extra_meta: dict | None = None, on_step=None):
+        self.cfg = cfg
+        self.on_step = on_step  # called as on_step(trainer) after every optimizer step
+        self.device = pick_device(cfg.run.device)
+        self.dist: Dist = init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.precision = pick_precision(cfg.run.precision, self.device)
+        seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
+        self.run_dir = Path(resume) if resume else Path(cfg.run.out)
+        self.extra_meta = extra_meta or {}
+
+        self.data: Data = load_data(cfg.data)
+        self.log(*self.data.notes)
+        if model is None:
+            mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
+                                          len(self.data.classes))
+            model = ViT(mcfg)
+        self.check_model_fits_data(model)
+        self.model = model.to(self.device)
+        c = model.config
+        self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
+                 f"patch {c.patch_size} ({c.grid_size[0]}x{c.grid_size[1]} grid), stem {c.stem}, "
+                 f"{model.num_params():,} parameters; {self.device.type}, {self.precision}")
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if
+                                            self.device.type == "cuda" else None)
+                    if self.dist.enabled else None)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ema = None
+        if cfg.optim.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema),
+                                     use_buffers=True)
+        self.augment = BatchAugment(cfg.augment, len(self.data.classes), self.data.spec.mean,
+                                    self.data.spec.std)
+        self.batch_size = cfg.run.batch_size
+        if self.batch_size % (self.dist.world * cfg.optim.accumulate):
+            raise ValueError(f"batch size {self.batch_size} is not divisible by processes x accumulation "
+                             f"steps ({self.dist.world} x {cfg.optim.accumulate})")
+        n_train = len(self.data.train)
+        if n_train < self.batch_size:
+            self.batch_size = max(self.dist.world * cfg.optim.accumulate,
+                                  n_train // (self.dist.world * cfg.optim.accumulate)
+                                  * self.dist.world * cfg.optim.accumulate)
+            self.log(f"batch size lowered to {self.batch_size}: only {n_train} training images")
+        self.steps_per_epoch = num_batches(n_train, self.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.run.epochs
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.elapsed = 0.0
+        self.best_acc: float | None = None
+        self.metrics: list[dict] = []
+        self.tb = None
+        if resume:
+            self.load_state(Path(resume) / "state.pt")
+        elif self.dist.main:
+            self.prepare_run_dir()
+
+    # -- logging
+    def log(self, *lines: str) -> None:
+        if self.dist.main:
+            for line in lines:
+                print(line, flush=True)
+
+    def check_model_fits_data(self, model: ViT) -> None:
+        c, spec = model.config, self.data.spec
+        problems = []
+        if c.num_classes != len(self.data.classes):
+            problems.append(f"model has {c.num_classes} classes, data has {len(self.data.classes)} "
+                            f"({', '.join(self.data.classes[:10])})")
+        if c.num_channels != spec.channels:
+            problems.append(f"model takes {c.num_channels} channels, data has {spec.channels}")
+        h, w = spec.image_size
+        if h % c.patch_size or w % c.patch_size:
+            problems.append(f"image size {h}x{w} is not a multiple of patch size {c.patch_size}")
+        if problems:
+            raise ValueError("model does not fit the data: " + "; ".join(problems))
+
+    # -- files
+    def prepare_run_dir(self) -> None:
+        d = self.run_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"cannot write to run directory {d}: {e.strerror or e}") from None
+        if (d / "state.pt").exists() and self.cfg.run.overwrite:
+            for name in ("state.pt", "metrics.csv", "curves.png"):
+                (d / name).unlink(missing_ok=True)
+        elif (d / "state.pt").exists():
+            raise ValueError(f"{d} already holds a run: continue it with --resume {d}, or choose "
+                             f"another --run.out")
+
+    def meta(self) -> dict:
+        return {"model": self.model.config.to_dict(), "classes": self.data.classes,
+                "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(), **self.extra_meta}
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save(self) -> None:
+        """Write every run file atomically; state.pt last, so it never points past the weights."""
+        if not self.dist.main:
+            return
+        import yaml
+
+        d = self.run_dir
+        atomic_write_json(d / "config.json", self.meta())
+        atomic_write_bytes(d / "train.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
+        save_weights(d / "model.safetensors", self.eval_model())
+        self.write_metrics()
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "elapsed": self.elapsed, "best_acc": self.best_acc,
+            "metrics": self.metrics, "train": self.cfg.to_dict(),
+        }
+        atomic_torch_save(d / "state.pt", state)
+
+    def load_state(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no training state to resume from")
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+        load_state_dict_checked(self.model, st["model"], str(path))
+        self.optimizer.load_state_dict(st["optimizer"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"])
+        if self.dist.rank == 0:
+            set_rng_state(st["rng"])
+        self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
+        self.elapsed, self.best_acc, self.metrics = st["elapsed"], st["best_acc"], list(st["metrics"])
+        self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
+                 f"step {self.step}")
+
+    def write_metrics(self) -> None:
+        lines = [",".join(METRIC_COLUMNS)]
+        for m in self.metrics:
+            lines.append(",".join("" if m.get(c) is None else f"{m[c]:.6g}" if isinstance(m[c], float)
+                                  else str(m[c]) for c in METRIC_COLUMNS))
+        atomic_write_bytes(self.run_dir / "metrics.csv", ("\n".join(lines) + "\n").encode())
+        try:
+            from ..visualize import plot_curves
+        except ImportError:
+            return
+        if self.metrics:
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+
+    def tensorboard(self, row: dict) -> None:
+        if not self.dist.main:
+            return
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:
+                self.tb = False
+                return
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self.tb:
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+                if row.get(k) is not None:
+                    self.tb.add_scalar(k, row[k], row["step"])
+            self.tb.flush()
+
+    # -- the loop
+    def progress(self) -> float:
+        if self.cfg.run.time_budget:
+            return min(self.elapsed / (60 * self.cfg.run.time_budget), 1.0)
+        return self.step / max(self.total_steps, 1)
+
+    def set_lr(self) -> float:
+        o = self.cfg.optim
+        lr = o.lr * lr_factor(self.progress(), o.warmup, o.schedule, o.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over a (per-rank) batch, split into accumulation chunks."""
+        net = self.ddp or self.model
+        acc = self.cfg.optim.accumulate
+        smoothing = self.cfg.augment.label_smoothing
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        for i, (xc, yc) in enumerate(zip(x.chunk(acc), y.chunk(acc), strict=True)):
+            sync = self.ddp is None or i == acc - 1
+            ctx = self.ddp.no_sync() if not sync else _null()
+            with ctx:
+                with autocast(self.device, self.precision):
+                    logits = net(xc)
+                loss = F.cross_entropy(logits.float(), yc, label_smoothing=smoothing)
+                (loss / acc).backward()
+            loss_sum += loss.detach() / acc
+            hard = yc.argmax(1) if yc.ndim == 2 else yc
+            correct += (logits.detach().argmax(1) == hard).sum()
+        if self.cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss_sum, correct
+
+    def batches(self, epoch: int, start: int):
+        if self.data.in_memory:
+            yield from array_batches(self.data.train, self.batch_size, epoch, self.cfg.run.seed,
+                                     self.dist.rank, self.dist.world, start)
+            return
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        sampler = DistributedSampler(self.data.train, self.dist.world, self.dist.rank, shuffle=True,
+                                     seed=self.cfg.run.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(self.data.train, batch_size=self.batch_size // self.dist.world,
+                            sampler=sampler, num_workers=self.cfg.data.workers, drop_last=True,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for i, batch in enumerate(loader):
+            if i >= start:
+                yield batch
+
+    def evaluate(self):
+        return evaluate_model(self.eval_model(), self.data.val, self.data.spec, self.data.classes,
+                              self.cfg.run.eval_batch_size, self.device, self.precision,
+                              self.cfg.data.workers if not self.data.in_memory else 0)
+
+    def run(self) -> RunResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        status = "finished"
+        val_acc = self.metrics[-1]["val_acc"] if self.metrics else None
+        with StopFlag() as stop:
+            while self.epoch < cfg.run.epochs:
+                self.model.train()
+                start = self.batch_in_epoch
+                bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/"
+                           f"{cfg.run.epochs}", disable=not (self.dist.main and cfg.run.progress),
+                           leave=False, dynamic_ncols=True, unit="step", file=sys.stderr)
+                t0, seen, loss_acc, correct_acc, n_acc = time.perf_counter(), 0, 0.0, 0.0, 0
+                pending_loss = torch.zeros((), device=self.device)
+                pending_correct = torch.zeros((), device=self.device)
+                pending_n, last_t = 0, t0
+                interrupted = out_of_time = False
+                for x, y in self.batches(self.epoch, start):
+                    lr = self.set_lr()
+                    x = x.to(self.device, non_blocking=True)
+                    y = y.to(self.device, non_blocking=True)
+                    x, y = self.augment(x, y)
+                    loss, correct = self.train_step(x, y)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    pending_loss += loss
+                    pending_correct += correct
+                    pending_n += 1
+                    seen += len(x) * self.dist.world
+                    now = time.perf_counter()
+                    self.elapsed += now - last_t
+                    last_t = now
+                    if self.on_step is not None:
+                        self.on_step(self)
+                    if pending_n >= cfg.run.log_every or self.batch_in_epoch == self.steps_per_epoch:
+                        mean_loss = all_mean(pending_loss / pending_n, self.dist).item()
+                        if not math.isfinite(mean_loss):
+                            raise NonFiniteLoss(
+                                f"loss became {mean_loss} at step {self.step} (epoch {self.epoch + 1}); "
+                                f"the last good checkpoint in {self.run_dir} is kept. Try a lower "
+                                f"--optim.lr or --run.precision fp32")
+                        n_img = pending_n * len(x)
+                        loss_acc += mean_loss * pending_n
+                        correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
+                        n_acc += pending_n
+                        bar.update(pending_n)
+                        bar.set_postfix(loss=f"{mean_loss:.3f}",
+                                        acc=f"{correct_acc / max(n_acc * len(x) * self.dist.world, 1):.3f}",
+                                        lr=f"{lr:.2e}", img_s=f"{seen / (now - t0):.0f}")
+                        del n_img
+                        pending_loss.zero_()
+                        pending_correct.zero_()
+                        pending_n = 0
+                    if cfg.run.time_budget and self.progress() >= 1.0:
+                        out_of_time = True
+                    if any_rank(stop.set or out_of_time, self.dist, self.device):
+                        interrupted = not out_of_time
+                        break
+                bar.close()
+                epoch_time = time.perf_counter() - t0
+                if interrupted:
+                    if pending_n:
+                        loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
+                    self.save()
+                    barrier(self.dist)
+                    status = "interrupted"
+                    self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; saved {self.run_dir}. "
+                             f"Continue with: vitkit train --resume {self.run_dir}")
+                    break
+                res = self.evaluate() if self.dist.main else None
+                if pending_n:
+                    loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
+                    correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
+                    n_acc += pending_n
+                steps_done = max(n_acc, 1)
+                row = {"epoch": self.epoch + 1, "step": self.step,
+                       "train_loss": loss_acc / steps_done,
+                       "train_acc": correct_acc / max(seen, 1),
+                       "val_loss": res.loss if res else None, "val_acc": res.top1 if res else None,
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "images_per_s": seen / max(epoch_time, 1e-9), "elapsed_s": self.elapsed}
+                self.metrics.append(row)
+                if res is not None:
+                    val_acc = res.top1
+                    self.best_acc = max(self.best_acc or 0.0, res.top1)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.log(f"epoch {row['epoch']:3d}/{cfg.run.epochs}  loss {row['train_loss']:.4f}  "
+                         f"train acc {row['train_acc']:.2%}  val loss {row['val_loss'] or 0:.4f}  "
+                         f"val acc {(row['val_acc'] or 0):.2%}  lr {row['lr']:.2e}  "
+                         f"{row['images_per_s']:.0f} img/s  {self.elapsed:.0f}s")
+                self.save()
+                self.tensorboard(row)
+                barrier(self.dist)
+                if out_of_time:
+                    status = "budget"
+                    self.log(f"time budget of {cfg.run.time_budget} min reached")
+                    break
+        if self.tb:
+            self.tb.close()
+        return RunResult(self.run_dir, status, self.epoch, self.step, val_acc, self.best_acc, self.metrics)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit(cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
+        extra_meta: dict | None = None, on_step=None) -> RunResult:
+    """Train (or continue) a run and return where it went and how well it did.
+
+    With resume=RUN_DIR the configuration stored in that run is used and the run continues
+    from the exact step it stopped at.
+    """
+    if resume is not None:
+        state_cfg = _stored_config(Path(resume))
+        cfg = state_cfg
+    trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step)
+    try:
+        result = trainer.run()
+    finally:
+        shutdown(trainer.dist)
+    if trainer.dist.main:
+        _closing_lines(result, cfg)
+    return result
+
+
+def _stored_config(run_dir: Path) -> TrainConfig:
+    import json
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a run directory to resume")
+    meta = json.loads(path.read_text())
+    return TrainConfig.from_dict(meta["train"])
+
+
+def _closing_lines(r: RunResult, cfg: TrainConfig) -> None:
+    d = r.run_dir
+    data_hint = "digits" if cfg.data.dataset == "digits" else (cfg.data.val_path or cfg.data.path or "IMAGES")
+    if r.val_acc is not None:
+        split = "test-split" if cfg.data.dataset != "folder" else "validation"
+        print(f"final {split} accuracy {r.val_acc:.2%} (best {r.best_acc:.2%}) after {r.epoch} epochs, "
+              f"{r.step} steps")
+    print(f"wrote {d}/model.safetensors, config.json, train.yaml, state.pt, metrics.csv"
+          + (", curves.png" if (d / "curves.png").exists() else ""))
+    if r.status == "interrupted":
+        print(f"next: vitkit train --resume {d}")
+    else:
+        print(f"next: vitkit evaluate {d}    vitkit predict {d} IMAGE\n"
+              f"      vitkit visualize {d} --data {data_hint} --out {d}/figures")

@@ -100,6 +100,11 @@ def _decode(args: tuple[str, int, tuple[int, int] | None]) -> torch.Tensor | Non
         return None
 
 
+def _decode_numpy(args: tuple[str, int, tuple[int, int] | None]):
+    t = _decode(args)
+    return None if t is None else t.numpy()
+
+
 def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
     h = hashlib.sha256(f"{index.root.resolve()}|{channels}|{size}|{index.classes}".encode())
     for p, y in zip(index.paths, index.labels, strict=True):
@@ -129,8 +134,11 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
             warnings.warn(f"ignoring unreadable cache {file}", stacklevel=2)
     jobs = [(str(p), channels, size) for p in index.paths]
     if workers > 1 and len(jobs) > 256:
+        # workers hand back NumPy arrays: plain pickled bytes, not shared-memory tensors,
+        # which would need one file descriptor each
         with ProcessPoolExecutor(workers) as pool:
-            decoded = list(pool.map(_decode, jobs, chunksize=256))
+            decoded = [None if a is None else torch.from_numpy(a)
+                       for a in pool.map(_decode_numpy, jobs, chunksize=256)]
     else:
         decoded = [_decode(j) for j in jobs]
     bad = [index.paths[i] for i, t in enumerate(decoded) if t is None]

@@ -1,0 +1,48 @@
+import torch
+
+from vitkit.data.augment import (
+    AugmentConfig,
+    BatchAugment,
+    random_crop_pad,
+    random_erasing,
+    random_flip,
+    random_resized_crop,
+)
+
+
+def test_pad_crop_is_a_shift():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    out = random_crop_pad(x, 2)
+    assert out.shape == x.shape
+    for i in range(2):  # every output is a window of the zero-padded input
+        padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
+        assert any(torch.equal(out[i], padded[:, dy:dy + 6, dx:dx + 6])
+                   for dy in range(5) for dx in range(5))
+
+
+def test_flip_and_resized_crop_shapes():
+    x = torch.randn(16, 3, 8, 8)
+    f = random_flip(x)
+    assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1)) for i in range(16))
+    assert random_resized_crop(x, 0.5).shape == x.shape
+    e = random_erasing(x, 1.0)
+    assert (e != x).any() and e.shape == x.shape
+
+
+def test_batch_augment_mixup_gives_soft_targets():
+    cfg = AugmentConfig(crop="pad", pad=1, flip=True, randaugment=2, erasing=0.5, mixup=0.8, cutmix=1.0)
+    aug = BatchAugment(cfg, 10, [0.5] * 3, [0.5] * 3)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    y = torch.arange(8)
+    xo, yo = aug(x, y)
+    assert xo.dtype == torch.float32 and xo.shape == (8, 3, 16, 16)
+    assert yo.shape == (8, 10)
+    torch.testing.assert_close(yo.sum(1), torch.ones(8))
+
+
+def test_no_augmentation_only_normalizes():
+    aug = BatchAugment(AugmentConfig(crop="none"), 10, [0.5], [0.25])
+    x = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
+    xo, yo = aug(x, torch.tensor([1, 2]))
+    torch.testing.assert_close(xo, torch.full((2, 1, 4, 4), 2.0))
+    assert torch.equal(yo, torch.tensor([1, 2]))

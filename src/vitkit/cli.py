@@ -49,6 +49,37 @@ def train(
         raise SystemExit(130)
 
 
+def finetune(
+    weights: str,
+    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
+    image_size: int | None = None,
+    optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, warmup=0.1),  # noqa: B008
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008
+    run: RunConfig = RunConfig(out="runs/finetune", epochs=10),  # noqa: B008
+    linear_probe: bool = False,
+    resize_mode: str = "bicubic",
+) -> None:
+    """Fine-tune pre-trained weights (any format vitkit reads) on new data, as in the paper:
+    a new zero-initialized head, pre-logits dropped, position embeddings interpolated to
+    --image_size, SGD with momentum 0.9 and no weight decay, clipping at 1, warmup + cosine.
+
+    Args:
+        weights: a run directory, a vitkit model directory or another library's checkpoint.
+        data: the data to fine-tune on.
+        image_size: the new square resolution (default: the data's, else the model's).
+        optim: optimizer and schedule (default: the paper's fine-tuning recipe).
+        augment: augmentation and label smoothing.
+        run: epochs, batch size, output directory, precision, device.
+        linear_probe: train only the new head on a frozen backbone.
+        resize_mode: position-embedding interpolation: bicubic, bilinear or jax.
+    """
+    from .finetune import finetune as run_finetune
+
+    result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode)
+    if result.status == "interrupted":
+        raise SystemExit(130)
+
+
 def evaluate(
     weights: str,
     data: DataConfig | None = None,
@@ -228,8 +259,8 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     func(**parser.parse_args(argv).as_dict())
 
 
-COMMANDS = {"info": info, "train": train, "evaluate": evaluate, "predict": predict, "visualize": visualize,
-            "convert": convert}
+COMMANDS = {"info": info, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
+            "visualize": visualize, "convert": convert}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
 FILE_LISTS = {"visualize": "images", "predict": "images"}
 

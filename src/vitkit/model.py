@@ -86,10 +86,13 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         drop = self.attn_drop if self.training else 0.0
         weights = None
-        if return_weights:  # explicit softmax(QK^T / sqrt(d)) so the matrices can be returned
-            weights = (q * self.scale) @ k.transpose(-2, -1)
-            weights = weights.float().softmax(dim=-1).to(q.dtype)
-            x = F.dropout(weights, drop, self.training) @ v
+        # PyTorch's fused CPU kernel has no fast bf16 path (its backward is ~6x slower than
+        # the plain products here), so bf16 on the CPU takes the explicit route too.
+        explicit = return_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        if explicit:  # softmax(QK^T / sqrt(d)), the softmax in fp32
+            a = ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1).to(q.dtype)
+            weights = a if return_weights else None
+            x = F.dropout(a, drop, self.training) @ v
         else:  # fused kernel; never materializes the N x N matrix when it can avoid it
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         x = x.transpose(1, 2).reshape(b, n, d)

@@ -31,6 +31,8 @@ class DataConfig:
     cache_dir: str | None = None
     workers: int = 2
     seed: int = 0  # fixes the train/val split
+    mean: list[float] | None = None  # normalization; default: measured on the training images
+    std: list[float] | None = None
 
 
 @dataclass
@@ -100,6 +102,8 @@ def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int
     if cfg.val_per_class:
         val = val.per_class(cfg.val_per_class, cfg.seed)
     mean, std = _channel_stats(train.images)
+    if cfg.mean is not None:
+        mean, std = list(cfg.mean), list(cfg.std or [1.0] * channels)
     notes.append(f"{len(train)} training and {len(val)} validation images, {len(train.classes)} classes, "
                  f"{channels}x{size[0]}x{size[1]}")
     return Data(train, val, train.classes, InputSpec(size, channels, mean, std), notes)
@@ -141,7 +145,7 @@ def _load_folder(cfg: DataConfig) -> Data:
     train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
                            v2.RandomHorizontalFlip()])
     eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
-    spec = InputSpec(size, channels, [0.5] * channels, [0.5] * channels)
+    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
     notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, train_tf), StreamingFolder(val_index, channels, eval_tf),

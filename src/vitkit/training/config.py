@@ -64,6 +64,7 @@ class OptimConfig:
     clip_grad: float | None = 1.0  # global gradient-norm clipping
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     ema: float = 0.0  # decay of an exponential moving average of weights (0: off)
+    train_only: Literal["all", "head"] = "all"  # "head": linear probe on a frozen backbone
 
 
 @dataclass
@@ -81,6 +82,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     time_budget: float | None = None  # minutes; the schedule then ends at the deadline
     threads: int | None = None  # torch intra-op threads (default: all cores)
+    eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
     progress: bool = True
     log_every: int = 10  # steps between progress updates (also when non-finite loss is checked)
 

@@ -12,6 +12,7 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -33,6 +34,7 @@ from ..checkpoint import (
     load_state_dict_checked,
     save_weights,
 )
+from ..config import ViTConfig
 from ..data.augment import BatchAugment
 from ..data.pipeline import Data, array_batches, load_data, num_batches
 from ..evaluation import autocast, evaluate_model
@@ -196,11 +198,16 @@ class Trainer:
 
         self.data: Data = load_data(cfg.data)
         self.log(*self.data.notes)
+        if model is None and resume:  # the run's own architecture, whatever built it
+            model = ViT(ViTConfig.from_dict(json.loads((self.run_dir / "config.json").read_text())["model"]))
         if model is None:
             mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
                                           len(self.data.classes))
             model = ViT(mcfg)
         self.check_model_fits_data(model)
+        if cfg.optim.train_only == "head":
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("head."))
         self.model = model.to(self.device)
         c = model.config
         self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
@@ -484,7 +491,9 @@ class Trainer:
                     self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; saved {self.run_dir}. "
                              f"Continue with: vitkit train --resume {self.run_dir}")
                     break
-                res = self.evaluate() if self.dist.main else None
+                last = self.epoch + 1 == cfg.run.epochs or out_of_time
+                due = last or (self.epoch + 1) % max(cfg.run.eval_every, 1) == 0
+                res = self.evaluate() if self.dist.main and due else None
                 if pending_n:
                     loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
                     correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
@@ -503,8 +512,9 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.log(f"epoch {row['epoch']:3d}/{cfg.run.epochs}  loss {row['train_loss']:.4f}  "
-                         f"train acc {row['train_acc']:.2%}  val loss {row['val_loss'] or 0:.4f}  "
-                         f"val acc {(row['val_acc'] or 0):.2%}  lr {row['lr']:.2e}  "
+                         f"train acc {row['train_acc']:.2%}  "
+                         + (f"val loss {res.loss:.4f}  val acc {res.top1:.2%}  " if res else "")
+                         + f"lr {row['lr']:.2e}  "
                          f"{row['images_per_s']:.0f} img/s  {self.elapsed:.0f}s")
                 self.save()
                 self.tensorboard(row)

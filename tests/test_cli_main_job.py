@@ -27,7 +27,7 @@ def test_train_prints_accuracy_and_next_steps(trained, capsys):
 def test_evaluate_writes_confusion(trained, tmp_path, capsys):
     main(["evaluate", str(trained), "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "360 images: top-1" in out and "top-5" in out
+    assert "360 images (" in out and "top-1" in out and "top-5" in out
     csv = (tmp_path / "confusion.csv").read_text().splitlines()
     assert len(csv) == 11 and csv[0].startswith("true\\predicted,0,1")
     counts = np.array([[int(v) for v in line.split(",")[1:]] for line in csv[1:]])

@@ -85,7 +85,7 @@ def evaluate(
     data: DataConfig | None = None,
     out: str | None = None,
     batch_size: int = 500,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
@@ -94,13 +94,13 @@ def evaluate(
         data: the data to evaluate on; default: the validation split the run was trained with.
         out: where to write confusion.png / confusion.csv / eval.json (default: the run directory).
         batch_size: images per forward pass.
-        precision: fp32 or bf16.
+        precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
     """
     import json
     from pathlib import Path
 
     from .data.pipeline import load_data
-    from .evaluation import evaluate_model, write_confusion
+    from .evaluation import evaluate_model, inference_precision, write_confusion
     from .predict import load_for_inference
 
     loaded = load_for_inference(weights)
@@ -116,6 +116,7 @@ def evaluate(
     d = load_data(data)
     if d.classes != loaded.classes:
         raise ValueError(f"the model's classes {loaded.classes[:10]} differ from the data's {d.classes[:10]}")
+    precision = inference_precision(precision, "cpu")
     res = evaluate_model(loaded.model, d.val, spec, loaded.classes, batch_size, "cpu", precision,
                          data.workers)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
@@ -124,14 +125,16 @@ def evaluate(
     summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                "per_class": res.per_class}
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{res.count} images: top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  loss {res.loss:.4f}")
+    print(f"{res.count} images ({precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
+          f"loss {res.loss:.4f}")
     width = max(len(c) for c in res.classes)
     for c, acc in res.per_class.items():
         print(f"  {c:<{width}}  {acc:.2%}")
     print(f"wrote {out_dir}/confusion.png, confusion.csv, eval.json")
 
 
-def predict(weights: str, images: list[str], topk: int = 5, json: bool = False) -> None:
+def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
+            precision: str = "auto") -> None:
     """Top-k classes with probabilities for image files or directories of images.
 
     Args:
@@ -139,13 +142,14 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False) 
         images: image files and/or directories.
         topk: how many classes to show per image.
         json: print JSON instead of a table.
+        precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
     """
     import json as _json
 
     from .predict import list_images, load_for_inference, predict_files
 
     loaded = load_for_inference(weights)
-    results = predict_files(loaded, list_images(images), topk)
+    results = predict_files(loaded, list_images(images), topk, precision=precision)
     if json:
         print(_json.dumps(results, indent=2))
         return

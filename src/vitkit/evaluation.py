@@ -32,6 +32,28 @@ class EvalResult:
         return int(self.confusion.sum())
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether the hardware computes bf16 natively (AVX512-BF16 / AMX on CPUs)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def inference_precision(name: str, device: torch.device | str) -> str:
+    """"auto" is bf16 autocast where the hardware has native bf16, else fp32."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {name!r}: expected auto, fp32 or bf16")
+    return name
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -70,8 +70,17 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_files(loaded: Loaded, files: list[Path], topk: int = 5, batch_size: int = 64) -> list[dict]:
-    """Top-k classes with probabilities for each file; unreadable files get an "error" entry."""
+def predict_files(loaded: Loaded, files: list[Path], topk: int = 5, batch_size: int = 64,
+                  precision: str = "auto") -> list[dict]:
+    """Top-k classes with probabilities for each file; unreadable files get an "error" entry.
+
+    precision "auto" runs bf16 autocast where the hardware has native bf16 (norms and
+    softmax stay in fp32), else fp32.
+    """
+    from .evaluation import autocast, inference_precision
+
+    device = next(loaded.model.parameters()).device
+    precision = inference_precision(precision, device)
     topk = min(topk, len(loaded.classes))
     results: list[dict] = []
     batch, names = [], []
@@ -79,7 +88,8 @@ def predict_files(loaded: Loaded, files: list[Path], topk: int = 5, batch_size: 
     def flush():
         if not batch:
             return
-        probs = loaded.model.predict_proba(torch.stack(batch))
+        with autocast(device, precision):
+            probs = loaded.model.predict_proba(torch.stack(batch).to(device))
         p, idx = probs.topk(topk, dim=1)
         for name, pi, ii in zip(names, p.tolist(), idx.tolist(), strict=True):
             results.append({"file": str(name), "top": [{"class": loaded.classes[i], "index": i,

@@ -12,6 +12,7 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -69,14 +70,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--run.device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_precision(name: str, device: torch.device) -> str:
@@ -382,7 +375,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         for i, (xc, yc) in enumerate(zip(x.chunk(acc), y.chunk(acc), strict=True)):
             sync = self.ddp is None or i == acc - 1
-            ctx = self.ddp.no_sync() if not sync else _null()
+            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with autocast(self.device, self.precision):
                     logits = net(xc)
@@ -463,7 +456,6 @@ class Trainer:
                                 f"loss became {mean_loss} at step {self.step} (epoch {self.epoch + 1}); "
                                 f"the last good checkpoint in {self.run_dir} is kept. Try a lower "
                                 f"--optim.lr or --run.precision fp32")
-                        n_img = pending_n * len(x)
                         loss_acc += mean_loss * pending_n
                         correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
                         n_acc += pending_n
@@ -471,7 +463,6 @@ class Trainer:
                         bar.set_postfix(loss=f"{mean_loss:.3f}",
                                         acc=f"{correct_acc / max(n_acc * len(x) * self.dist.world, 1):.3f}",
                                         lr=f"{lr:.2e}", img_s=f"{seen / (now - t0):.0f}")
-                        del n_img
                         pending_loss.zero_()
                         pending_correct.zero_()
                         pending_n = 0
@@ -528,15 +519,7 @@ class Trainer:
         return RunResult(self.run_dir, status, self.epoch, self.step, val_acc, self.best_acc, self.metrics)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def fit(cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
+def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,
         extra_meta: dict | None = None, on_step=None) -> RunResult:
     """Train (or continue) a run and return where it went and how well it did.
 
@@ -544,8 +527,9 @@ def fit(cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = 
     from the exact step it stopped at.
     """
     if resume is not None:
-        state_cfg = _stored_config(Path(resume))
-        cfg = state_cfg
+        cfg = _stored_config(Path(resume))
+    elif cfg is None:
+        raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
     trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step)
     try:
         result = trainer.run()

@@ -37,6 +37,8 @@ class ViTConfig:
     qkv_bias: bool = True
     stem: Stem = "patch"  # "conv": the paper's hybrid input, a small conv stem before the patches
     stem_channels: int = 64
+    stem_stride: int = 1  # the stem's second conv downsamples by this; patches then span
+    # patch_size // stem_stride feature-map cells, so patch_size stays pixels per token side
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
@@ -50,6 +52,10 @@ class ViTConfig:
         if self.pos_embed == "sincos2d" and self.hidden_size % 4:
             raise ValueError(
                 f"2D sin-cos position embeddings need hidden_size % 4 == 0, got {self.hidden_size}"
+            )
+        if self.stem == "conv" and self.patch_size % self.stem_stride:
+            raise ValueError(
+                f"patch size {self.patch_size} is not a multiple of stem stride {self.stem_stride}"
             )
         h, w = self.image_hw
         if h % self.patch_size or w % self.patch_size:

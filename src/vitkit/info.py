@@ -20,9 +20,9 @@ def forward_macs(config: ViTConfig) -> int:
     macs = n * config.num_channels * config.patch_size**2 * d
     if config.stem == "conv":
         h, w = config.image_hw
-        c = config.stem_channels
-        macs += h * w * 9 * c * (config.num_channels + c)
-        macs += n * (c - config.num_channels) * config.patch_size**2 * d
+        c, s = config.stem_channels, config.stem_stride
+        macs += h * w * 9 * c * config.num_channels + (h // s) * (w // s) * 9 * c * c
+        macs += n * c * (config.patch_size // s) ** 2 * d - n * config.num_channels * config.patch_size**2 * d
     per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m
     macs += config.num_layers * per_block
     head_in = d

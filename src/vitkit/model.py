@@ -20,14 +20,14 @@ from .posemb import resample_pos_embed, sincos_2d
 
 class ConvStem(nn.Module):
     """The paper's hybrid input (Section 3.1): a small CNN computes the feature map that is
-    then cut into patches. Two 3x3 conv-BN-GELU layers at full resolution."""
+    then cut into patches. Two 3x3 conv-BN-GELU layers; the second may downsample."""
 
-    def __init__(self, in_channels: int, channels: int):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
-        for c_in in (in_channels, channels):
+        for c_in, s in ((in_channels, 1), (channels, stride)):
             layers += [
-                nn.Conv2d(c_in, channels, 3, padding=1, bias=False),
+                nn.Conv2d(c_in, channels, 3, stride=s, padding=1, bias=False),
                 nn.BatchNorm2d(channels),
                 nn.GELU(),
             ]
@@ -50,10 +50,11 @@ class PatchEmbedding(nn.Module):
         self.patch_size = config.patch_size
         in_ch = config.num_channels
         self.stem = None
+        k = config.patch_size
         if config.stem == "conv":
-            self.stem = ConvStem(in_ch, config.stem_channels)
-            in_ch = config.stem_channels
-        self.proj = nn.Conv2d(in_ch, config.hidden_size, config.patch_size, config.patch_size)
+            self.stem = ConvStem(in_ch, config.stem_channels, config.stem_stride)
+            in_ch, k = config.stem_channels, config.patch_size // config.stem_stride
+        self.proj = nn.Conv2d(in_ch, config.hidden_size, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

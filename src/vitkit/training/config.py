@@ -31,6 +31,7 @@ class ModelSpec:
     gelu: Literal["exact", "tanh"] = "exact"
     stem: Literal["patch", "conv"] = "conv"  # the paper's hybrid; "patch" for the pure ViT
     stem_channels: int = 32
+    stem_stride: int = 1  # the stem's second conv downsamples by this (patch_size must divide)
 
     def build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
         patch = self.patch_size
@@ -41,7 +42,7 @@ class ModelSpec:
                       representation_size=self.representation_size, pos_embed=self.pos_embed,
                       pool=self.pool, dropout=self.dropout, attention_dropout=self.attention_dropout,
                       drop_path=self.drop_path, gelu=self.gelu, stem=self.stem,
-                      stem_channels=self.stem_channels)
+                      stem_channels=self.stem_channels, stem_stride=self.stem_stride)
         if self.variant:
             name = self.variant if self.patch_size is None else f"{self.variant.split('/')[0]}/{patch}"
             return variant(name, **common)

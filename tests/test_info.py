@@ -12,7 +12,9 @@ def test_analytic_flops_match_pytorch_counter():
     for cfg in [ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_layers=2, num_heads=3,
                           mlp_size=96, num_classes=5, representation_size=16),
                 ViTConfig(image_size=32, patch_size=4, hidden_size=32, num_layers=1, num_heads=2,
-                          mlp_size=64, num_classes=10, stem="conv", stem_channels=8)]:
+                          mlp_size=64, num_classes=10, stem="conv", stem_channels=8),
+                ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                          mlp_size=64, num_classes=10, stem="conv", stem_channels=16, stem_stride=4)]:
         model = ViT(cfg).eval()
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             feats, _ = model.forward_features(torch.zeros(1, 3, 32, 32), return_attention=True)

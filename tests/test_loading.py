@@ -337,3 +337,18 @@ def test_hf_config_json_is_read_not_executed(tmp_path):
     (d / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
         vitkit.load(d)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_hybrid_config_read_from_bare_weights(tmp_path, stride):
+    """A safetensors file of a hybrid, without its config.json: stem width, stride and patch size
+    come from the conv shapes."""
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_layers=2, num_heads=3, mlp_size=96,
+                    num_classes=5, stem="conv", stem_channels=16, stem_stride=stride)
+    model = randomize_all_(ViT(cfg)).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    ours, _ = load_with_report(tmp_path / "w.safetensors", image_size=32, num_heads=3)
+    assert (ours.config.stem_stride, ours.config.patch_size, ours.config.stem_channels) == (stride, 8, 16)
+    x = images(32)
+    assert_same(ours.eval()(x), model(x))

@@ -185,8 +185,46 @@ def test_conv_stem_hybrid():
     assert model.patch_embed.proj.in_channels == 16
 
 
+@pytest.mark.parametrize("stride, widths", [(1, [16, 16]), (2, [8, 16]), (4, [4, 8, 16])])
+def test_conv_stem_strides(stride, widths):
+    """Stride 2^k: one full-resolution conv, then k halvings that double the width."""
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=4,
+                    mlp_size=64, num_classes=10, stem="conv", stem_channels=16, stem_stride=stride)
+    model = ViT(cfg)
+    convs = [m for m in model.patch_embed.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == widths
+    assert model.patch_embed.proj.kernel_size == (8 // stride,) * 2
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 17, 32)
+    with pytest.raises(ValueError, match="power of 2, got 3"):
+        cfg.replace(stem_stride=3)
+
+
 def test_config_round_trip():
     cfg = variant("S/16", image_size=(32, 64), num_classes=3)
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown ViTConfig keys: bogus"):
         ViTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_token_shortcut_gives_the_full_model_logits_and_gradients(dtype):
+    """forward() runs the last block for the class token alone; logits and every gradient
+    must equal those of the full computation (forward_features, then the head)."""
+    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=4, mlp_size=64,
+                    num_classes=5, representation_size=24)
+    model = ViT(cfg)
+    randomize_(model)
+    x = torch.randn(3, 3, 16, 16)
+    grads = []
+    outs = []
+    for full in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model.forward_head(model.forward_features(x)) if full else model(x)
+        out.float().square().sum().backward()
+        outs.append(out.float().detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(outs[1], outs[0], atol=tol, rtol=tol)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=tol, rtol=tol, msg=name)

@@ -37,7 +37,7 @@ class ViTConfig:
     qkv_bias: bool = True
     stem: Stem = "patch"  # "conv": the paper's hybrid input, a small conv stem before the patches
     stem_channels: int = 64
-    stem_stride: int = 1  # the stem's second conv downsamples by this; patches then span
+    stem_stride: int = 1  # a power of 2: the stem downsamples by it; patches then span
     # patch_size // stem_stride feature-map cells, so patch_size stays pixels per token side
 
     def __post_init__(self) -> None:
@@ -53,6 +53,8 @@ class ViTConfig:
             raise ValueError(
                 f"2D sin-cos position embeddings need hidden_size % 4 == 0, got {self.hidden_size}"
             )
+        if self.stem == "conv" and (self.stem_stride < 1 or self.stem_stride & (self.stem_stride - 1)):
+            raise ValueError(f"stem stride must be a power of 2, got {self.stem_stride}")
         if self.stem == "conv" and self.patch_size % self.stem_stride:
             raise ValueError(
                 f"patch size {self.patch_size} is not a multiple of stem stride {self.stem_stride}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .config import PAPER_PARAMS_M, VARIANTS, ViTConfig, variant
-from .model import ViT
+from .model import ViT, conv_stem_plan
 
 
 def forward_macs(config: ViTConfig) -> int:
@@ -21,7 +21,11 @@ def forward_macs(config: ViTConfig) -> int:
     if config.stem == "conv":
         h, w = config.image_hw
         c, s = config.stem_channels, config.stem_stride
-        macs += h * w * 9 * c * config.num_channels + (h // s) * (w // s) * 9 * c * c
+        c_in, scale = config.num_channels, 1
+        for c_out, stride in conv_stem_plan(c, s):
+            scale *= stride
+            macs += (h // scale) * (w // scale) * 9 * c_in * c_out
+            c_in = c_out
         macs += n * c * (config.patch_size // s) ** 2 * d - n * config.num_channels * config.patch_size**2 * d
     per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m
     macs += config.num_layers * per_block

@@ -347,9 +347,12 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
     if w is None or w.ndim != 4 or w.shape[-1] != w.shape[-2]:
         raise ValueError("no square patch embedding patch_embed.proj.weight (D, C, P, P)")
     f: dict[str, Any] = dict(hidden_size=w.shape[0], num_channels=w.shape[1], patch_size=w.shape[-1])
-    stem = sd.get("patch_embed.stem.layers.0.weight")
-    if stem is not None:
-        f.update(stem="conv", stem_channels=stem.shape[0], num_channels=stem.shape[1])
+    stem_key = re.compile(r"patch_embed\.stem\.layers\.\d+\.weight")
+    stem = [v for k, v in sd.items() if stem_key.fullmatch(k) and v.ndim == 4]
+    if stem:  # stride 1: two convs of equal width; stride 2^k: k + 1 convs, the width doubling
+        stride = 1 if len(stem) == 2 and stem[0].shape[0] == stem[1].shape[0] else 2 ** (len(stem) - 1)
+        f.update(stem="conv", stem_channels=stem[-1].shape[0], num_channels=stem[0].shape[1],
+                 stem_stride=stride, patch_size=w.shape[-1] * stride)
     layers = sorted({int(k.split(".")[1]) for k in sd if re.match(r"^blocks\.\d+\.", k)})
     if layers != list(range(len(layers))):
         gap = next(i for i in range(len(layers) + 1) if i not in layers)

@@ -18,19 +18,29 @@ from .config import ViTConfig
 from .posemb import resample_pos_embed, sincos_2d
 
 
+def conv_stem_plan(channels: int, stride: int) -> list[tuple[int, int]]:
+    """(out channels, stride) of each conv of the stem."""
+    k = stride.bit_length() - 1
+    if k == 0:
+        return [(channels, 1), (channels, 1)]
+    return [(max(channels >> k, 1), 1)] + [(max(channels >> (k - i), 1), 2) for i in range(1, k + 1)]
+
+
 class ConvStem(nn.Module):
     """The paper's hybrid input (Section 3.1): a small CNN computes the feature map that is
-    then cut into patches. Two 3x3 conv-BN-GELU layers; the second may downsample."""
+    then cut into patches. 3x3 conv-BN-GELU layers: with stride 1 two of `channels` width;
+    with stride 2^k one at full resolution and k that each halve the map and double the width,
+    ending at `channels`."""
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1):
         super().__init__()
+        self.plan = conv_stem_plan(channels, stride)
         layers: list[nn.Module] = []
-        for c_in, s in ((in_channels, 1), (channels, stride)):
-            layers += [
-                nn.Conv2d(c_in, channels, 3, stride=s, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.GELU(),
-            ]
+        c_in = in_channels
+        for c_out, s in self.plan:
+            conv = nn.Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=False)
+            layers += [conv, nn.BatchNorm2d(c_out), nn.GELU()]
+            c_in = c_out
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,11 +90,20 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, return_weights: bool = False
+        self, x: torch.Tensor, return_weights: bool = False, queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries=m: outputs for the first m tokens only (keys and values still span all)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        h, hd = self.num_heads, self.head_dim
+        if queries is None:
+            qkv = self.qkv(x).view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :queries], w[:d], None if bias is None else bias[:d])
+            q = q.view(b, queries, h, hd).transpose(1, 2)
+            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+            k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.0
         weights = None
         # PyTorch's fused CPU kernel has no fast bf16 path (its backward is ~6x slower than
@@ -96,7 +115,7 @@ class Attention(nn.Module):
             x = F.dropout(a, drop, self.training) @ v
         else:  # fused kernel; never materializes the N x N matrix when it can avoid it
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        x = x.transpose(1, 2).reshape(b, n, d)
+        x = x.transpose(1, 2).reshape(b, q.shape[2], d)
         return self.proj_drop(self.proj(x)), weights
 
 
@@ -145,10 +164,11 @@ class EncoderBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, return_weights: bool = False
+        self, x: torch.Tensor, return_weights: bool = False, queries: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, weights = self.attn(self.norm1(x), return_weights)
-        x = x + self.drop_path(a)
+        """queries=m: only the first m tokens come out (their values are unchanged)."""
+        a, weights = self.attn(self.norm1(x), return_weights, queries)
+        x = (x if queries is None else x[:, :queries]) + self.drop_path(a)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
@@ -252,14 +272,8 @@ class ViT(nn.Module):
             self.pos_embed, grid, self.config.grid_size, self.config.num_prefix_tokens
         )
 
-    def forward_features(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """All output tokens (B, prefix + N, D) after the final LayerNorm.
-
-        With return_attention=True also every layer's attention matrices (B, heads, T, T);
-        off by default, so the fused attention kernel runs and nothing extra is kept.
-        """
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images to the encoder's input sequence: patches, class token, position embeddings."""
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         x = self.patch_embed(x)
@@ -268,7 +282,17 @@ class ViT(nn.Module):
         pos = self._pos_embed_for(grid)
         if pos is not None:
             x = x + pos
-        x = self.pos_drop(x)
+        return self.pos_drop(x)
+
+    def forward_features(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """All output tokens (B, prefix + N, D) after the final LayerNorm.
+
+        With return_attention=True also every layer's attention matrices (B, heads, T, T);
+        off by default, so the fused attention kernel runs and nothing extra is kept.
+        """
+        x = self.embed(x)
         attentions = []
         for block in self.blocks:
             x, w = block(x, return_attention)
@@ -288,7 +312,16 @@ class ViT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        """Logits. With class-token pooling only the class token of the last block reaches the
+        head, so that block computes its query, attention output and MLP for that token alone
+        (about 1/L of the work saved; the logits are the same)."""
+        if self.config.pool != "cls" or len(self.blocks) == 0:
+            return self.forward_head(self.forward_features(x))
+        x = self.embed(x)
+        for block in self.blocks[:-1]:
+            x, _ = block(x)
+        x, _ = self.blocks[-1](x, queries=1)
+        return self.forward_head(self.norm(x))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

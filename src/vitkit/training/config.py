@@ -31,7 +31,7 @@ class ModelSpec:
     gelu: Literal["exact", "tanh"] = "exact"
     stem: Literal["patch", "conv"] = "conv"  # the paper's hybrid; "patch" for the pure ViT
     stem_channels: int = 32
-    stem_stride: int = 1  # the stem's second conv downsamples by this (patch_size must divide)
+    stem_stride: int = 1  # a power of 2: the stem downsamples by it (patch_size must divide)
 
     def build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
         patch = self.patch_size

@@ -23,6 +23,29 @@ def info(image_size: int = 224) -> None:
     print(format_table(variant_rows(image_size), image_size))
 
 
+def bench(
+    device: Literal["cpu", "cuda"] = "cpu",
+    repeats: int = 5,
+    only: Literal["infer", "train"] | None = None,
+    memory: bool = True,
+    json: str | None = "speed.json",
+) -> None:
+    """Time vitkit, timm and Hugging Face transformers on the same ViTs, interleaved, in one run.
+
+    Args:
+        device: where to run.
+        repeats: timed repeats per library and workload (the median is reported).
+        only: just the inference or just the training workloads.
+        memory: also measure training peak memory (fresh processes on the CPU).
+        json: where to write the results as JSON.
+    """
+    from pathlib import Path
+
+    from .bench import run
+
+    run(device, repeats, only, memory, Path(json) if json else None)
+
+
 def train(
     data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
     model: ModelSpec = ModelSpec(),  # noqa: B008 (read-only defaults)
@@ -264,7 +287,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
 
 
 COMMANDS = {"info": info, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
-            "visualize": visualize, "convert": convert}
+            "visualize": visualize, "convert": convert, "bench": bench}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
 FILE_LISTS = {"visualize": "images", "predict": "images"}
 

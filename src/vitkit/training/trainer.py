@@ -105,11 +105,14 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # One fused kernel per step instead of a chain of elementwise passes over every tensor:
+    # the CIFAR training step ran about 1.2x faster with it in bf16 (benchmarks/README.md).
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     if cfg.name == "adam":  # classic Adam with L2 added to the gradient
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
 # ---- state ------------------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""vitkit against timm and Hugging Face transformers on identical architectures, in one run
+(`vitkit bench`, or benchmarks/speed.py).
+
+For every workload the three libraries are timed interleaved (vitkit, timm, HF, then rotated)
+after warm-up, and the median of the repeats is reported with the ratios vitkit/timm and
+vitkit/HF, training peak memory, and MFU against a matmul ceiling measured in the same run.
+Timings on shared machines move from run to run; compare the ratios, which come from
+interleaved measurements in one process. timm and transformers must be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import ViTConfig, variant
+from .formats.hf import config_to_hf
+from .formats.timm import timm_kwargs
+from .info import forward_macs
+from .model import ViT
+
+LIBS = ("vitkit", "timm", "hf")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CIFAR = ViTConfig(image_size=32, patch_size=4, hidden_size=192, num_layers=9, num_heads=12, mlp_size=384,
+                  num_classes=10)
+
+
+@dataclass
+class Workload:
+    name: str
+    config: ViTConfig
+    batch: int
+    mode: str  # "infer" or "train"
+    precision: str  # "fp32" or "bf16"
+
+    @property
+    def flops_per_image(self) -> float:
+        f = 2 * forward_macs(self.config)
+        return f * 3 if self.mode == "train" else f  # backward costs about twice the forward
+
+
+def workloads(device: str) -> list[Workload]:
+    out = []
+    for mode in ("infer", "train"):
+        for prec in ("fp32", "bf16"):
+            if mode == "infer":
+                for name in ("Ti/16", "S/16", "B/16"):
+                    for b in (1, 8):
+                        out.append(Workload(name, variant(name), b, mode, prec))
+                if device == "cuda":
+                    out.append(Workload("B/16", variant("B/16"), 256, mode, prec))
+            else:
+                out.append(Workload("CIFAR ViT", CIFAR, 128, mode, prec))
+                out.append(Workload("S/16", variant("S/16"), 32, mode, prec))
+                if device == "cuda" and prec == "bf16":
+                    out.append(Workload("B/16", variant("B/16"), 128, mode, prec))
+    return out
+
+
+class HFLogits(torch.nn.Module):
+    """transformers' ViTForImageClassification returning plain logits."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        import transformers
+
+        hf_cfg = transformers.ViTConfig(**config_to_hf(cfg), attn_implementation="sdpa")
+        self.inner = transformers.ViTForImageClassification(hf_cfg)
+
+    def forward(self, x):
+        return self.inner(pixel_values=x).logits
+
+
+def build(lib: str, cfg: ViTConfig, device: str) -> torch.nn.Module:
+    if lib == "vitkit":
+        m = ViT(cfg)
+    elif lib == "timm":
+        from timm.models.vision_transformer import VisionTransformer
+
+        m = VisionTransformer(**timm_kwargs(cfg))
+    else:
+        m = HFLogits(cfg)
+    return m.to(device)
+
+
+def autocast(device: str, precision: str):
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def make_optimizer(lib: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Each library's AdamW as its users get it: vitkit's trainer builds its own (decay on
+    matrices only, fused kernel); timm and HF users typically take torch's default AdamW."""
+    if lib == "vitkit":
+        from .training.config import OptimConfig
+        from .training.trainer import build_optimizer
+
+        return build_optimizer(model, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05))
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+
+def make_step(lib: str, model, w: Workload, device: str):
+    h, wd = w.config.image_hw
+    x = torch.randn(w.batch, 3, h, wd, device=device)
+    if w.mode == "infer":
+        model.eval()
+
+        @torch.inference_mode()
+        def step():
+            with autocast(device, w.precision):
+                return model(x)
+        return step
+    model.train()
+    y = torch.randint(0, w.config.num_classes, (w.batch,), device=device)
+    opt = make_optimizer(lib, model)
+
+    def step():
+        with autocast(device, w.precision):
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(device: str, dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of a large square matrix product: the roofline MFU is measured against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
+    """Training peak memory: CUDA's allocator peak, or on the CPU the growth of the peak
+    resident set of a fresh process over two steps (each library measured alone)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step = make_step(lib, build(lib, w.config, device), w, device)
+        base = torch.cuda.memory_allocated()
+        step()
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    code = (f"from vitkit.bench import _cpu_peak; "
+            f"print(_cpu_peak({lib!r}, {w.name!r}, {w.batch}, {w.precision!r}))")
+    src = str(Path(__file__).resolve().parents[1])  # importable even when vitkit is not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu_peak(lib: str, name: str, batch: int, precision: str) -> float:
+    cfg = CIFAR if name == "CIFAR ViT" else variant(name)
+    w = Workload(name, cfg, batch, "train", precision)
+    step = make_step(lib, build(lib, cfg, "cpu"), w, "cpu")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def time_workload(w: Workload, device: str, repeats: int) -> dict[str, float]:
+    """Median seconds per step for each library, measured interleaved."""
+    steps = {}
+    for lib in LIBS:
+        torch.manual_seed(0)
+        steps[lib] = make_step(lib, build(lib, w.config, device), w, device)
+        for _ in range(2):  # warm-up: allocator, kernels, optimizer state
+            steps[lib]()
+    sync(device)
+    times: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    for r in range(repeats):
+        order = LIBS[r % 3:] + LIBS[:r % 3]  # rotate who goes first
+        for lib in order:
+            sync(device)
+            t = time.perf_counter()
+            steps[lib]()
+            sync(device)
+            times[lib].append(time.perf_counter() - t)
+    return {lib: statistics.median(ts) for lib, ts in times.items()}
+
+
+def loader_speed() -> list[tuple[str, float]]:
+    """Images/s of the training input pipeline alone (batching, augmentation, normalization)
+    for the digits and CIFAR recipes, on in-memory uint8 data of their shapes."""
+    import yaml
+
+    from .data.arrays import ImageArrays
+    from .data.augment import AugmentConfig, BatchAugment
+    from .data.pipeline import array_batches
+
+    out = []
+    for recipe, shape in (("digits", (1437, 1, 8, 8)), ("cifar10", (50000, 3, 32, 32))):
+        if not (CONFIGS / f"{recipe}.yaml").is_file():  # installed without the repository
+            continue
+        cfg = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+        aug = BatchAugment(AugmentConfig(**cfg.get("augment", {})), 10, [0.5] * shape[1], [0.5] * shape[1])
+        data = ImageArrays(torch.randint(0, 256, shape, dtype=torch.uint8),
+                           torch.randint(0, 10, (shape[0],)), [str(i) for i in range(10)])
+        t, n = time.perf_counter(), 0
+        for x, y in array_batches(data, 128, epoch=0, seed=0):
+            aug(x, y)
+            n += len(x)
+        out.append((recipe, n / (time.perf_counter() - t)))
+    return out
+
+
+def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: bool = True,
+        json_path: Path | None = None, selected: list[Workload] | None = None,
+        loader: bool = True) -> dict:
+    """Time every workload (or `selected`), print the table, return (and write) the results."""
+    try:
+        import timm  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"the benchmark compares against timm and transformers: {e}") from None
+    dev = device
+    ceil = {"fp32": matmul_ceiling(dev, torch.float32), "bf16": matmul_ceiling(dev, torch.bfloat16)}
+    print(f"device {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'}), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul ceiling "
+          f"fp32 {ceil['fp32']:.0f} GFLOP/s, bf16 {ceil['bf16']:.0f} GFLOP/s", flush=True)
+    rows = []
+    print("| workload | mode | prec | batch | vitkit img/s | timm img/s | HF img/s | vs timm | vs HF "
+          "| vitkit MFU | timm MFU | peak MiB vitkit / timm / HF |")
+    print("|" + "---|" * 12, flush=True)
+    for w in selected or workloads(dev):
+        if only and w.mode != only:
+            continue
+        sec = time_workload(w, dev, repeats)
+        ips = {lib: w.batch / s for lib, s in sec.items()}
+        mfu = {lib: ips[lib] * w.flops_per_image / 1e9 / ceil[w.precision] for lib in LIBS}
+        mem = None
+        if w.mode == "train" and memory:
+            mem = {lib: peak_memory_mib(lib, w, dev) for lib in LIBS}
+        row = dict(workload=w.name, mode=w.mode, precision=w.precision, batch=w.batch, images_per_s=ips,
+                   vs_timm=ips["vitkit"] / ips["timm"], vs_hf=ips["vitkit"] / ips["hf"], mfu=mfu,
+                   peak_mib=mem)
+        rows.append(row)
+        mem_s = " / ".join(f"{mem[lib]:.0f}" for lib in LIBS) if mem else "-"
+        print(f"| {w.name} | {w.mode} | {w.precision} | {w.batch} | {ips['vitkit']:.1f} | {ips['timm']:.1f} "
+              f"| {ips['hf']:.1f} | {row['vs_timm']:.2f}x | {row['vs_hf']:.2f}x | {mfu['vitkit']:.0%} "
+              f"| {mfu['timm']:.0%} | {mem_s} |", flush=True)
+    # the bf16 fast path against the fp32 baselines
+    print("\nvitkit bf16 against timm fp32 (same workload, same run):")
+    for r in rows:
+        if r["precision"] != "bf16":
+            continue
+        base = next((b for b in rows if b["precision"] == "fp32" and b["workload"] == r["workload"]
+                     and b["mode"] == r["mode"] and b["batch"] == r["batch"]), None)
+        if base:
+            print(f"  {r['workload']} {r['mode']} batch {r['batch']}: "
+                  f"{r['images_per_s']['vitkit'] / base['images_per_s']['timm']:.2f}x")
+    speeds = loader_speed() if loader else []
+    if speeds:
+        print("\ninput pipeline alone (batching + augmentation + normalization, in-memory uint8):")
+    for recipe, ips in speeds:
+        print(f"  {recipe} recipe: {ips:,.0f} img/s")
+    result = {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "ceiling_gflops": ceil, "rows": rows, "loader_images_per_s": dict(speeds)}
+    if json_path is not None:
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
+    return result
+

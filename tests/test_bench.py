@@ -1,0 +1,24 @@
+import json
+
+import pytest
+
+from vitkit.bench import Workload, run
+from vitkit.config import ViTConfig
+
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+
+def test_benchmark_times_all_three_libraries_and_writes_json(tmp_path, capsys):
+    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64,
+                    num_classes=10)
+    chosen = [Workload("tiny", cfg, 4, "infer", "fp32"), Workload("tiny", cfg, 4, "train", "bf16")]
+    result = run("cpu", repeats=2, memory=False, json_path=tmp_path / "s.json", selected=chosen, loader=False)
+    out = capsys.readouterr().out
+    assert "| tiny | infer | fp32 | 4 |" in out and "| tiny | train | bf16 | 4 |" in out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    for row in saved["rows"]:
+        assert set(row["images_per_s"]) == {"vitkit", "timm", "hf"}
+        assert all(v > 0 for v in row["images_per_s"].values())
+        assert row["vs_timm"] == pytest.approx(row["images_per_s"]["vitkit"] / row["images_per_s"]["timm"])

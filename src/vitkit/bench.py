@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -155,7 +154,7 @@ def matmul_ceiling(device: str, dtype: torch.dtype, n: int = 2048) -> float:
 
 def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
     """Training peak memory: CUDA's allocator peak, or on the CPU the growth of the peak
-    resident set of a fresh process over two steps (each library measured alone)."""
+    resident set of a fresh process over two steps (each library measured alone, median of 3)."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         step = make_step(lib, build(lib, w.config, device), w, device)
@@ -168,18 +167,32 @@ def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
             f"print(_cpu_peak({lib!r}, {w.name!r}, {w.batch}, {w.precision!r}))")
     src = str(Path(__file__).resolve().parents[1])  # importable even when vitkit is not installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    return float(out.stdout.strip().splitlines()[-1])
+    peaks = []
+    for _ in range(3):  # the resident set depends on the allocator's moods: median of 3 processes
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=env)
+        peaks.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(peaks)
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
 
 
 def _cpu_peak(lib: str, name: str, batch: int, precision: str) -> float:
+    """MiB the resident set rises above its level before two training steps, at its highest.
+    Linux resets the high-water mark (VmHWM) when 5 is written to /proc/self/clear_refs."""
     cfg = CIFAR if name == "CIFAR ViT" else variant(name)
     w = Workload(name, cfg, batch, "train", precision)
     step = make_step(lib, build(lib, cfg, "cpu"), w, "cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_kib("VmRSS")
     step()
     step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def time_workload(w: Workload, device: str, repeats: int) -> dict[str, float]:

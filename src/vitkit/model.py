@@ -13,6 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ViTConfig
 from .posemb import resample_pos_embed, sincos_2d
@@ -76,6 +77,28 @@ class PatchEmbedding(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), N = HW / P^2
 
 
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QK^T * scale) V with the softmax in fp32; returns the output and the weights."""
+    a = ((q * scale) @ k.transpose(-2, -1)).float().softmax(dim=-1).to(q.dtype)
+    return F.dropout(a, dropout, dropout > 0) @ v, a
+
+
+def _attention_output(q, k, v, scale: float, dropout: float) -> torch.Tensor:
+    return explicit_attention(q, k, v, scale, dropout)[0]
+
+
+def _checkpointed_attention(q, k, v, scale: float, dropout: float, max_elements: int = 2**20) -> torch.Tensor:
+    """Explicit attention that keeps no N x N matrix for the backward pass: each slice of
+    the batch is recomputed there, one at a time, so at most max_elements scores are alive."""
+    b, h, n, _ = q.shape
+    step = max(1, max_elements // (h * n * k.shape[2]))
+    outs = [checkpoint(_attention_output, q[i:i + step], k[i:i + step], v[i:i + step], scale, dropout,
+                       use_reentrant=False) for i in range(0, b, step)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 class Attention(nn.Module):
     """Multi-head scaled dot-product self-attention with one fused qkv projection."""
 
@@ -109,10 +132,14 @@ class Attention(nn.Module):
         # PyTorch's fused CPU kernel has no fast bf16 path (its backward is ~6x slower than
         # the plain products here), so bf16 on the CPU takes the explicit route too.
         explicit = return_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
-        if explicit:  # softmax(QK^T / sqrt(d)), the softmax in fp32
-            a = ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1).to(q.dtype)
-            weights = a if return_weights else None
-            x = F.dropout(a, drop, self.training) @ v
+        if return_weights:
+            x, weights = explicit_attention(q, k, v, self.scale, drop)
+        elif explicit and torch.is_grad_enabled() and q.requires_grad:
+            # Recompute the N x N matrices in the backward pass instead of keeping them: the
+            # fused kernel keeps none either, and recomputing costs a few percent of a step.
+            x = _checkpointed_attention(q, k, v, self.scale, drop)
+        elif explicit:
+            x = explicit_attention(q, k, v, self.scale, drop)[0]
         else:  # fused kernel; never materializes the N x N matrix when it can avoid it
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         x = x.transpose(1, 2).reshape(b, q.shape[2], d)

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from speed import CIFAR, Workload, build, make_step  # noqa: E402
-
+from vitkit.bench import CIFAR, Workload, build, make_step  # noqa: E402
 from vitkit.config import variant  # noqa: E402
 
 
@@ -28,7 +27,7 @@ def main() -> None:
     for w, steps in ((Workload("B/16", variant("B/16"), 8, "infer", args.precision), 3),
                      (Workload("CIFAR ViT", CIFAR, 128, "train", args.precision), 5)):
         torch.manual_seed(0)
-        step = make_step(build(args.lib, w.config, "cpu"), w, "cpu")
+        step = make_step(args.lib, build(args.lib, w.config, "cpu"), w, "cpu")
         for _ in range(2):
             step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:

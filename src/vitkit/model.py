@@ -135,8 +135,8 @@ class Attention(nn.Module):
         if return_weights:
             x, weights = explicit_attention(q, k, v, self.scale, drop)
         elif explicit and torch.is_grad_enabled() and q.requires_grad:
-            # Recompute the N x N matrices in the backward pass instead of keeping them: the
-            # fused kernel keeps none either, and recomputing costs a few percent of a step.
+            # Recompute the N x N matrices in the backward pass instead of keeping them (the
+            # fused kernel keeps none either): training memory stays at the fused kernel's.
             x = _checkpointed_attention(q, k, v, self.scale, drop)
         elif explicit:
             x = explicit_attention(q, k, v, self.scale, drop)[0]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ViTConfig, variant
+from .evaluation import autocast
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
 from .info import forward_macs
@@ -92,10 +93,6 @@ def build(lib: str, cfg: ViTConfig, device: str) -> torch.nn.Module:
     return m.to(device)
 
 
-def autocast(device: str, precision: str):
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def make_optimizer(lib: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Each library's AdamW as its users get it: vitkit's trainer builds its own (decay on
     matrices only, fused kernel); timm and HF users typically take torch's default AdamW."""
@@ -115,7 +112,7 @@ def make_step(lib: str, model, w: Workload, device: str):
 
         @torch.inference_mode()
         def step():
-            with autocast(device, w.precision):
+            with autocast(torch.device(device), w.precision):
                 return model(x)
         return step
     model.train()
@@ -123,7 +120,7 @@ def make_step(lib: str, model, w: Workload, device: str):
     opt = make_optimizer(lib, model)
 
     def step():
-        with autocast(device, w.precision):
+        with autocast(torch.device(device), w.precision):
             out = model(x)
         F.cross_entropy(out.float(), y).backward()
         opt.step()
@@ -164,7 +161,7 @@ def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
         sync(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     code = (f"from vitkit.bench import _cpu_peak; "
-            f"print(_cpu_peak({lib!r}, {w.name!r}, {w.batch}, {w.precision!r}))")
+            f"print(_cpu_peak({lib!r}, {w.config.to_dict()!r}, {w.batch}, {w.precision!r}))")
     src = str(Path(__file__).resolve().parents[1])  # importable even when vitkit is not installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     peaks = []
@@ -182,11 +179,11 @@ def _proc_status_kib(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}")
 
 
-def _cpu_peak(lib: str, name: str, batch: int, precision: str) -> float:
+def _cpu_peak(lib: str, config: dict, batch: int, precision: str) -> float:
     """MiB the resident set rises above its level before two training steps, at its highest.
     Linux resets the high-water mark (VmHWM) when 5 is written to /proc/self/clear_refs."""
-    cfg = CIFAR if name == "CIFAR ViT" else variant(name)
-    w = Workload(name, cfg, batch, "train", precision)
+    cfg = ViTConfig.from_dict(config)
+    w = Workload("probe", cfg, batch, "train", precision)
     step = make_step(lib, build(lib, cfg, "cpu"), w, "cpu")
     Path("/proc/self/clear_refs").write_text("5")
     before = _proc_status_kib("VmRSS")
@@ -250,24 +247,23 @@ def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: 
         import transformers  # noqa: F401
     except ImportError as e:
         raise ValueError(f"the benchmark compares against timm and transformers: {e}") from None
-    dev = device
-    ceil = {"fp32": matmul_ceiling(dev, torch.float32), "bf16": matmul_ceiling(dev, torch.bfloat16)}
-    print(f"device {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'}), "
+    ceil = {"fp32": matmul_ceiling(device, torch.float32), "bf16": matmul_ceiling(device, torch.bfloat16)}
+    print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul ceiling "
           f"fp32 {ceil['fp32']:.0f} GFLOP/s, bf16 {ceil['bf16']:.0f} GFLOP/s", flush=True)
     rows = []
     print("| workload | mode | prec | batch | vitkit img/s | timm img/s | HF img/s | vs timm | vs HF "
           "| vitkit MFU | timm MFU | peak MiB vitkit / timm / HF |")
     print("|" + "---|" * 12, flush=True)
-    for w in selected or workloads(dev):
+    for w in selected or workloads(device):
         if only and w.mode != only:
             continue
-        sec = time_workload(w, dev, repeats)
+        sec = time_workload(w, device, repeats)
         ips = {lib: w.batch / s for lib, s in sec.items()}
         mfu = {lib: ips[lib] * w.flops_per_image / 1e9 / ceil[w.precision] for lib in LIBS}
         mem = None
         if w.mode == "train" and memory:
-            mem = {lib: peak_memory_mib(lib, w, dev) for lib in LIBS}
+            mem = {lib: peak_memory_mib(lib, w, device) for lib in LIBS}
         row = dict(workload=w.name, mode=w.mode, precision=w.precision, batch=w.batch, images_per_s=ips,
                    vs_timm=ips["vitkit"] / ips["timm"], vs_hf=ips["vitkit"] / ips["hf"], mfu=mfu,
                    peak_mib=mem)
@@ -291,7 +287,7 @@ def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: 
         print("\ninput pipeline alone (batching + augmentation + normalization, in-memory uint8):")
     for recipe, ips in speeds:
         print(f"  {recipe} recipe: {ips:,.0f} img/s")
-    result = {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "ceiling_gflops": ceil, "rows": rows, "loader_images_per_s": dict(speeds)}
     if json_path is not None:
         json_path = Path(json_path)

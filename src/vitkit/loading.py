@@ -39,7 +39,7 @@ from .formats.hf import config_to_hf, from_hf, to_hf
 from .formats.npz import from_npz, read_npz, to_npz
 from .formats.timm import from_timm, to_timm
 from .formats.torchvision import from_torchvision
-from .model import ViT
+from .model import ViT, conv_stem_plan
 from .posemb import ResizeMode, resample_pos_embed
 
 FORMATS = ("vitkit", "hf", "timm", "torchvision", "npz")
@@ -349,9 +349,13 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
     f: dict[str, Any] = dict(hidden_size=w.shape[0], num_channels=w.shape[1], patch_size=w.shape[-1])
     stem_key = re.compile(r"patch_embed\.stem\.layers\.\d+\.weight")
     stem = [v for k, v in sd.items() if stem_key.fullmatch(k) and v.ndim == 4]
-    if stem:  # stride 1: two convs of equal width; stride 2^k: k + 1 convs, the width doubling
-        stride = 1 if len(stem) == 2 and stem[0].shape[0] == stem[1].shape[0] else 2 ** (len(stem) - 1)
-        f.update(stem="conv", stem_channels=stem[-1].shape[0], num_channels=stem[0].shape[1],
+    if stem:  # the stride whose stem plan gives these conv widths
+        widths = [c.shape[0] for c in stem]
+        strides = [2**k for k in range(len(stem))]
+        stride = next((s for s in strides if widths == [c for c, _ in conv_stem_plan(widths[-1], s)]), None)
+        if stride is None:
+            raise ValueError(f"conv stem widths {widths} match no stem stride")
+        f.update(stem="conv", stem_channels=widths[-1], num_channels=stem[0].shape[1],
                  stem_stride=stride, patch_size=w.shape[-1] * stride)
     layers = sorted({int(k.split(".")[1]) for k in sd if re.match(r"^blocks\.\d+\.", k)})
     if layers != list(range(len(layers))):

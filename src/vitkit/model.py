@@ -35,10 +35,9 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1):
         super().__init__()
-        self.plan = conv_stem_plan(channels, stride)
         layers: list[nn.Module] = []
         c_in = in_channels
-        for c_out, s in self.plan:
+        for c_out, s in conv_stem_plan(channels, stride):
             conv = nn.Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=False)
             layers += [conv, nn.BatchNorm2d(c_out), nn.GELU()]
             c_in = c_out
@@ -131,7 +130,7 @@ class Attention(nn.Module):
         weights = None
         # PyTorch's fused CPU kernel has no fast bf16 path (its backward is ~6x slower than
         # the plain products here), so bf16 on the CPU takes the explicit route too.
-        explicit = return_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if return_weights:
             x, weights = explicit_attention(q, k, v, self.scale, drop)
         elif explicit and torch.is_grad_enabled() and q.requires_grad:

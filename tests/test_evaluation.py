@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_
 
 from vitkit.data.arrays import ImageArrays
 from vitkit.data.preprocess import InputSpec
-from vitkit.evaluation import evaluate_model, inference_precision
+from vitkit.evaluation import evaluate_model, for_inference, inference_precision
 from vitkit.model import ViT, ViTConfig
 
 
@@ -30,3 +31,21 @@ def test_evaluate_counts_match_a_direct_computation():
     assert res.top1 == pytest.approx((pred == labels).float().mean().item())
     assert res.top5 == 1.0 and res.count == 50
     assert np.array_equal(res.confusion.sum(1), np.bincount(labels.numpy(), minlength=3))
+
+
+def test_bf16_inference_weights_give_the_autocast_logits():
+    """Storing the matrices in bf16 once is what autocast does on every forward: same logits."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_size=64,
+                    num_classes=5, stem="conv", stem_channels=16)
+    model = randomize_(ViT(cfg)).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(x).float()
+        fast = for_inference(model, "bf16")
+        assert fast.patch_embed.proj.weight.dtype == torch.bfloat16
+        assert fast.norm.weight.dtype == torch.float32 and fast.pos_embed.dtype == torch.float32
+        out = fast(x).float()
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert for_inference(ViT(cfg), "fp32").patch_embed.proj.weight.dtype == torch.float32

@@ -11,10 +11,8 @@ interleaved measurements in one process. timm and transformers must be installed
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ViTConfig, variant
-from .evaluation import autocast
+from .evaluation import autocast, for_inference
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
 from .info import forward_macs
@@ -108,6 +106,8 @@ def make_step(lib: str, model, w: Workload, device: str):
     h, wd = w.config.image_hw
     x = torch.randn(w.batch, 3, h, wd, device=device)
     if w.mode == "infer":
+        if lib == "vitkit":
+            for_inference(model, w.precision)  # vitkit's inference path: bf16 weights once
         model.eval()
 
         @torch.inference_mode()
@@ -133,8 +133,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_ceiling(device: str, dtype: torch.dtype, n: int = 2048) -> float:
+def matmul_ceiling(device: str, dtype: torch.dtype, n: int | None = None) -> float:
     """GFLOP/s of a large square matrix product: the roofline MFU is measured against."""
+    n = n or (8192 if device == "cuda" else 2048)  # a GPU needs a big product to reach its peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -150,46 +151,33 @@ def matmul_ceiling(device: str, dtype: torch.dtype, n: int = 2048) -> float:
 
 
 def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
-    """Training peak memory: CUDA's allocator peak, or on the CPU the growth of the peak
-    resident set of a fresh process over two steps (each library measured alone, median of 3)."""
+    """Training peak memory: the most tensor memory held above the level before one training
+    step (taken after a warm-up step, so optimizer state already exists). CUDA's allocator
+    counts it; on the CPU the profiler records every allocation and free with the running
+    total. Unlike the resident set, this does not depend on when malloc returns pages."""
+    torch.manual_seed(0)
+    step = make_step(lib, build(lib, w.config, device), w, device)
+    step()
+    sync(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        step = make_step(lib, build(lib, w.config, device), w, device)
         base = torch.cuda.memory_allocated()
-        step()
         step()
         sync(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    code = (f"from vitkit.bench import _cpu_peak; "
-            f"print(_cpu_peak({lib!r}, {w.config.to_dict()!r}, {w.batch}, {w.precision!r}))")
-    src = str(Path(__file__).resolve().parents[1])  # importable even when vitkit is not installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    peaks = []
-    for _ in range(3):  # the resident set depends on the allocator's moods: median of 3 processes
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env=env)
-        peaks.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(peaks)
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def _cpu_peak(lib: str, config: dict, batch: int, precision: str) -> float:
-    """MiB the resident set rises above its level before two training steps, at its highest.
-    Linux resets the high-water mark (VmHWM) when 5 is written to /proc/self/clear_refs."""
-    cfg = ViTConfig.from_dict(config)
-    w = Workload("probe", cfg, batch, "train", precision)
-    step = make_step(lib, build(lib, cfg, "cpu"), w, "cpu")
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _proc_status_kib("VmRSS")
-    step()
-    step()
-    return (_proc_status_kib("VmHWM") - before) / 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    mem = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    if not mem:
+        raise RuntimeError("the profiler recorded no CPU allocations")
+    base = mem[0]["Total Allocated"] - mem[0]["Bytes"]
+    return (max(m["Total Allocated"] for m in mem) - base) / 2**20
 
 
 def time_workload(w: Workload, device: str, repeats: int) -> dict[str, float]:

@@ -123,7 +123,7 @@ def evaluate(
     from pathlib import Path
 
     from .data.pipeline import load_data
-    from .evaluation import evaluate_model, inference_precision, write_confusion
+    from .evaluation import evaluate_model, for_inference, inference_precision, write_confusion
     from .predict import load_for_inference
 
     loaded = load_for_inference(weights)
@@ -140,8 +140,8 @@ def evaluate(
     if d.classes != loaded.classes:
         raise ValueError(f"the model's classes {loaded.classes[:10]} differ from the data's {d.classes[:10]}")
     precision = inference_precision(precision, "cpu")
-    res = evaluate_model(loaded.model, d.val, spec, loaded.classes, batch_size, "cpu", precision,
-                         data.workers)
+    model = for_inference(loaded.model, precision)
+    res = evaluate_model(model, d.val, spec, loaded.classes, batch_size, "cpu", precision, data.workers)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
@@ -169,9 +169,12 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
     """
     import json as _json
 
+    from .evaluation import for_inference, inference_precision
     from .predict import list_images, load_for_inference, predict_files
 
     loaded = load_for_inference(weights)
+    precision = inference_precision(precision, next(loaded.model.parameters()).device)
+    for_inference(loaded.model, precision)
     results = predict_files(loaded, list_images(images), topk, precision=precision)
     if json:
         print(_json.dumps(results, indent=2))

@@ -60,6 +60,21 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """Put a model in eval mode for inference at `precision` (in place; returns it).
+
+    For bf16, linear and convolution weights are stored in bf16 once, instead of autocast
+    casting them again on every forward; norms, embeddings and the residual stream stay fp32,
+    so under autocast the results are the same as with fp32 weights.
+    """
+    model.eval()
+    if precision == "bf16":
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.to(torch.bfloat16)
+    return model
+
+
 def iterate_eval(data, batch_size: int, workers: int = 0):
     """Batches of (uint8 images, labels) in order, from arrays or a streaming folder."""
     if isinstance(data, ImageArrays):

@@ -46,3 +46,15 @@ def test_no_augmentation_only_normalizes():
     xo, yo = aug(x, torch.tensor([1, 2]))
     torch.testing.assert_close(xo, torch.full((2, 1, 4, 4), 2.0))
     assert torch.equal(yo, torch.tensor([1, 2]))
+
+
+def test_randaugment_groups_share_one_draw_of_operations():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(8, -1, -1, -1).contiguous()
+    grouped = BatchAugment(AugmentConfig(randaugment=2, randaugment_group=4), 10, [0.5] * 3, [0.5] * 3)
+    xo, _ = grouped(x, torch.zeros(8, dtype=torch.long))
+    assert all(torch.equal(xo[i], xo[i // 4 * 4]) for i in range(8))  # same draw within a group
+    assert not torch.equal(xo[0], xo[4])  # a new draw for the next group
+    single = BatchAugment(AugmentConfig(randaugment=2), 10, [0.5] * 3, [0.5] * 3)
+    xs, _ = single(x, torch.zeros(8, dtype=torch.long))
+    assert len({xs[i].sum().item() for i in range(8)}) > 2  # per image by default

@@ -1,7 +1,8 @@
 """Augmentation on whole batches, switchable from the config.
 
 In-memory data sets are augmented a batch at a time: crops and flips are vectorized
-gathers, RandAugment runs per image through torchvision.transforms.v2, and MixUp/CutMix
+gathers, RandAugment runs per image (or per small group of images) through
+torchvision.transforms.v2, and MixUp/CutMix
 come from torchvision.transforms.v2 as well. Randomness comes from the global torch RNG,
 whose state every checkpoint saves, so a resumed run augments exactly as an unbroken one.
 """
@@ -26,6 +27,9 @@ class AugmentConfig:
     flip: bool = False  # horizontal flip (off for digits, on for natural images)
     randaugment: int = 0  # RandAugment operations per image (0: off)
     randaugment_magnitude: int = 9
+    # images that share one draw of RandAugment operations: 1 is the paper's per-image rule;
+    # on a GPU, per-image calls are bound by kernel launches, and groups of 16 run ~10x faster
+    randaugment_group: int = 1
     erasing: float = 0.0  # probability of random erasing per image
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
@@ -107,7 +111,7 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         if self.randaugment is not None:
-            x = torch.stack([self.randaugment(img) for img in x])
+            x = torch.cat([self.randaugment(g) for g in x.split(max(cfg.randaugment_group, 1))])
         if cfg.crop == "pad" and cfg.pad > 0:
             x = random_crop_pad(x, cfg.pad)
         x = self.normalize(x)

@@ -1,9 +1,8 @@
 """Augmentation on whole batches, switchable from the config.
 
 In-memory data sets are augmented a batch at a time: crops and flips are vectorized
-gathers, RandAugment runs per image (or per small group of images) through
-torchvision.transforms.v2, and MixUp/CutMix
-come from torchvision.transforms.v2 as well. Randomness comes from the global torch RNG,
+gathers, RandAugment runs per image (or per small group of images) and MixUp/CutMix
+come from torchvision.transforms.v2. Randomness comes from the global torch RNG,
 whose state every checkpoint saves, so a resumed run augments exactly as an unbroken one.
 """
 

@@ -106,9 +106,8 @@ def make_step(lib: str, model, w: Workload, device: str):
     h, wd = w.config.image_hw
     x = torch.randn(w.batch, 3, h, wd, device=device)
     if w.mode == "infer":
-        if lib == "vitkit":
-            for_inference(model, w.precision)  # vitkit's inference path: bf16 weights once
-        model.eval()
+        # vitkit's inference path stores bf16 weights once; the others run as their users do
+        model = for_inference(model, w.precision) if lib == "vitkit" else model.eval()
 
         @torch.inference_mode()
         def step():

@@ -36,7 +36,7 @@ def bench(
         device: where to run.
         repeats: timed repeats per library and workload (the median is reported).
         only: just the inference or just the training workloads.
-        memory: also measure training peak memory (fresh processes on the CPU).
+        memory: also measure training peak memory (the most tensor memory one step holds).
         json: where to write the results as JSON.
     """
     from pathlib import Path

@@ -10,7 +10,6 @@ agreement between the two, both accuracies, and the speed of each.
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.checkpoint import load_pretrained  # noqa: E402
 from vitkit.data.pipeline import DataConfig, load_data  # noqa: E402
 from vitkit.data.preprocess import InputSpec  # noqa: E402
-from vitkit.evaluation import autocast, for_inference, iterate_eval  # noqa: E402
+from vitkit.evaluation import iterate_eval  # noqa: E402
+from vitkit.precision import autocast, for_inference  # noqa: E402
+from vitkit.loading import open_model  # noqa: E402
 
 
 @torch.inference_mode()
@@ -42,11 +42,9 @@ def main() -> None:
     print("| run | images | fp32 top-1 | bf16 top-1 | top-1 agreement | fp32 img/s | bf16 img/s |")
     print("|---|---|---|---|---|---|---|")
     for run in map(Path, sys.argv[1:]):
-        model, meta = load_pretrained(run)
-        model.eval()
-        train = json.loads((run / "config.json").read_text())["train"]
+        opened = open_model(run)
+        model, spec, train = opened.model, opened.spec, opened.extra["train"]
         data = load_data(DataConfig(**{**train["data"], "per_class": None, "val_per_class": None}))
-        spec = InputSpec.from_dict(meta["data"])
         p32, y, t32 = predictions(model, data.val, spec, "fp32")
         p16, _, t16 = predictions(for_inference(copy.deepcopy(model), "bf16"), data.val, spec, "bf16")
         n = len(y)

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from test_loading import assert_same, images, randomize_all_
 
 import vitkit
-from vitkit.checkpoint import load_pretrained, save_pretrained
+from vitkit.checkpoint import read_meta, save_pretrained
 from vitkit.cli import main
 from vitkit.config import ViTConfig
 from vitkit.formats.timm import timm_kwargs
@@ -76,7 +76,7 @@ def test_convert_to_vitkit_resized_with_new_head(tmp_path, capsys, src):
               "--resize_mode", "jax")
     assert "pos_embed grid 3x3 -> 6x6 (jax" in out
     assert "6-class head replaced by a zero-initialized 3-class head" in out
-    model, meta = load_pretrained(tmp_path / "ft")
+    model, meta = ViT.from_pretrained(tmp_path / "ft"), read_meta(tmp_path / "ft")
     assert model.config.image_hw == (96, 96) and model.config.num_classes == 3
     assert not model.head.weight.any() and "classes" not in meta
 

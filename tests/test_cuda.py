@@ -7,7 +7,7 @@ from conftest import randomize_
 from helpers import tiny_train_config
 
 from vitkit.config import ViTConfig, variant
-from vitkit.evaluation import autocast
+from vitkit.precision import autocast
 from vitkit.formats.timm import timm_kwargs, to_timm
 from vitkit.model import ViT
 

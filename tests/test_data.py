@@ -213,3 +213,178 @@ def test_array_batches_shard_the_global_batch():
         assert torch.equal(w, torch.cat([a, b]))
     later = [y for _, y in array_batches(tr, 64, epoch=3, seed=1, start=5)]
     assert all(torch.equal(a, b) for a, b in zip(later, whole[5:], strict=True))
+
+
+# ---- default image and patch sizes -----------------------------------------------------------
+
+@pytest.mark.parametrize("size,patch", [((8, 8), 2), ((32, 32), 4), ((224, 224), 16), ((16, 16), 4),
+                                        ((12, 12), 3), ((28, 28), 4), ((30, 20), 2), ((60, 60), 6)])
+def test_default_patch_size_keeps_todays_choice_and_divides(size, patch):
+    from vitkit.config import default_image_size, default_patch_size
+
+    assert default_patch_size(size) == patch
+    assert default_image_size(size) == size  # these sizes need no resizing
+
+
+def test_default_sizes_always_fit():
+    from vitkit.config import default_image_size, default_patch_size
+
+    for h in range(1, 81):
+        for w in range(1, 81):
+            p = default_patch_size((h, w))
+            assert h % p == 0 and w % p == 0, (h, w, p)
+            H, W = default_image_size((h, w))
+            assert abs(H - h) <= 8 and abs(W - w) <= 8, (h, w, H, W)
+            assert max(H, W) <= 64 or max(h, w) > 64, (h, w, H, W)  # small images stay small
+            P = default_patch_size((H, W))
+            assert H % P == 0 and W % P == 0 and min(H, W) // P <= 16, (h, w, H, W, P)  # not patch 1 at 31
+    assert default_image_size((31, 31)) == (30, 30) and default_patch_size((30, 30)) == 3
+    assert default_patch_size((28, 28), stem_stride=2) == 4 and default_patch_size((8, 8), 4) == 4
+    with pytest.raises(ValueError, match="no patch size divides it that is a multiple of stem stride 4"):
+        default_patch_size((30, 30), stem_stride=4)
+
+
+def test_prime_side_folder_is_resized_and_says_so(tmp_path):
+    root = _folder(tmp_path / "p", n=4, size=(31, 31))
+    d = load_data(DataConfig(dataset="folder", path=str(root), val_split=0.5, cache_dir=str(tmp_path / "c")))
+    assert d.spec.image_size == (30, 30) and d.train.images.shape[-2:] == (30, 30)
+    assert any("images are 31x31: resized to 30x30" in n for n in d.notes)
+
+
+@pytest.mark.parametrize("size,mode,image_size,patch", [((28, 28), "L", (28, 28), 4),
+                                                        ((20, 30), "RGB", (30, 20), 2),
+                                                        ((31, 31), "RGB", (30, 30), 3)])
+def test_folders_of_any_size_train_with_the_defaults(tmp_path, capsys, size, mode, image_size, patch):
+    import json
+
+    from vitkit.data.augment import AugmentConfig
+    from vitkit.training import ModelSpec, OptimConfig, RunConfig, TrainConfig, fit
+
+    root = _folder(tmp_path / "imgs", n=4, size=size, mode=mode)
+    cfg = TrainConfig(data=DataConfig(dataset="folder", path=str(root), val_split=0.5,
+                                      cache_dir=str(tmp_path / "cache")),
+                      model=ModelSpec(hidden_size=16, num_layers=1, num_heads=2, mlp_size=32),
+                      optim=OptimConfig(), augment=AugmentConfig(),
+                      run=RunConfig(epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False,
+                                    precision="fp32", device="cpu"))
+    r = fit(cfg)
+    assert r.status == "finished" and r.epoch == 1
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert tuple(meta["data"]["image_size"]) == image_size and meta["model"]["patch_size"] == patch
+    assert f"{image_size[0]}x{image_size[1]}" in capsys.readouterr().out
+
+
+# ---- evaluation data ------------------------------------------------------------------------
+
+def _tiny_model(size, channels, classes):
+    from vitkit.config import ViTConfig
+    from vitkit.model import ViT
+
+    return ViT(ViTConfig(image_size=size, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
+                         mlp_size=32, num_classes=classes, num_channels=channels)).eval()
+
+
+@pytest.mark.parametrize("cache", ["auto", "never"])
+def test_eval_folder_counts_every_image(tmp_path, cache):
+    from vitkit.data.folder import StreamingFolder
+    from vitkit.data.pipeline import load_eval_data
+    from vitkit.data.preprocess import image_to_uint8
+    from vitkit.evaluation import evaluate_model
+
+    root = _folder(tmp_path / "e", classes=("a", "b"), n=7, size=(20, 14), mode="RGB")
+    _folder(root, classes=("c",), n=3, size=(9, 11), mode="P")
+    spec = InputSpec((8, 8), 1, [0.5], [0.5])
+    classes = ["c", "x", "b", "a"]  # the model's order; it knows a class the folder lacks
+    ev = load_eval_data(DataConfig(dataset="folder", path=str(root), val_split=0.5, per_class=1,
+                                   val_per_class=1, cache=cache, cache_dir=str(tmp_path / "cache")),
+                        spec, classes)
+    assert ev.count == len(ev.images) == 17 and ev.classes == classes
+    assert isinstance(ev.images, StreamingFolder) == (cache == "never")
+    assert "17 images" in ev.description and "no split" in ev.description and "\n" not in ev.description
+    i = 3 + 7  # images follow the model's class order: c, (x), b, a
+    x, y = ev.images[i] if cache == "never" else (ev.images.images[i], ev.images.labels[i])
+    with Image.open(root / "a" / "0.png") as im:  # prepared exactly as for prediction
+        assert torch.equal(x, image_to_uint8(im, 1, (8, 8)))
+    assert int(y) == 3
+    res = evaluate_model(_tiny_model(8, 1, 4), ev.images, spec, classes)
+    assert res.count == 17 and res.confusion.sum(1).tolist() == [3, 0, 7, 7]
+
+
+def test_eval_folder_uses_val_path_and_names_an_unknown_class(tmp_path):
+    from vitkit.data.pipeline import load_eval_data
+
+    spec = InputSpec((8, 8), 3, [0.5] * 3, [0.5] * 3)
+    train = _folder(tmp_path / "train", n=2)
+    val = _folder(tmp_path / "val", classes=("a",), n=5)
+    cfg = DataConfig(dataset="folder", path=str(train), val_path=str(val), cache_dir=str(tmp_path / "c"))
+    assert load_eval_data(cfg, spec, ["a", "b"]).count == 5
+    _folder(val, classes=("zebra",), n=1)
+    with pytest.raises(ValueError, match=r"class folder\(s\) zebra not among the model's 2 classes") as e:
+        load_eval_data(cfg, spec, ["a", "b"])
+    assert "\n" not in str(e.value)
+
+
+def test_eval_builtin_sets_use_their_whole_test_split(tmp_path):
+    from vitkit.data.pipeline import load_eval_data
+
+    digits = [str(i) for i in range(10)]
+    ev = load_eval_data(DataConfig(dataset="digits", val_per_class=2), InputSpec((12, 12), 3), digits[::-1])
+    _, test = load_digits()
+    assert ev.count == 360 and ev.images.images.shape == (360, 3, 12, 12)
+    assert torch.equal(ev.images.labels, 9 - test.labels)  # mapped onto the model's class order
+    _write_cifar(tmp_path / "c10")
+    ev = load_eval_data(DataConfig(dataset="cifar10", path=str(tmp_path / "c10")), InputSpec((32, 32), 1),
+                        ["cat", "dog", "emu", "gnu"])
+    assert ev.count == 10 and ev.images.images.shape == (10, 1, 32, 32)
+    with pytest.raises(ValueError, match="class.*emu not among the model's 2 classes"):
+        load_eval_data(DataConfig(dataset="cifar10", path=str(tmp_path / "c10")), InputSpec((32, 32), 3),
+                       ["cat", "dog"])
+
+
+# ---- skipped folders and files ----------------------------------------------------------------
+
+def test_empty_class_folder_is_skipped_with_a_warning(tmp_path):
+    from vitkit.notices import VitkitWarning
+
+    root = _folder(tmp_path / "train", classes=("ant", "dog"), n=4)
+    (root / "cat").mkdir()
+    (root / ".ipynb_checkpoints").mkdir()  # hidden: ignored without a word
+    (root / "ant" / ".ipynb_checkpoints").mkdir()
+    (root / "ant" / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"hidden")
+    with pytest.warns(VitkitWarning, match=r"train/cat: no images; skipped, not a class") as w:
+        index = scan_folder(root)
+    assert index.classes == ["ant", "dog"] and len(index.paths) == 8
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    with pytest.warns(VitkitWarning, match="cat: no images"):
+        d = load_data(DataConfig(dataset="folder", path=str(root), val_split=0.5,
+                                 cache_dir=str(tmp_path / "c")))
+    assert d.classes == ["ant", "dog"]
+    for name in ("ant", "dog"):
+        for f in (root / name).glob("*.png"):
+            f.unlink()
+    with pytest.warns(VitkitWarning), pytest.raises(ValueError, match="no images found in any of its 3") as e:
+        scan_folder(root)
+    assert "\n" not in str(e.value)
+
+
+def test_skip_warnings_are_one_line_vitkit_warnings(tmp_path):
+    from vitkit.notices import VitkitWarning
+
+    root = _folder(tmp_path / "imgs", n=5)
+    (root / "a" / "notes\nsecond line.txt").write_text("not an image")
+    (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8garbage")
+    good = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    for cache in ("auto", "never"):  # decoded into the cache, or checked before streaming
+        from vitkit.data.pipeline import load_eval_data
+
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            ev = load_eval_data(DataConfig(dataset="folder", path=str(root), cache=cache,
+                                           cache_dir=str(tmp_path / "c")),
+                                InputSpec((16, 16), 3, [0.5] * 3, [0.5] * 3), ["a", "b"])
+        assert ev.count == 10 and "2 unreadable skipped" in ev.description
+        assert w and all(issubclass(x.category, VitkitWarning) for x in w)
+        assert all("\n" not in str(x.message) for x in w)
+        text = " ".join(str(x.message) for x in w)
+        assert "notes\\nsecond line.txt" in text and "corrupt.jpg" in text and "truncated.png" in text

@@ -22,8 +22,8 @@ def test_two_processes_match_one(tmp_path):
     two = tmp_path / "two"
     subprocess.run([sys.executable, "-m", "vitkit.cli", *ARGS, "--run.out", str(one)],
                    check=True, env=env, capture_output=True, timeout=300)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        "--master_port=29533", "-m", "vitkit.cli", *ARGS, "--run.out", str(two)],
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "vitkit.cli", *ARGS, "--run.out", str(two)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = _losses(one), _losses(two)

@@ -12,8 +12,9 @@ from conftest import randomize_
 from safetensors.torch import save_file
 
 import vitkit
-from vitkit.checkpoint import atomic_write_json, save_pretrained
+from vitkit.checkpoint import save_pretrained
 from vitkit.config import ViTConfig
+from vitkit.files import atomic_write_json
 from vitkit.loading import load_with_report
 from vitkit.model import ViT
 

@@ -9,7 +9,8 @@ from test_loading import assert_same, images, randomize_all_
 import vitkit
 from vitkit.config import ViTConfig
 from vitkit.formats.timm import timm_kwargs
-from vitkit.loading import export, load_with_report
+from vitkit.formats.writer import write_model
+from vitkit.loading import load_with_report
 from vitkit.model import ViT
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -78,7 +79,7 @@ def timm_for(cfg, **kw):
 @torch.no_grad()
 def test_exported_npz_loads_in_timm(tmp_path, naming, cfg):
     ours = randomize_all_(ViT(cfg))
-    path, _ = export(ours, tmp_path / "vit.npz", to="npz", naming=naming)
+    path, _ = write_model(ours, tmp_path / "vit.npz", to="npz", naming=naming)
     # big_vision adds position embeddings to the patches only: timm's no_embed_class
     theirs = timm_for(cfg, no_embed_class=naming == "big_vision")
     timm_vit._load_weights(theirs, str(path))
@@ -128,7 +129,7 @@ def test_imagenet21k_style_file(tmp_path):
 def test_npz_round_trip_through_vitkit(tmp_path):
     ours = randomize_all_(ViT(CFG.replace(representation_size=16)))
     for naming in ("vit_jax", "big_vision"):
-        path, _ = export(ours, tmp_path / f"{naming}.npz", to="npz", naming=naming)
+        path, _ = write_model(ours, tmp_path / f"{naming}.npz", to="npz", naming=naming)
         again = vitkit.load(path)
         x = images(64)
         assert again.config == ours.config

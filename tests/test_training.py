@@ -26,8 +26,8 @@ def test_digits_run_learns_and_writes_its_files(tmp_path):
     assert rows[0].startswith("epoch,step,train_loss") and len(rows) == 5
     assert not list(out.glob(".*.tmp"))
     # the weights alone load without the rest
-    from vitkit.checkpoint import load_pretrained
-    model, _ = load_pretrained(out)
+    from vitkit import ViT
+    model = ViT.from_pretrained(out)
     assert model.config.num_classes == 10
 
 
@@ -89,22 +89,22 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     """The disk fills up half-way through the second epoch's save: the first epoch's
     checkpoint stays whole and no temporary file is left behind."""
-    import vitkit.checkpoint as ck
+    import vitkit.files as files
     import vitkit.training.trainer as tr
 
     out = tmp_path / "r"
     before = {}
 
-    def failing_save_weights(path, model):
+    def failing_write_weights(directory, model):
         def half(f):
             f.write(b"partial")
             raise OSError(28, "No space left on device")
-        return ck.atomic_write(path, half)
+        return files.atomic_write(directory / "model.safetensors", half)
 
     def hook(trainer):
         if trainer.epoch == 1 and not before:
             before.update({p.name: p.read_bytes() for p in out.iterdir() if p.is_file()})
-            monkeypatch.setattr(tr, "save_weights", failing_save_weights)
+            monkeypatch.setattr(tr, "write_weights", failing_write_weights)
 
     with pytest.raises(OSError, match="No space left"):
         fit(tiny_train_config(out, epochs=2), on_step=hook)

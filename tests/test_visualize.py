@@ -9,6 +9,7 @@ from PIL import Image
 from vitkit.checkpoint import save_pretrained
 from vitkit.cli import main
 from vitkit.config import ViTConfig
+from vitkit.data.preprocess import InputSpec
 from vitkit.model import ViT
 from vitkit.visualize import (
     attention_rollout,
@@ -23,7 +24,6 @@ from vitkit.visualize import (
     readout,
 )
 from vitkit.visualize.figures import curves_size, display_image
-from vitkit.visualize.run import input_spec
 
 METRICS = ("epoch,step,train_loss,train_acc,val_loss,val_acc,lr,images_per_s,elapsed_s\n"
            "1,10,2.3,0.10,,,0.001,500,1.0\n"
@@ -167,9 +167,9 @@ def referenced_images(report) -> set[str]:
 
 
 def test_figures_are_written_nonblank_at_their_size_and_in_the_report(tmp_path, tiny_model, run_dir):
-    spec = input_spec({}, tiny_model.config)
+    spec = InputSpec.for_model(tiny_model.config.image_hw, tiny_model.config.num_channels)[0]
     out = tmp_path / "figs"
-    result = make_figures(tiny_model, {}, out, noise_images(spec, 3), run_dir, max_images=2)
+    result = make_figures(tiny_model, spec, out, noise_images(spec, 3), run_dir, max_images=2)
     names = {p.name for p in result.figures}
     assert names == {"attention_1.png", "attention_2.png", "rollout.png", "attention_distance.png",
                      "position_similarity.png", "patch_embedding_pcs.png", "curves.png"}
@@ -190,8 +190,8 @@ def test_mean_pooled_model_without_class_token_and_missing_metrics(tmp_path):
                     num_heads=2, mlp_size=64, num_classes=3, pool="mean", class_token=False,
                     pos_embed="sincos2d")
     model = randomize_(ViT(cfg).eval())
-    spec = input_spec({}, cfg)
-    result = make_figures(model, {}, tmp_path, noise_images(spec, 2), None, max_images=1)
+    spec = InputSpec.for_model(cfg.image_hw, cfg.num_channels)[0]
+    result = make_figures(model, spec, tmp_path, noise_images(spec, 2), None, max_images=1)
     assert "Training curves" in result.skipped
     assert "mean token" in result.report.read_text()
     for path, size in result.figures.items():
@@ -263,10 +263,10 @@ def test_digits_sample_for_a_grayscale_8x8_model(tmp_path):
 
     cfg = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_layers=2,
                     num_heads=2, mlp_size=64, num_classes=10)
-    spec = input_spec({}, cfg)
+    spec = InputSpec.for_model(cfg.image_hw, cfg.num_channels)[0]
     inputs = sample_data("digits", spec, 4, seed=0)
     assert inputs.raw.shape == (4, 1, 8, 8) and inputs.raw.dtype == torch.uint8
-    result = make_figures(randomize_(ViT(cfg).eval()), {}, tmp_path, inputs, max_images=1)
+    result = make_figures(randomize_(ViT(cfg).eval()), spec, tmp_path, inputs, max_images=1)
     for path, size in result.figures.items():
         assert_nonblank_png(path, size)
     shown = display_image(inputs.raw[0].numpy())  # 8x8 digits are enlarged with sharp pixels

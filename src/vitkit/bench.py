@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ViTConfig, variant
-from .evaluation import autocast, for_inference
+from .precision import autocast, for_inference
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
 from .info import forward_macs

@@ -1,121 +1,93 @@
-"""vitkit's own checkpoint format, and atomic file writes.
+"""vitkit's model folder: the one layout every vitkit model and training run is stored in.
 
-A model directory holds ``config.json`` (the ViTConfig under "model", plus what is needed to
-prepare inputs: class names, image size, channels, normalization) and ``model.safetensors``
-(the weights alone). Every file is written atomically: to a temporary file in the same
-directory, flushed and fsynced, then renamed over the target, so a crash leaves either the
-old file or the new one, never a torn one.
+A model folder holds
+
+- ``config.json``: ``{"model": ViTConfig fields, "classes": [names], "data": input spec
+  (image_size, channels, mean, std, ...)}``; a training run adds ``"train"`` (its resolved
+  TrainConfig) and a fine-tuned model ``"finetuned_from"``;
+- ``model.safetensors``: the weights alone.
+
+A training run adds ``state.pt`` (optimizer, EMA, RNG states, position in the schedule),
+``train.yaml``, ``metrics.csv`` and ``curves.png``. The names are defined here only; every file
+is written atomically (vitkit.files). This module reads and writes tensors and configs: it
+never builds a model, so the model can use it without an import cycle.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from .config import ViTConfig
-from .model import ViT
+from .files import atomic_save_tensors, atomic_write_json, read_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "state.pt"
+RECIPE_NAME = "train.yaml"
+METRICS_NAME = "metrics.csv"
+CURVES_NAME = "curves.png"
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file through write(f) so that it appears whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def is_model_folder(path: str | Path) -> bool:
+    """A directory whose config.json has vitkit's "model" section."""
+    cfg = Path(path) / CONFIG_NAME
+    if not cfg.is_file():
+        return False
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+        meta = read_json(cfg)
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("model"), dict)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> Path:
-    """torch.save through a temporary file; the result loads with weights_only=True."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def save_weights(path: str | Path, model: torch.nn.Module) -> Path:
-    """Weights alone as safetensors (contiguous, detached, on the CPU)."""
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write_bytes(path, save(sd, metadata={"format": "pt"}))
-
-
-def save_pretrained(model: ViT, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write config.json and model.safetensors; `extra` (classes, preprocessing) joins the
-    config so that a loader can prepare inputs the way the model was trained."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_weights(directory / WEIGHTS_NAME, model)
-    atomic_write_json(directory / CONFIG_NAME, {"model": model.config.to_dict(), **(extra or {})})
-    return directory
-
-
-def read_config(directory: str | Path) -> dict:
+def read_meta(directory: str | Path) -> dict:
+    """config.json of a model folder, checked: it exists, is JSON and has a valid model section."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected a vitkit model directory)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if "model" not in meta:
+        raise FileNotFoundError(f"{path}: no such file (expected a vitkit model folder)")
+    meta = read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise ValueError(f"{path}: no 'model' section; not a vitkit config")
+    try:
+        ViTConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad model config ({e})") from None
     return meta
 
 
-def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> tuple[ViT, dict]:
-    """Load a directory written by save_pretrained: the model and its config.json contents."""
+def read_config(directory: str | Path) -> ViTConfig:
+    return ViTConfig.from_dict(read_meta(directory)["model"])
+
+
+def read_weights(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def write_weights(directory: str | Path, model: torch.nn.Module) -> Path:
+    return atomic_save_tensors(Path(directory) / WEIGHTS_NAME, model.state_dict())
+
+
+def write_meta(directory: str | Path, config: ViTConfig, extra: dict | None = None) -> Path:
+    return atomic_write_json(Path(directory) / CONFIG_NAME, {"model": config.to_dict(), **(extra or {})})
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write a model folder: the weights, then config.json with `extra` (classes, "data": the
+    input spec, ...) so that a loader prepares inputs the way the model was trained."""
     directory = Path(directory)
-    meta = read_config(directory)
-    model = ViT(ViTConfig.from_dict(meta["model"]))
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no such file")
-    sd = load_file(str(weights), device=str(map_location))
-    load_state_dict_checked(model, sd, source=str(weights))
-    return model, meta
+    directory.mkdir(parents=True, exist_ok=True)
+    write_weights(directory, model)
+    write_meta(directory, model.config, extra)
+    return directory
 
 
 def load_state_dict_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:

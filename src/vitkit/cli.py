@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal
 
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
+from .loading import LoadOptions
 from .training.config import ModelSpec, OptimConfig, RunConfig
 
 
@@ -65,11 +67,38 @@ def train(
         resume: a run directory to continue exactly where it stopped (its stored config is used).
     """
     from .training import TrainConfig, fit
+    from .training.trainer import stored_config
 
-    cfg = TrainConfig(data=data, model=model, optim=optim, augment=augment, run=run)
-    result = fit(cfg, resume=resume)
+    cfg = stored_config(Path(resume)) if resume else TrainConfig(data=data, model=model, optim=optim,
+                                                                   augment=augment, run=run)
+    _after_training(fit(None if resume else cfg, resume=resume), cfg)
+
+
+def _after_training(result, cfg) -> None:
+    """The closing lines of a training command: the result and what to run next."""
+    from .checkpoint import CURVES_NAME
+
+    if not _is_main_process():
+        return
+    d = result.run_dir
+    if result.val_acc is not None:
+        split = "test-split" if cfg.data.dataset != "folder" else "validation"
+        print(f"final {split} accuracy {result.val_acc:.2%} (best {result.best_acc:.2%}) after "
+              f"{result.epoch} epochs, {result.step} steps")
+    print(f"wrote {d}/model.safetensors, config.json, train.yaml, state.pt, metrics.csv"
+          + (f", {CURVES_NAME}" if (d / CURVES_NAME).exists() else ""))
     if result.status == "interrupted":
+        print(f"continue with: vitkit train --resume {d}")
         raise SystemExit(130)
+    data_hint = "digits" if cfg.data.dataset == "digits" else (cfg.data.val_path or cfg.data.path or "IMAGES")
+    print(f"next: vitkit evaluate {d}    vitkit predict {d} IMAGE\n"
+          f"      vitkit visualize {d} --data {data_hint} --out {d}/figures")
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def finetune(
@@ -80,14 +109,15 @@ def finetune(
     augment: AugmentConfig = AugmentConfig(),  # noqa: B008
     run: RunConfig = RunConfig(out="runs/finetune", epochs=10),  # noqa: B008
     linear_probe: bool = False,
-    resize_mode: str = "bicubic",
+    resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
+    load: LoadOptions = LoadOptions(),  # noqa: B008
 ) -> None:
     """Fine-tune pre-trained weights (any format vitkit reads) on new data, as in the paper:
     a new zero-initialized head, pre-logits dropped, position embeddings interpolated to
     --image_size, SGD with momentum 0.9 and no weight decay, clipping at 1, warmup + cosine.
 
     Args:
-        weights: a run directory, a vitkit model directory or another library's checkpoint.
+        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
         data: the data to fine-tune on.
         image_size: the new square resolution (default: the data's, else the model's).
         optim: optimizer and schedule (default: the paper's fine-tuning recipe).
@@ -95,12 +125,13 @@ def finetune(
         run: epochs, batch size, output directory, precision, device.
         linear_probe: train only the new head on a frozen backbone.
         resize_mode: position-embedding interpolation: bicubic, bilinear or jax.
+        load: what the checkpoint may not record (heads, classes, normalization).
     """
     from .finetune import finetune as run_finetune
+    from .training import TrainConfig
 
-    result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode)
-    if result.status == "interrupted":
-        raise SystemExit(130)
+    result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode, load)
+    _after_training(result, TrainConfig(data=data, optim=optim, augment=augment, run=run))
 
 
 def evaluate(
@@ -108,46 +139,53 @@ def evaluate(
     data: DataConfig | None = None,
     out: str | None = None,
     batch_size: int = 500,
-    precision: str = "auto",
+    precision: Literal["auto", "fp32", "bf16"] = "auto",
+    load: LoadOptions = LoadOptions(),  # noqa: B008
 ) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
     Args:
-        weights: a run directory, a vitkit model directory or another library's checkpoint.
-        data: the data to evaluate on; default: the validation split the run was trained with.
+        weights: a run or model folder, another library's checkpoint or folder, an exported
+            .onnx file, or a cached Hub id.
+        data: the data to evaluate on, all of it (a folder: every image in it); default: the
+            validation split the run was trained with.
         out: where to write confusion.png / confusion.csv / eval.json (default: the run directory).
         batch_size: images per forward pass.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
+        load: what the checkpoint may not record (heads, classes, normalization).
     """
     import json
-    from pathlib import Path
 
-    from .data.pipeline import load_data
-    from .evaluation import evaluate_model, for_inference, inference_precision, write_confusion
-    from .predict import load_for_inference
+    from .data.pipeline import load_data, load_eval_data
+    from .evaluation import evaluate_model, write_confusion
+    from .files import atomic_write_json
+    from .loading import open_model
+    from .precision import for_inference, inference_precision
 
-    loaded = load_for_inference(weights)
+    opened = open_model(weights, load)
     if data is None:
-        stored = Path(weights) / "config.json"
-        meta = json.loads(stored.read_text()) if stored.is_file() else {}
-        if "train" not in meta:
+        train = opened.extra.get("train")
+        if not train:
             raise ValueError(f"{weights}: no stored training data; pass --data.dataset / --data.path")
-        data = DataConfig(**{**meta["train"]["data"], "per_class": None})
-    spec = loaded.spec
-    data.image_size = spec.image_size[0] if spec.image_size[0] == spec.image_size[1] else data.image_size
-    data.channels = spec.channels
-    d = load_data(data)
-    if d.classes != loaded.classes:
-        raise ValueError(f"the model's classes {loaded.classes[:10]} differ from the data's {d.classes[:10]}")
-    precision = inference_precision(precision, "cpu")
-    model = for_inference(loaded.model, precision)
-    res = evaluate_model(model, d.val, spec, loaded.classes, batch_size, "cpu", precision, data.workers)
+        stored = DataConfig(**{**train["data"], "per_class": None})
+        d = load_data(stored)  # the run's own validation split, as during training
+        if d.classes != opened.classes:
+            raise ValueError(f"the model's classes {opened.classes[:10]} differ from the data's "
+                             f"{d.classes[:10]}")
+        images, count, where = d.val, len(d.val), f"the validation split of {stored.path or stored.dataset}"
+    else:
+        ev = load_eval_data(data, opened.spec, opened.classes)
+        images, count, where = ev.images, ev.count, ev.description
+    print(f"evaluating on {count} images: {where}")
+    precision = inference_precision(precision, opened.device)
+    model = for_inference(opened.model, precision)
+    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
+                         (data or DataConfig()).workers)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
     summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                "per_class": res.per_class}
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
     print(f"{res.count} images ({precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
           f"loss {res.loss:.4f}")
     width = max(len(c) for c in res.classes)
@@ -157,25 +195,29 @@ def evaluate(
 
 
 def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
-            precision: str = "auto") -> None:
+            precision: Literal["auto", "fp32", "bf16"] = "auto",
+            load: LoadOptions = LoadOptions()) -> None:  # noqa: B008
     """Top-k classes with probabilities for image files or directories of images.
 
     Args:
-        weights: a run directory, a vitkit model directory or another library's checkpoint.
+        weights: a run or model folder, another library's checkpoint or folder, an exported
+            .onnx file, or a cached Hub id.
         images: image files and/or directories.
         topk: how many classes to show per image.
         json: print JSON instead of a table.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
+        load: what the checkpoint may not record (heads, classes, normalization).
     """
     import json as _json
 
-    from .evaluation import for_inference, inference_precision
-    from .predict import list_images, load_for_inference, predict_files
+    from .loading import open_model
+    from .precision import for_inference, inference_precision
+    from .predict import list_images, predict_files
 
-    loaded = load_for_inference(weights)
-    precision = inference_precision(precision, next(loaded.model.parameters()).device)
-    for_inference(loaded.model, precision)
-    results = predict_files(loaded, list_images(images), topk, precision=precision)
+    opened = open_model(weights, load)
+    precision = inference_precision(precision, opened.device)
+    for_inference(opened.model, precision)
+    results = predict_files(opened, list_images(images), topk, precision=precision)
     if json:
         print(_json.dumps(results, indent=2))
         return
@@ -196,13 +238,14 @@ def visualize(
     max_images: int = 4,
     seed: int = 0,
     device: str = "cpu",
+    load: LoadOptions = LoadOptions(),  # noqa: B008
 ) -> None:
     """Attention maps, attention rollout and the paper's Figure 6 and 7 plots, plus report.html.
 
     Usage: vitkit visualize RUN_OR_WEIGHTS [IMAGES ...] --out DIR (options after the files).
 
     Args:
-        path: a training run directory or a model directory (config.json + model.safetensors).
+        path: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
         images: image files to look at; without them, a sample of --data, else random noise.
         out: directory for the PNG figures and report.html.
         data: an image folder to sample from when no images are given, or "digits" for the
@@ -211,10 +254,11 @@ def visualize(
         max_images: how many images get attention and rollout figures.
         seed: seed for sampling images and for noise.
         device: where the model runs (cpu, cuda, ...).
+        load: what the checkpoint may not record (heads, classes, normalization).
     """
     from .visualize import visualize_path
 
-    result = visualize_path(path, out, images, data, num_samples, max_images, seed, device)
+    result = visualize_path(path, out, images, data, num_samples, max_images, seed, device, load)
     for p in result.figures:
         print(f"wrote {p}")
     for title, reason in result.skipped.items():
@@ -230,16 +274,14 @@ def convert(
     image_size: int | None = None,
     num_classes: int | None = None,
     resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
-    strict: bool = True,
-    num_heads: int | None = None,
-    pool: Literal["cls", "mean"] | None = None,
+    load: LoadOptions = LoadOptions(),  # noqa: B008
 ) -> None:
     """Convert a ViT checkpoint (official .npz, timm, Hugging Face, torchvision, vitkit) to another format.
 
     Usage: vitkit convert SRC OUT --to timm|hf|npz|vitkit. Prints what was found and done.
 
     Args:
-        src: the checkpoint: a file (.npz, .pth, .bin, .safetensors) or a model directory.
+        src: the checkpoint: a file (.npz, .pth, .bin, .safetensors), a model folder or a cached Hub id.
         out: where to write: a directory for vitkit and hf, a file for timm (.pth or
             .safetensors) and npz.
         to: output format.
@@ -248,19 +290,134 @@ def convert(
         num_classes: replace the head by a zero-initialized one with this many classes.
         resize_mode: interpolation of the position embeddings: bicubic, bilinear, or jax
             (scipy zoom order 1, as the official code).
-        strict: refuse missing, unexpected or mis-shaped keys; false: convert what fits.
-        num_heads: attention heads, for timm and torchvision files of a width that is not
-            a named variant's (those files do not record it).
-        pool: cls or mean, for timm files that pool by global average.
+        load: what the checkpoint may not record (heads, pooling, classes, normalization) and
+            --load.strict false to convert what fits.
     """
     from .loading import convert as convert_checkpoint
 
-    overrides = {k: v for k, v in dict(num_heads=num_heads, pool=pool).items() if v is not None}
-    path, report = convert_checkpoint(src, out, to=to, naming=naming, image_size=image_size,
-                                      num_classes=num_classes, resize_mode=resize_mode, strict=strict,
-                                      **overrides)
+    path, report = convert_checkpoint(src, out, to=to, naming=naming, options=load, image_size=image_size,
+                                      num_classes=num_classes, resize_mode=resize_mode)
     print(report)
     print(f"wrote {path} ({to})")
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_bytes: int = 20 * 1024 * 1024,
+    max_pixels: int = 40_000_000,
+    api_key: str | None = None,
+    threads: int | None = None,
+    precision: str = "auto",
+    access_log: bool = True,
+) -> None:
+    """Serve a model over HTTP: a JSON API and a web page that shows what the model sees.
+
+    POST /v1/predict and /v1/explain (top classes; attention rollout), GET /v1/model, /health,
+    and the page at /. Usage: vitkit serve MODEL [--port 8000]; needs the serve extra
+    (pip install 'vitkit[serve]'). Stop with Ctrl-C or SIGTERM: requests in flight are finished.
+
+    Args:
+        model: a run directory, a vitkit model directory, another library's checkpoint, or
+            an exported .onnx file.
+        host: address to listen on; anything but a loopback address without an API key prints
+            a warning.
+        port: TCP port.
+        max_batch: most images per forward pass; concurrent requests are batched.
+        max_wait_ms: longest a request waits for others to share its forward pass.
+        max_bytes: largest request body; larger ones get 413 before they are read.
+        max_pixels: largest image (width x height); larger ones get 413 (decompression bombs).
+        api_key: require 'Authorization: Bearer KEY' or 'X-API-Key: KEY' on /v1/* (default:
+            the VITKIT_API_KEY environment variable; none: no key needed).
+        threads: torch intra-op threads (default: the cores available to this process).
+        precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
+        access_log: log one line per request.
+    """
+    try:
+        from .serve import ServeOptions
+        from .serve import serve as run_server
+    except ImportError as e:
+        raise ValueError(f"vitkit serve needs the serve extra: pip install 'vitkit[serve]' ({e})") from None
+    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes,
+                           max_pixels=max_pixels, api_key=api_key, precision=precision)
+    run_server(model, host, port, options, threads=threads, access_log=access_log)
+
+
+def export(
+    model: str,
+    out: str,
+    format: Literal["onnx", "pt2"] = "onnx",
+    image_size: int | None = None,
+    int8: bool = False,
+    calibration: str | None = None,
+    calibration_limit: int = 256,
+    verify: bool = True,
+    load: LoadOptions = LoadOptions(),  # noqa: B008
+) -> None:
+    """Export a model to ONNX (for onnxruntime, optionally int8) or a torch.export .pt2 file
+    that holds the class names, input spec and config; then check it against eager fp32.
+
+    Usage: vitkit export MODEL OUT.onnx [--image_size 384] [--int8 true --calibration DIR].
+
+    Args:
+        model: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        out: the file to write (.onnx or .pt2).
+        format: onnx (onnxruntime, dynamic batch) or pt2 (torch.export.load, dynamic batch).
+        image_size: the input size the file is fixed to (default: the model's); learned position
+            embeddings are resampled once, before export.
+        int8: ONNX only: quantize to int8 for CPUs (onnxruntime; per-channel weights).
+        calibration: a folder (or file) of real images: checked against eager fp32 after
+            writing, instead of random inputs.
+        calibration_limit: most calibration images read.
+        verify: run the written file on a few inputs and compare it with eager fp32.
+        load: what the checkpoint may not record (heads, classes, normalization).
+    """
+    from pathlib import Path
+
+    from . import loading
+    from .export import calibration_batch, export_model
+    from .export.verify import check_file
+    from .model import ViT
+
+    if hasattr(loading, "open_model"):
+        opened = loading.open_model(model, load)
+    else:
+        from .predict import load_for_inference
+
+        opened = load_for_inference(model)
+    if not isinstance(opened.model, ViT):
+        raise ValueError(f"{model}: exporting needs a vitkit model (a run, model folder or checkpoint), "
+                         f"not {type(opened.model).__name__}")
+    images = None
+    if calibration:
+        from .predict import list_images
+
+        images = list_images([calibration])[:calibration_limit]
+    path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
+                               int8, images)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB, {format}{', int8' if int8 else ''})")
+    if not verify:
+        return
+    spec = opened.spec
+    if image_size is not None:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, image_size=(image_size, image_size))
+    if images:
+        x = calibration_batch(images, spec)
+        what = "calibration images"
+    else:
+        import torch
+
+        x = torch.randn(4, spec.channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
+        what = "random inputs"
+    check = check_file(path, opened.model, x)
+    print(f"check against eager fp32 on {what}: {check}")
 
 
 def _run_with_file_list(name: str, argv: list[str]) -> None:
@@ -286,11 +443,13 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
         parser.add_argument(p, help=arg_help(p))
     parser.add_argument(files, nargs="*", default=[], help=arg_help(files))
     parser.add_function_arguments(func, skip=set(required) | {files})
-    func(**parser.parse_args(argv).as_dict())
+    init = parser.instantiate(parser.parse_args(argv))
+    func(**{p: init[p] for p in params})
 
 
 COMMANDS = {"info": info, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
-            "visualize": visualize, "convert": convert, "bench": bench}
+            "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
+            "export": export}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
 FILE_LISTS = {"visualize": "images", "predict": "images"}
 
@@ -298,13 +457,17 @@ FILE_LISTS = {"visualize": "images", "predict": "images"}
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
+    from .notices import plain_warnings
+    from .training.trainer import NonFiniteLoss
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    plain_warnings()
     try:
         if argv and argv[0] in FILE_LISTS:
             _run_with_file_list(argv[0], argv[1:])
         else:
             CLI(COMMANDS, args=argv)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, NonFiniteLoss) as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .data.arrays import ImageArrays
-from .data.preprocess import InputSpec
+from .data.preprocess import InputSpec, normalize
+from .precision import autocast, for_inference, inference_precision, native_bf16  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -32,49 +32,6 @@ class EvalResult:
         return int(self.confusion.sum())
 
 
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether the hardware computes bf16 natively (AVX512-BF16 / AMX on CPUs)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def inference_precision(name: str, device: torch.device | str) -> str:
-    """"auto" is bf16 autocast where the hardware has native bf16, else fp32."""
-    if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if name not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {name!r}: expected auto, fp32 or bf16")
-    return name
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """Put a model in eval mode for inference at `precision` (in place; returns it).
-
-    For bf16, linear and convolution weights are stored in bf16 once, instead of autocast
-    casting them again on every forward; norms, embeddings and the residual stream stay fp32,
-    so under autocast the results are the same as with fp32 weights.
-    """
-    model.eval()
-    if precision == "bf16":
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
-                m.to(torch.bfloat16)
-    return model
-
-
 def iterate_eval(data, batch_size: int, workers: int = 0):
     """Batches of (uint8 images, labels) in order, from arrays or a streaming folder."""
     if isinstance(data, ImageArrays):
@@ -92,13 +49,11 @@ def evaluate_model(model: torch.nn.Module, data, spec: InputSpec, classes: list[
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.long)
     loss_sum, top5_hits = 0.0, 0
     for x, y in iterate_eval(data, batch_size, workers):
-        x = (x.to(device, non_blocking=True).float() / 255.0 - mean) / std
+        x = normalize(x.to(device, non_blocking=True), spec)
         y = y.to(device)
         with autocast(device, precision):
             logits = model(x)
@@ -123,7 +78,7 @@ def write_confusion(result: EvalResult, csv_path, png_path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     lines = ["true\\predicted," + ",".join(result.classes)]
     for i, c in enumerate(result.classes):

@@ -6,12 +6,12 @@ alone on a frozen backbone."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig, load_data
+from .loading import LoadOptions, open_model
 from .training import OptimConfig, RunConfig, TrainConfig, fit
 from .training.trainer import RunResult
 
@@ -19,41 +19,28 @@ FINETUNE_OPTIM = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, momentum=0.9
                              schedule="cosine", clip_grad=1.0)
 
 
-def _source_normalization(weights: Path) -> tuple[list[float], list[float]] | None:
-    """The normalization a vitkit run was trained with, which the new data must keep."""
-    cfg = weights / "config.json" if weights.is_dir() else None
-    if cfg is not None and cfg.is_file():
-        meta = json.loads(cfg.read_text())
-        if "data" in meta and "model" in meta:
-            return meta["data"]["mean"], meta["data"]["std"]
-    return None
-
-
 def finetune(weights: str | Path, data: DataConfig, image_size: int | None = None,
              optim: OptimConfig | None = None, augment: AugmentConfig | None = None,
              run: RunConfig | None = None, linear_probe: bool = False,
-             resize_mode: str = "bicubic") -> RunResult:
-    """Fine-tune `weights` (any format vitkit.load reads) on `data`; returns the run result."""
-    from .loading import load
+             resize_mode: str = "bicubic", options: LoadOptions | None = None) -> RunResult:
+    """Fine-tune `weights` (anything vitkit.open_model opens) on `data`; returns the run result.
 
-    weights = Path(weights)
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: no such file or directory")
+    The new data is normalized as the source model's inputs were (its stored mean and std,
+    else 0.5) unless data.mean is set.
+    """
     optim = replace(optim or FINETUNE_OPTIM, train_only="head" if linear_probe else "all")
     run = run or RunConfig(out="runs/finetune", epochs=10)
     augment = augment or AugmentConfig()
-    probe_model = load(weights)  # to learn channels, resolution and normalization
-    c = probe_model.config
+    source = open_model(weights, options)  # channels, resolution and normalization of the source
+    c, spec = source.model.config, source.spec
     data = replace(data, channels=data.channels or c.num_channels,
                    image_size=image_size or data.image_size or c.image_hw[0])
-    norm = _source_normalization(weights)
-    if norm and data.mean is None:
-        data = replace(data, mean=norm[0], std=norm[1])
-    elif data.mean is None:
-        data = replace(data, mean=[0.5] * data.channels, std=[0.5] * data.channels)
+    if data.mean is None:
+        data = replace(data, mean=spec.mean, std=spec.std)
     classes = load_data(data).classes
     size = (data.image_size, data.image_size)
-    model = load(weights, image_size=size, num_classes=len(classes), resize_mode=resize_mode)
+    model = open_model(weights, options, image_size=size, num_classes=len(classes),
+                       resize_mode=resize_mode).model
     if model.config.representation_size:  # the paper removes the whole pre-training head
         model.drop_pre_logits()
     model.reset_classifier(len(classes))

@@ -11,20 +11,12 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .config import ViTConfig
+from . import fastpath
+from .config import ViTConfig, conv_stem_plan
+from .fastpath import explicit_attention
 from .posemb import resample_pos_embed, sincos_2d
-
-
-def conv_stem_plan(channels: int, stride: int) -> list[tuple[int, int]]:
-    """(out channels, stride) of each conv of the stem."""
-    k = stride.bit_length() - 1
-    if k == 0:
-        return [(channels, 1), (channels, 1)]
-    return [(max(channels >> k, 1), 1)] + [(max(channels >> (k - i), 1), 2) for i in range(1, k + 1)]
 
 
 class ConvStem(nn.Module):
@@ -76,31 +68,6 @@ class PatchEmbedding(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), N = HW / P^2
 
 
-def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(QK^T * scale) V; returns the output and the weights. PyTorch's softmax kernels
-    compute in fp32 for bf16 inputs and round only the result, so no fp32 copy is made here."""
-    # k.contiguous(): K^T is then a transposed view the batched product reads as it is,
-    # which is cheaper than the strided copy that transposing the qkv slice would need
-    a = ((q * scale) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1).to(q.dtype)
-    return F.dropout(a, dropout, dropout > 0) @ v, a
-
-
-def _attention_output(q, k, v, scale: float, dropout: float) -> torch.Tensor:
-    return explicit_attention(q, k, v, scale, dropout)[0]
-
-
-def _checkpointed_attention(q, k, v, scale: float, dropout: float, max_elements: int = 2**20) -> torch.Tensor:
-    """Explicit attention that keeps no N x N matrix for the backward pass: each slice of
-    the batch is recomputed there, one at a time, so at most max_elements scores are alive."""
-    b, h, n, _ = q.shape
-    step = max(1, max_elements // (h * n * k.shape[2]))
-    outs = [checkpoint(_attention_output, q[i:i + step], k[i:i + step], v[i:i + step], scale, dropout,
-                       use_reentrant=False) for i in range(0, b, step)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
 class Attention(nn.Module):
     """Multi-head scaled dot-product self-attention with one fused qkv projection."""
 
@@ -114,37 +81,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.dropout)
 
-    def forward(
-        self, x: torch.Tensor, return_weights: bool = False, queries: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """queries=m: outputs for the first m tokens only (keys and values still span all)."""
+    def forward(self, x: torch.Tensor, return_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(QK^T / sqrt(d)) V per head, heads concatenated, then projected; with
+        return_weights the attention matrices (B, heads, N, N) are computed explicitly and returned."""
         b, n, d = x.shape
-        h, hd = self.num_heads, self.head_dim
-        if queries is None:
-            qkv = self.qkv(x).view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        else:
-            w, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :queries], w[:d], None if bias is None else bias[:d])
-            q = q.view(b, queries, h, hd).transpose(1, 2)
-            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
-            k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         drop = self.attn_drop if self.training else 0.0
         weights = None
-        # PyTorch's fused CPU kernel has no fast bf16 path (its backward is ~6x slower than
-        # the plain products here), so bf16 on the CPU takes the explicit route too.
-        explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if return_weights:
             x, weights = explicit_attention(q, k, v, self.scale, drop)
-        elif explicit and torch.is_grad_enabled() and q.requires_grad:
-            # Recompute the N x N matrices in the backward pass instead of keeping them (the
-            # fused kernel keeps none either): training memory stays at the fused kernel's.
-            x = _checkpointed_attention(q, k, v, self.scale, drop)
-        elif explicit:
-            x = explicit_attention(q, k, v, self.scale, drop)[0]
-        else:  # fused kernel; never materializes the N x N matrix when it can avoid it
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        x = x.transpose(1, 2).reshape(b, q.shape[2], d)
+        else:
+            x = fastpath.attend(q, k, v, self.scale, drop)
+        x = x.transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(x)), weights
 
 
@@ -192,13 +142,11 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(config)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(
-        self, x: torch.Tensor, return_weights: bool = False, queries: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """queries=m: only the first m tokens come out (their values are unchanged)."""
-        a, weights = self.attn(self.norm1(x), return_weights, queries)
-        x = (x if queries is None else x[:, :queries]) + self.drop_path(a)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, return_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, weights = self.attn(self.norm1(x), return_weights)
+        x = x + self.drop_path(a)  # Eq. 2
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # Eq. 3
         return x, weights
 
 
@@ -250,11 +198,22 @@ class ViT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], **options) -> ViT:
-        """Load an official .npz, timm, Hugging Face, torchvision or vitkit checkpoint;
-        the options are those of vitkit.loading.load (image_size, num_classes, strict, ...)."""
-        from .loading import load
+        """Load a vitkit model folder or an official .npz, timm, Hugging Face or torchvision
+        checkpoint; the options are those of vitkit.load (image_size, num_classes, strict, ...).
+        Hub ids and input specs: vitkit.open_model."""
+        from .formats.reader import load_checkpoint
 
-        return load(path, **options)
+        return load_checkpoint(cls, path, **options)[0]
+
+    def save_pretrained(self, directory: str | os.PathLike[str], classes: list[str] | None = None,
+                        data: dict | None = None) -> os.PathLike[str]:
+        """Write a vitkit model folder (config.json + model.safetensors) that every vitkit
+        command opens; `classes` and `data` (input spec: image_size, channels, mean, std) go
+        into config.json so that predictions prepare images as training did."""
+        from .checkpoint import save_pretrained
+
+        extra = {k: v for k, v in dict(classes=classes, data=data).items() if v is not None}
+        return save_pretrained(self, directory, extra)
 
     # ---- initialization -------------------------------------------------------------
     @torch.no_grad()
@@ -302,10 +261,10 @@ class ViT(nn.Module):
         )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images to the encoder's input sequence: patches, class token, position embeddings."""
+        """Eq. 1: z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos."""
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        x = self.patch_embed(x)
+        x = self.patch_embed(x)  # x_p^i E for every patch
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         pos = self._pos_embed_for(grid)
@@ -333,24 +292,20 @@ class ViT(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.pool == "mean":
             return x[:, self.config.num_prefix_tokens :].mean(dim=1)
-        return x[:, 0]
+        return x[:, 0]  # Eq. 4: y = LN(z_L^0), the class token after the final LayerNorm
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the tokens, apply the optional tanh layer, then the linear classifier."""
+        """Pool the tokens, apply the optional tanh layer, then the linear classifier (Eq. 4)."""
         x = self.pre_logits(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits. With class-token pooling only the class token of the last block reaches the
-        head, so that block computes its query, attention output and MLP for that token alone
-        (about 1/L of the work saved; the logits are the same)."""
-        if self.config.pool != "cls" or len(self.blocks) == 0:
-            return self.forward_head(self.forward_features(x))
-        x = self.embed(x)
-        for block in self.blocks[:-1]:
-            x, _ = block(x)
-        x, _ = self.blocks[-1](x, queries=1)
-        return self.forward_head(self.norm(x))
+        """Logits: Eq. 1 (embed), Eq. 2-3 (blocks), Eq. 4 (norm, pool, head). With class-token
+        pooling vitkit.fastpath computes the same logits running the last block for the class
+        token alone."""
+        if fastpath.uses_class_token_path(self):
+            return fastpath.forward_class_token(self, x)
+        return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -102,43 +102,55 @@ def _read_batch(path: Path) -> dict:
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
-def load_cifar(path: str | Path) -> tuple[ImageArrays, ImageArrays]:
-    """CIFAR-10 or CIFAR-100 "python version" directory (data_batch_1..5 + test_batch, or
-    train + test with a meta file), read without running any pickled code."""
-    root = Path(path)
+def _cifar_layout(root: Path) -> tuple[list[Path], Path, str, Path, str]:
+    """(training batches, test batch, label key, meta file, class-name key) of a CIFAR directory."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory (expected CIFAR python batches)")
     if (root / "data_batch_1").is_file():
-        names = [root / f"data_batch_{i}" for i in range(1, 6)]
-        test_name, label_key = root / "test_batch", "labels"
-        meta_name, names_key = "batches.meta", "label_names"
-    elif (root / "train").is_file():
-        names, test_name = [root / "train"], root / "test"
-        label_key, meta_name, names_key = "fine_labels", "meta", "fine_label_names"
-    else:
-        raise FileNotFoundError(f"{root}: no data_batch_1 (CIFAR-10) or train (CIFAR-100) file")
+        return ([root / f"data_batch_{i}" for i in range(1, 6)], root / "test_batch", "labels",
+                root / "batches.meta", "label_names")
+    if (root / "train").is_file():
+        return [root / "train"], root / "test", "fine_labels", root / "meta", "fine_label_names"
+    raise FileNotFoundError(f"{root}: no data_batch_1 (CIFAR-10) or train (CIFAR-100) file")
 
-    def read(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"{f}: missing CIFAR batch")
-            d = _read_batch(f)
-            if "data" not in d or label_key not in d:
-                raise ValueError(f"{f}: missing 'data' or '{label_key}' entry")
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[label_key], dtype=np.int64))
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
-    meta_path = root / meta_name
+def _read_cifar(files: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing CIFAR batch")
+        d = _read_batch(f)
+        if "data" not in d or label_key not in d:
+            raise ValueError(f"{f}: missing 'data' or '{label_key}' entry")
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar_classes(meta_path: Path, names_key: str, labels: torch.Tensor) -> list[str]:
     if meta_path.is_file():
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _read_batch(meta_path)[names_key]]
-    else:
-        classes = None
-    xtr, ytr = read(names)
-    xte, yte = read([test_name])
-    classes = classes or [str(i) for i in range(int(ytr.max()) + 1)]
+        names = _read_batch(meta_path)[names_key]
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+        if classes:
+            return classes
+    return [str(i) for i in range(int(labels.max()) + 1)]
+
+
+def load_cifar(path: str | Path) -> tuple[ImageArrays, ImageArrays]:
+    """CIFAR-10 or CIFAR-100 "python version" directory (data_batch_1..5 + test_batch, or
+    train + test with a meta file), read without running any pickled code."""
+    names, test_name, label_key, meta_path, names_key = _cifar_layout(Path(path))
+    xtr, ytr = _read_cifar(names, label_key)
+    xte, yte = _read_cifar([test_name], label_key)
+    classes = _cifar_classes(meta_path, names_key, ytr)
     return ImageArrays(xtr, ytr, classes), ImageArrays(xte, yte, classes)
+
+
+def load_cifar_test(path: str | Path) -> ImageArrays:
+    """The test batch of a CIFAR-10 or CIFAR-100 directory alone (the training batches unread)."""
+    _, test_name, label_key, meta_path, names_key = _cifar_layout(Path(path))
+    x, y = _read_cifar([test_name], label_key)
+    return ImageArrays(x, y, _cifar_classes(meta_path, names_key, y))
 
 
 # ---- MNIST / Fashion-MNIST IDX files --------------------------------------------------------
@@ -170,16 +182,26 @@ def _find(root: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{root}: no {stem}[.gz] file")
 
 
-def load_mnist(path: str | Path, fashion: bool = False) -> tuple[ImageArrays, ImageArrays]:
-    """MNIST or Fashion-MNIST from a directory holding the four IDX files."""
+def _mnist_split(root: Path, prefix: str, fashion: bool) -> ImageArrays:
+    classes = FASHION_CLASSES if fashion else [str(i) for i in range(10)]
+    x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    return ImageArrays(torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64)), classes)
+
+
+def _mnist_root(path: str | Path) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory (expected MNIST IDX files)")
-    classes = FASHION_CLASSES if fashion else [str(i) for i in range(10)]
+    return root
 
-    def split(prefix: str) -> ImageArrays:
-        x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-        y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
-        return ImageArrays(torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64)), classes)
 
-    return split("train"), split("t10k")
+def load_mnist(path: str | Path, fashion: bool = False) -> tuple[ImageArrays, ImageArrays]:
+    """MNIST or Fashion-MNIST from a directory holding the four IDX files."""
+    root = _mnist_root(path)
+    return _mnist_split(root, "train", fashion), _mnist_split(root, "t10k", fashion)
+
+
+def load_mnist_test(path: str | Path, fashion: bool = False) -> ImageArrays:
+    """The t10k (test) files of an MNIST or Fashion-MNIST directory alone."""
+    return _mnist_split(_mnist_root(path), "t10k", fashion)

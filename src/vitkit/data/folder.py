@@ -2,8 +2,10 @@
 
 Files that are not images are skipped with a warning that names them; so are images that
 fail to decode (corrupt or truncated), found while the folder is cached or, for streamed
-folders, when the folder is first checked. Small images are decoded once into a uint8
-tensor cache on disk (safetensors), keyed by the file list, sizes and modification times.
+folders, when they are read. A class folder without any image is not a class: it is skipped
+with a warning. Every such warning is a one-line VitkitWarning. Small images are decoded
+once into a uint8 tensor cache on disk (safetensors), keyed by the file list, sizes and
+modification times.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..notices import VitkitWarning, one_line
 from .arrays import ImageArrays
 from .preprocess import image_to_uint8
 
@@ -36,41 +39,78 @@ class FolderIndex:
     classes: list[str]
 
 
-def scan_folder(root: str | Path, classes: list[str] | None = None) -> FolderIndex:
-    """List root/<class>/<file>; classes are the sorted subdirectory names unless given."""
+def _names(root: Path, paths: list[Path], limit: int = 10) -> str:
+    """"a/x.txt, b/y.png and 3 more": file names relative to root, on one line."""
+    shown = ", ".join(one_line(p.relative_to(root)) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _unreadable(root: Path, bad: list[Path]) -> str:
+    return (f"{one_line(root)}: skipped {len(bad)} unreadable image(s) (corrupt or truncated): "
+            f"{_names(root, bad)}")
+
+
+def _image_files(d: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under d, in a fixed order; hidden files and folders are ignored."""
+    images, others = [], []
+    for dirpath, dirs, files in os.walk(d):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            p = Path(dirpath) / f
+            (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
+    return images, others
+
+
+def scan_folder(root: str | Path, classes: list[str] | None = None,
+                classes_of: str = "the model") -> FolderIndex:
+    """List root/<class>/<file>; classes are the sorted subdirectory names unless given.
+
+    A class folder holding no image is skipped with a warning: it is not a class. Given
+    classes (a model's, or those of the training folder, named by classes_of) fix the labels;
+    a folder of images whose name is not among them is an error, while given classes without
+    a folder are fine.
+    """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such directory")
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory (expected root/<class>/<image> folders)")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
-        classes = found
-    elif set(found) - set(classes):
-        raise ValueError(f"{root}: classes {sorted(set(found) - set(classes))} are not among the model's "
-                         f"classes {classes}")
-    if not classes:
+    if not found:
         raise ValueError(f"{root}: no class subdirectories (expected root/<class>/<image>)")
-    paths, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        d = root / name
-        if not d.is_dir():
-            continue
-        for dirpath, _, files in os.walk(d):
-            for f in sorted(files):
-                p = Path(dirpath) / f
-                if f.startswith("."):
-                    continue
-                if p.suffix.lower() in IMAGE_EXTENSIONS:
-                    paths.append(p)
-                    labels.append(label)
-                else:
-                    skipped.append(p)
+    files: dict[str, list[Path]] = {}
+    skipped: list[Path] = []
+    for name in found:
+        images, others = _image_files(root / name)
+        skipped += others
+        if images:
+            files[name] = images
+        else:
+            warnings.warn(f"{one_line(root / name)}: no images; skipped, not a class", VitkitWarning,
+                          stacklevel=2)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} non-image file(s) in {root}: "
-                      + ", ".join(str(p.relative_to(root)) for p in skipped[:10]), stacklevel=2)
-    if not paths:
-        raise ValueError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        warnings.warn(f"{one_line(root)}: skipped {len(skipped)} non-image file(s): {_names(root, skipped)}",
+                      VitkitWarning, stacklevel=2)
+    if not files:
+        looked_for = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"{one_line(root)}: no images found in any of its {len(found)} class folder(s) "
+                         f"(looked for {looked_for})")
+    if classes is None:
+        classes = list(files)
+    else:
+        unknown = [n for n in files if n not in set(classes)]
+        if unknown:
+            preview = ", ".join(one_line(c) for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
+            names = ", ".join(one_line(n) for n in unknown)
+            raise ValueError(f"{one_line(root)}: class folder(s) {names} not among {classes_of}'s "
+                             f"{len(classes)} classes ({preview})")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for p in files.get(name, []):
+            paths.append(p)
+            labels.append(label)
     return FolderIndex(root, paths, labels, list(classes))
 
 
@@ -122,7 +162,7 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     """Decode every image once (resized to size) into uint8 tensors, cached on disk."""
     from safetensors.torch import load_file, save
 
-    from ..checkpoint import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     file = cache / f"folder-{_cache_key(index, channels, size)}.safetensors"
@@ -131,7 +171,8 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
             t = load_file(str(file))
             return ImageArrays(t["images"], t["labels"], index.classes)
         except Exception:  # a damaged cache is rebuilt, never trusted
-            warnings.warn(f"ignoring unreadable cache {file}", stacklevel=2)
+            warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning,
+                          stacklevel=2)
     jobs = [(str(p), channels, size) for p in index.paths]
     if workers > 1 and len(jobs) > 256:
         # workers hand back NumPy arrays: plain pickled bytes, not shared-memory tensors,
@@ -143,8 +184,7 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
         decoded = [_decode(j) for j in jobs]
     bad = [index.paths[i] for i, t in enumerate(decoded) if t is None]
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {index.root}: "
-                      + ", ".join(str(p.relative_to(index.root)) for p in bad[:10]), stacklevel=2)
+        warnings.warn(_unreadable(index.root, bad), VitkitWarning, stacklevel=2)
     keep = [i for i, t in enumerate(decoded) if t is not None]
     if not keep:
         raise ValueError(f"{index.root}: none of the {len(jobs)} images could be decoded")
@@ -153,19 +193,53 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     try:
         atomic_write_bytes(file, save({"images": images, "labels": labels}))
     except OSError as e:
-        warnings.warn(f"could not write cache {file}: {e}", stacklevel=2)
+        warnings.warn(f"{one_line(file)}: could not write cache ({one_line(e)})", VitkitWarning, stacklevel=2)
     return ImageArrays(images, labels, index.classes)
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except _DECODE_ERRORS:
+        return False
+
+
+def readable_only(index: FolderIndex, workers: int = 2) -> FolderIndex:
+    """The index without the images that fail to decode, which are named in one warning.
+
+    Each image is decoded once, so that a streamed pass over the result sees every image
+    exactly once (StreamingFolder would stand a good image in for a bad one).
+    """
+    jobs = [str(p) for p in index.paths]
+    if workers > 1 and len(jobs) > 256:
+        with ProcessPoolExecutor(workers) as pool:
+            ok = list(pool.map(_readable, jobs, chunksize=64))
+    else:
+        ok = [_readable(j) for j in jobs]
+    bad = [p for p, good in zip(index.paths, ok, strict=True) if not good]
+    if bad:
+        warnings.warn(_unreadable(index.root, bad), VitkitWarning, stacklevel=2)
+    if len(bad) == len(jobs):
+        raise ValueError(f"{one_line(index.root)}: none of the {len(jobs)} images could be decoded")
+    keep = [i for i, good in enumerate(ok) if good]
+    return FolderIndex(index.root, [index.paths[i] for i in keep], [index.labels[i] for i in keep],
+                       index.classes)
 
 
 class StreamingFolder(torch.utils.data.Dataset):
     """Decodes each image when it is asked for (in DataLoader workers), for large images.
 
-    A file that fails to decode is replaced by the next good one and named in a warning, so
-    an epoch never stops half-way.
+    Images are resized to `size` on decoding when it is given (as for prediction), then passed
+    through `transform` when there is one. A file that fails to decode is replaced by the next
+    good one and named in a warning, so an epoch never stops half-way.
     """
 
-    def __init__(self, index: FolderIndex, channels: int, transform):
+    def __init__(self, index: FolderIndex, channels: int, transform=None,
+                 size: tuple[int, int] | None = None):
         self.index, self.channels, self.transform = index, channels, transform
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self.bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -176,9 +250,10 @@ class StreamingFolder(torch.utils.data.Dataset):
             k = (i + j) % len(self)
             if k in self.bad:
                 continue
-            img = _decode((str(self.index.paths[k]), self.channels, None))
+            img = _decode((str(self.index.paths[k]), self.channels, self.size))
             if img is not None:
-                return self.transform(img), self.index.labels[k]
+                return (self.transform(img) if self.transform is not None else img), self.index.labels[k]
             self.bad.add(k)
-            warnings.warn(f"skipping unreadable image {self.index.paths[k]}", stacklevel=2)
-        raise ValueError(f"{self.index.root}: no readable images")
+            warnings.warn(f"{one_line(self.index.paths[k])}: unreadable image (corrupt or truncated), "
+                          "skipped", VitkitWarning, stacklevel=2)
+        raise ValueError(f"{one_line(self.index.root)}: no readable images")

@@ -8,8 +8,16 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
-from .arrays import ImageArrays, load_cifar, load_digits, load_mnist, stratified_split
-from .folder import StreamingFolder, load_folder_cached, probe, scan_folder
+from .arrays import (
+    ImageArrays,
+    load_cifar,
+    load_cifar_test,
+    load_digits,
+    load_mnist,
+    load_mnist_test,
+    stratified_split,
+)
+from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder
 from .preprocess import InputSpec
 
 SMALL_SIDE = 64  # images up to this side are decoded once and cached as uint8 tensors
@@ -23,7 +31,8 @@ class DataConfig:
     path: str | None = None  # the folder or the directory of CIFAR / MNIST files
     val_path: str | None = None  # a separate validation folder; else split off val_split
     val_split: float = 0.1
-    image_size: int | None = None  # default: the data's own size (224 for large images)
+    image_size: int | None = None  # default: the data's own size (224 for large images), moved to
+    # the nearest size the default patch size divides when it has no fitting divisor (31 -> 30)
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
@@ -75,6 +84,18 @@ def _to_channels(a: ImageArrays, channels: int) -> ImageArrays:
     raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
 
 
+def _own_size(h: int, w: int) -> tuple[tuple[int, int], str | None]:
+    """The data's own size, or else the nearest size whose default patch grid is reasonable
+    (a prime side would leave only patch 1), with a note saying so."""
+    from ..config import default_image_size  # the model's default patch rule decides
+
+    size = default_image_size((h, w))
+    if size == (h, w):
+        return size, None
+    return size, (f"images are {h}x{w}: resized to {size[0]}x{size[1]}, which the default patch size "
+                  f"divides (set --data.image_size to change)")
+
+
 def load_data(cfg: DataConfig) -> Data:
     """Read the configured data set and settle image size, channels and normalization."""
     notes: list[str] = []
@@ -90,7 +111,11 @@ def load_data(cfg: DataConfig) -> Data:
         else:
             train, val = load_mnist(cfg.path, fashion=cfg.dataset == "fashion-mnist")
     channels = cfg.channels or train.images.shape[1]
-    size = (cfg.image_size,) * 2 if cfg.image_size else tuple(train.images.shape[-2:])
+    if cfg.image_size:
+        size = (cfg.image_size,) * 2
+    else:
+        size, note = _own_size(*(int(n) for n in train.images.shape[-2:]))
+        notes += [note] if note else []
     train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
     return _finish(cfg, train, val, channels, size, notes)
 
@@ -114,14 +139,14 @@ def _load_folder(cfg: DataConfig) -> Data:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
     notes: list[str] = []
     index = scan_folder(cfg.path)
-    val_index = scan_folder(cfg.val_path, index.classes) if cfg.val_path else None
+    val_index = scan_folder(cfg.val_path, index.classes, classes_of=str(cfg.path)) if cfg.val_path else None
     (h, w), channels = probe(index)
     channels = cfg.channels or channels
     if cfg.image_size:
         size = (cfg.image_size, cfg.image_size)
     elif max(h, w) <= SMALL_SIDE:
-        size = (h, w)
-        notes.append(f"image size {h}x{w} taken from the data")
+        size, note = _own_size(h, w)
+        notes.append(note or f"image size {h}x{w} taken from the data")
     else:
         size = (224, 224)
         notes.append(f"images are {h}x{w}: resized to 224x224 (set --data.image_size to change)")
@@ -157,6 +182,87 @@ def _sub_index(index, keep):
 
     return FolderIndex(index.root, [index.paths[i] for i in keep], [index.labels[i] for i in keep],
                        index.classes)
+
+
+@dataclass
+class EvalData:
+    """Every image to evaluate a model on, labelled with the model's class indices."""
+
+    images: ImageArrays | StreamingFolder  # uint8 at the model's size and channels
+    classes: list[str]  # the model's classes
+    count: int  # how many images are evaluated
+    description: str  # one line: what was read and how
+
+
+def _preview(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+
+
+def _onto_classes(a: ImageArrays, classes: list[str], source: str) -> ImageArrays:
+    """Relabel by class name onto `classes`; a class present in the data but unknown there is an error."""
+    if list(a.classes) == list(classes):
+        return a
+    index = {c: i for i, c in enumerate(classes)}
+    present = sorted(set(a.labels.tolist()))
+    unknown = [a.classes[i] for i in present if a.classes[i] not in index]
+    if unknown:
+        raise ValueError(f"{source}: class(es) {', '.join(unknown)} not among the model's {len(classes)} "
+                         f"classes ({_preview(list(classes))})")
+    lut = torch.tensor([index.get(c, -1) for c in a.classes], dtype=torch.long)
+    return ImageArrays(a.images, lut[a.labels], list(classes))
+
+
+def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> EvalData:
+    """The images to evaluate a trained model on, prepared to its InputSpec, all of them.
+
+    For "folder", every image under cfg.val_path (else cfg.path), with no split: each is
+    converted and resized to the spec exactly as for prediction, and class folders are
+    matched to the model's classes by name (a folder the model does not know is an error;
+    model classes without a folder are fine). Unreadable files are skipped with a warning
+    naming them. For digits, CIFAR and MNIST: their whole test split, converted to the spec.
+    cfg.image_size, channels, per_class and val_per_class are not used: nothing is left out.
+    """
+    size = (int(spec.image_size[0]), int(spec.image_size[1]))
+    channels = spec.channels
+    shape = f"{channels}x{size[0]}x{size[1]}"
+    classes = list(classes)
+    if cfg.dataset == "folder":
+        root = cfg.val_path or cfg.path
+        if not root:
+            raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
+        index = scan_folder(root, classes)
+        listed = len(index.paths)
+        if cfg.cache == "always" or (cfg.cache == "auto" and max(size) <= SMALL_SIDE):
+            images = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
+            labels = images.labels.tolist()
+        else:
+            index = readable_only(index, cfg.workers)
+            images = StreamingFolder(index, channels, size=size)
+            labels = index.labels
+        n = len(images)
+        unread = f", {listed - n} unreadable skipped" if listed > n else ""
+        description = (f"{n} images of {root}, every one (no split{unread}): {len(set(labels))} of the "
+                       f"model's {len(classes)} classes, {shape}")
+        return EvalData(images, classes, n, description)
+    if cfg.dataset == "digits":
+        test, name = load_digits(seed=cfg.seed)[1], f"the digits test split (seed {cfg.seed})"
+    elif cfg.dataset in ("cifar10", "cifar100", "mnist", "fashion-mnist"):
+        if not cfg.path:
+            raise ValueError(f"dataset {cfg.dataset!r} needs --data.path (a local directory)")
+        if cfg.dataset.startswith("cifar"):
+            test = load_cifar_test(cfg.path)
+        else:
+            test = load_mnist_test(cfg.path, fashion=cfg.dataset == "fashion-mnist")
+        name = f"the {cfg.dataset} test set in {cfg.path}"
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}")
+    h, w = test.images.shape[-2:]
+    test = _onto_classes(test, classes, name)
+    test = _resize_arrays(_to_channels(test, channels), size)
+    resized = f" (resized from {h}x{w})" if (h, w) != size else ""
+    description = (f"{len(test)} images of {name}: {len(set(test.labels.tolist()))} of the model's "
+                   f"{len(classes)} classes, {shape}{resized}")
+    return EvalData(test, classes, len(test), description)
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:

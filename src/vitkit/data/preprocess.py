@@ -7,7 +7,9 @@ image folders and prediction, so both prepare images identically.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +24,8 @@ class InputSpec:
     channels: int = 3  # 1: grayscale, 3: RGB
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    crop_pct: float = 1.0  # < 1: resize the shorter side to size / crop_pct, then centre-crop
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -31,7 +35,30 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]),
-                   mean=list(d["mean"]), std=list(d["std"]))
+                   mean=list(d["mean"]), std=list(d["std"]),
+                   interpolation=d.get("interpolation", "bicubic"), crop_pct=float(d.get("crop_pct", 1.0)))
+
+    @classmethod
+    def for_model(cls, image_size: tuple[int, int], channels: int, stored: dict | None = None,
+                  **given) -> tuple[InputSpec, list[str]]:
+        """The spec to feed a model: what was given, else what its files stored, else the
+        model's own size and channels with mean = std = 0.5 (inputs in [-1, 1], as the
+        paper's models were trained). Returns the spec and a note on each default used."""
+        stored = {k: v for k, v in (stored or {}).items() if v is not None}
+        given = {k: v for k, v in given.items() if v is not None}
+        d = {**stored, **given}
+        notes = []
+        c = int(d.get("channels", channels))
+        if "mean" not in d or "std" not in d:
+            notes.append("normalization not recorded: mean = std = 0.5 assumed (pass --load.mean / "
+                         "--load.std if the model was trained otherwise)")
+        mean, std = list(d.get("mean", [0.5] * c)), list(d.get("std", [0.5] * c))
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean {mean} / std {std} do not have one value per channel ({c})")
+        size = d.get("image_size", image_size)
+        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return cls(size, c, [float(v) for v in mean], [float(v) for v in std],
+                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 1.0))), notes
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -53,11 +80,25 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
-    """(C, H, W) uint8 tensor, resized (bicubic, antialiased) when size is given."""
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | None,
+                   interpolation: str = "bicubic", crop_pct: float = 1.0) -> torch.Tensor:
+    """(C, H, W) uint8 tensor, resized (antialiased) when size is given: the whole image to
+    size, or with crop_pct < 1 the shorter side to size / crop_pct and then the centre crop."""
     img = to_mode(img, channels)
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    resample = _RESAMPLE[interpolation]
+    if size is not None and crop_pct < 1.0:  # as timm's eval transform: Resize(int) then CenterCrop
+        h, w = size
+        short = math.floor(max(h, w) / crop_pct)
+        iw, ih = img.size
+        nw, nh = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+        img = img.resize((nw, nh), resample)
+        left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+        img = img.crop((left, top, left + w, top + h))
+    elif size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), resample)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -73,4 +114,5 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 
 def prepare_image(img: Image.Image, spec: InputSpec) -> torch.Tensor:
     """A PIL image of any size and mode -> the normalized (C, H, W) float tensor."""
-    return normalize(image_to_uint8(img, spec.channels, spec.image_size), spec)
+    return normalize(image_to_uint8(img, spec.channels, spec.image_size, spec.interpolation, spec.crop_pct),
+                     spec)

@@ -10,7 +10,16 @@ Two namings exist: files on disk (and transformers 4 modules) say
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
+
+from ..files import atomic_save_tensors, atomic_write_json, read_json
+from .common import Source, read_state_dict
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_HF_GELU = {"gelu": "exact", "gelu_python": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 # vitkit block suffix -> (file naming, transformers 5 module naming)
 _BLOCK = {
@@ -127,3 +136,72 @@ def config_to_hf(config) -> dict:
         num_labels=config.num_classes,
         pooler_output_size=config.representation_size or config.hidden_size, pooler_act="tanh",
     )
+
+
+def read_hf_folder(directory: Path, cfg: dict) -> Source:
+    """A transformers ViT folder: config.json (architecture facts, labels) and its weights."""
+    cfg_path = directory / "config.json"
+    if cfg.get("model_type", "vit") != "vit":
+        raise ValueError(f"{cfg_path}: model_type {cfg['model_type']!r} is not a ViT vitkit can load")
+    weights = next((directory / n for n in HF_WEIGHTS if (directory / n).is_file()), None)
+    if weights is None:
+        sharded = [n for n in (f"{w}.index.json" for w in ("model.safetensors", "pytorch_model.bin"))
+                   if (directory / n).is_file()]
+        if sharded:
+            raise ValueError(f"{directory / sharded[0]}: sharded checkpoints are not supported")
+        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    unknown: list[str] = []
+    sd = from_hf(read_state_dict(weights), unknown)
+    act = cfg.get("hidden_act", "gelu")
+    if act not in _HF_GELU:
+        raise ValueError(f"{cfg_path}: hidden_act {act!r} is not a GELU vitkit models")
+    known: dict[str, Any] = dict(gelu=_HF_GELU[act], layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
+    if "num_attention_heads" in cfg:
+        known["num_heads"] = int(cfg["num_attention_heads"])
+    if "image_size" in cfg:
+        s = cfg["image_size"]
+        known["image_size"] = int(s) if isinstance(s, int) else tuple(int(x) for x in s)
+    src = Source("hf", sd, detail=f"{weights.name}, hidden_act {act}", known=known, unknown=unknown)
+    if "pre_logits.dense.weight" in sd:
+        if "head.weight" in sd:  # ViTForImageClassification classifies the class token, not the pooler
+            for k in ("pre_logits.dense.weight", "pre_logits.dense.bias"):
+                sd.pop(k, None)
+            src.dropped.append("pooler.dense (ViTForImageClassification does not use it)")
+        elif cfg.get("pooler_act", "tanh") != "tanh":
+            raise ValueError(f"{cfg_path}: pooler_act {cfg['pooler_act']!r}; vitkit's pre-logits are tanh")
+    labels = cfg.get("id2label") or {}
+    n = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    if n and len(labels) == n:
+        names = [labels.get(str(i), labels.get(i)) for i in range(n)]
+        if all(names) and names != [f"LABEL_{i}" for i in range(n)]:
+            src.extra["classes"] = names
+    pre = directory / "preprocessor_config.json"
+    if pre.is_file():
+        p = read_json(pre)
+        if "image_mean" in p and "image_std" in p:
+            src.extra["data"] = dict(mean=list(p["image_mean"]), std=list(p["image_std"]))
+    return src
+
+
+def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: list[str] | None,
+                    notes: list[str]) -> Path:
+    """ViTForImageClassification, or ViTModel (with its pooler) when the model is headless."""
+    rep = config.representation_size
+    if rep and config.num_classes:
+        raise ValueError("Hugging Face's ViTForImageClassification has no pre-logits layer: drop it "
+                         "(load with num_classes and without keep_pre_logits) or export to npz")
+    hf = config_to_hf(config.replace(pos_embed="learn"))
+    if config.num_classes:
+        arch, prefix = "ViTForImageClassification", "vit."
+        if classes and len(classes) == config.num_classes:
+            hf["id2label"] = {str(i): c for i, c in enumerate(classes)}
+            hf["label2id"] = {c: i for i, c in enumerate(classes)}
+    else:
+        arch, prefix = "ViTModel", ""
+        hf.pop("num_labels")
+        if not rep:
+            notes.append("no pooler weights: ViTModel initializes its pooler randomly")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out / HF_WEIGHTS[0], to_hf(sd, prefix=prefix))
+    atomic_write_json(out / "config.json", {"architectures": [arch], "model_type": "vit", **hf})
+    return out

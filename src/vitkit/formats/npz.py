@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .common import Source
+
 Naming = Literal["vit_jax", "big_vision"]
 
 # (attention, second LayerNorm, MLP) module names inside an encoder block
@@ -91,8 +93,10 @@ def _unstack_scanned(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def from_npz(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
-    """Official .npz arrays -> (vitkit state dict, facts about the file, keys not understood).
+def from_npz(arrays: dict[str, np.ndarray], unknown: list[str] | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Official .npz arrays -> (vitkit state dict, facts about the file); keys not understood
+    are appended to `unknown` when given, else refused (the convention of every reader).
 
     The facts: prefix, naming, scanned, num_heads, ignored (arrays outside the prefix,
     such as optimizer state). A big_vision position table without a class row gets a
@@ -163,7 +167,12 @@ def from_npz(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], di
             put(f"{o}mlp.fc{j + 1}.weight", take(f"{b}{mlp}/Dense_{j}/kernel"), lambda t: t.T)
             put(f"{o}mlp.fc{j + 1}.bias", take(f"{b}{mlp}/Dense_{j}/bias"))
     facts = dict(prefix=prefix, naming=naming, scanned=scanned, num_heads=num_heads, ignored=ignored)
-    return sd, facts, sorted(prefix + k for k in left)
+    rest = sorted(prefix + k for k in left)
+    if rest and unknown is None:
+        raise ValueError(f"unexpected arrays in the .npz file: {', '.join(rest[:6])}")
+    if unknown is not None:
+        unknown.extend(rest)
+    return sd, facts
 
 
 def to_npz(sd: dict[str, torch.Tensor], num_heads: int, naming: Naming = "vit_jax"
@@ -228,3 +237,24 @@ def to_npz(sd: dict[str, torch.Tensor], num_heads: int, naming: Naming = "vit_ja
     if rest:
         raise ValueError(f"no official ViT name for vitkit keys: {', '.join(rest[:6])}")
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def read_npz_source(path: Path) -> Source:
+    """An official .npz file (vit_jax or big_vision names) as vitkit tensors plus its facts."""
+    unknown: list[str] = []
+    sd, facts = from_npz(read_npz(path), unknown)
+    detail = f"{facts['naming']} naming"
+    if facts["prefix"]:
+        detail += f", under {facts['prefix']}"
+    if facts["scanned"]:
+        detail += ", scanned blocks"
+    known = dict(gelu="tanh", layer_norm_eps=1e-6)
+    if facts["num_heads"]:
+        known["num_heads"] = int(facts["num_heads"])
+    src = Source("npz", sd, detail=detail, known=known, unknown=unknown,
+                  extra={"data": dict(mean=[0.5] * 3, std=[0.5] * 3)})
+    if facts["ignored"]:
+        src.notes.append(f"{len(facts['ignored'])} arrays outside {facts['prefix']} ignored "
+                         f"(optimizer state): {', '.join(facts['ignored'][:3])}")
+    src.notes.append("GELU: tanh approximation, as the official JAX code computes it")
+    return src

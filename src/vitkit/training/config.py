@@ -4,50 +4,55 @@ command line (``--optim.lr 3e-4``) or a YAML recipe under configs/."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ViTConfig, variant
+from ..config import ViTConfig, default_patch_size, variant
 from ..data.augment import AugmentConfig
 from ..data.pipeline import DataConfig
 
+# ViTConfig fields that the data decides, not the recipe.
+FROM_DATA = ("image_size", "num_channels", "num_classes")
+# The model when neither a variant nor sizes are given: the small hybrid of the digits recipe.
+SMALL_MODEL = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_size=128, stem="conv", stem_channels=32)
 
-@dataclass
-class ModelSpec:
-    """Architecture; unset fields come from `variant` (e.g. "Ti/16") or from the data."""
 
-    variant: str | None = None
-    patch_size: int | None = None  # default: a 4x4 grid up to 16 px, 8x8 up to 64 px, else 16
-    hidden_size: int = 64
-    num_layers: int = 4
-    num_heads: int = 4
-    mlp_size: int = 128
-    representation_size: int | None = None
-    pos_embed: Literal["learn", "sincos2d", "none"] = "learn"
-    pool: Literal["cls", "mean"] = "cls"
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    drop_path: float = 0.0
-    gelu: Literal["exact", "tanh"] = "exact"
-    stem: Literal["patch", "conv"] = "conv"  # the paper's hybrid; "patch" for the pure ViT
-    stem_channels: int = 32
-    stem_stride: int = 1  # a power of 2: the stem downsamples by it (patch_size must divide)
+def _build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
+    """The ViTConfig for data of this size, channel count and class count: the variant (or
+    SMALL_MODEL) with every field that is set on top; the patch size, when unset, from the
+    variant's name or else default_patch_size."""
+    given = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
+    data = dict(image_size=tuple(image_size), num_channels=channels, num_classes=num_classes)
+    if self.variant:
+        patch = given.pop("patch_size", None)
+        name = self.variant if patch is None else f"{self.variant.split('/')[0]}/{patch}"
+        return variant(name, **given, **data)
+    fields = {**SMALL_MODEL, **given}
+    if "patch_size" not in fields:
+        stride = fields.get("stem_stride", 1) if fields.get("stem") == "conv" else 1
+        fields["patch_size"] = default_patch_size(image_size, stride)
+    return ViTConfig(**fields, **data)
 
-    def build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
-        patch = self.patch_size
-        if patch is None:
-            side = min(image_size)
-            patch = max(1, side // 4) if side <= 16 else max(1, side // 8) if max(image_size) <= 64 else 16
-        common = dict(image_size=tuple(image_size), num_channels=channels, num_classes=num_classes,
-                      representation_size=self.representation_size, pos_embed=self.pos_embed,
-                      pool=self.pool, dropout=self.dropout, attention_dropout=self.attention_dropout,
-                      drop_path=self.drop_path, gelu=self.gelu, stem=self.stem,
-                      stem_channels=self.stem_channels, stem_stride=self.stem_stride)
-        if self.variant:
-            name = self.variant if self.patch_size is None else f"{self.variant.split('/')[0]}/{patch}"
-            return variant(name, **common)
-        return ViTConfig(patch_size=patch, hidden_size=self.hidden_size, num_layers=self.num_layers,
-                         num_heads=self.num_heads, mlp_size=self.mlp_size, **common)
+
+def _model_spec() -> type:
+    """ModelSpec: every ViTConfig field but those the data decides, each optional (unset: from
+    the variant, else ViTConfig's default, SMALL_MODEL's sizes and the default patch rule),
+    plus the variant name. Derived from ViTConfig, so the two never disagree."""
+    hints = typing.get_type_hints(ViTConfig)
+    fields = [("variant", str | None, dataclasses.field(default=None))]
+    fields += [(f.name, hints[f.name] | None, dataclasses.field(default=None))
+               for f in dataclasses.fields(ViTConfig) if f.name not in FROM_DATA]
+    cls = dataclasses.make_dataclass("ModelSpec", fields, namespace={
+        "__doc__": "Architecture: a variant (e.g. \"Ti/16\") and/or any ViTConfig field except "
+                   "image_size, num_channels and num_classes, which come from the data; unset "
+                   "fields: the variant's, else the small digits model (SMALL_MODEL).",
+        "build_config": _build_config})
+    cls.__module__ = __name__
+    return cls
+
+
+ModelSpec = _model_spec()
 
 
 @dataclass
@@ -86,6 +91,12 @@ class RunConfig:
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
     progress: bool = True
     log_every: int = 10  # steps between progress updates (also when non-finite loss is checked)
+    # recompute encoder blocks in the backward pass: "blocks" keeps only each block's input,
+    # "selective" keeps the matrix products' outputs (vitkit.training.memory)
+    activation_checkpointing: Literal["none", "blocks", "selective"] = "none"
+    # several processes (torchrun): "ddp" replicates the model, "fsdp" shards parameters,
+    # gradients and optimizer state per encoder block (torch.distributed.fsdp.fully_shard)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass

@@ -14,6 +14,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group of one was created (FSDP in one process)
 
     @property
     def main(self) -> bool:
@@ -24,11 +25,15 @@ class Dist:
         return self.world > 1
 
 
-def init_distributed(device_type: str) -> Dist:
-    """Join the process group when torchrun's environment says there is one."""
+def init_distributed(device_type: str, need_group: bool = False) -> Dist:
+    """Join the process group when torchrun's environment says there is one. need_group: a
+    process group even for a single process (FSDP shards over a group of one)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
+        if need_group and not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=dist.HashStore(),
+                                    rank=0, world_size=1)
+        return Dist(group=need_group)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -57,5 +62,5 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    if (d.enabled or d.group) and dist.is_initialized():
         dist.destroy_process_group()

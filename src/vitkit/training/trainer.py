@@ -13,7 +13,6 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
@@ -29,26 +28,33 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import (
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
+    CURVES_NAME,
+    METRICS_NAME,
+    RECIPE_NAME,
+    STATE_NAME,
+    WEIGHTS_NAME,
     load_state_dict_checked,
-    save_weights,
+    read_config,
+    read_meta,
+    write_meta,
+    write_weights,
 )
-from ..config import ViTConfig
 from ..data.augment import BatchAugment
 from ..data.pipeline import Data, array_batches, load_data, num_batches
-from ..evaluation import autocast, evaluate_model
+from ..evaluation import evaluate_model
+from ..files import atomic_torch_save, atomic_write_bytes
 from ..model import ViT
+from ..precision import autocast, pick_device, training_precision
 from .config import TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
+from .memory import apply_activation_checkpointing
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -60,26 +66,6 @@ class RunResult:
     val_acc: float | None
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
-
-
-# ---- hardware ---------------------------------------------------------------------------------
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--run.device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # On CPUs bf16 autocast pays off only for wide layers (casts and norms dominate small
-    # models), so training defaults to fp32 there; ask for bf16 explicitly where it helps.
-    return "fp32"
 
 
 # ---- schedule and optimizer ----------------------------------------------------------------
@@ -181,40 +167,68 @@ class Trainer:
         self.cfg = cfg
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
         self.device = pick_device(cfg.run.device)
-        self.dist: Dist = init_distributed(self.device.type)
+        self.sharded = cfg.run.strategy == "fsdp"
+        self.dist: Dist = init_distributed(self.device.type, need_group=self.sharded)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.precision = pick_precision(cfg.run.precision, self.device)
+        self.precision = training_precision(cfg.run.precision, self.device)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         self.extra_meta = extra_meta or {}
 
         self.data: Data = load_data(cfg.data)
         self.log(*self.data.notes)
-        if model is None and resume:  # the run's own architecture, whatever built it
-            model = ViT(ViTConfig.from_dict(json.loads((self.run_dir / "config.json").read_text())["model"]))
-        if model is None:
-            mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
-                                          len(self.data.classes))
-            model = ViT(mcfg)
+        # FSDP: only rank 0 builds the initial weights (on the CPU); a resumed run's come
+        # from its checkpoint, so no rank builds them
+        on_meta = self.sharded and (resume or not self.dist.main)
+        with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
+            if model is None and resume:  # the run's own architecture, whatever built it
+                model = ViT(read_config(self.run_dir))
+            if model is None:
+                mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
+                                              len(self.data.classes))
+                model = ViT(mcfg)
         self.check_model_fits_data(model)
         if cfg.optim.train_only == "head":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
-        self.model = model.to(self.device)
+        if self.sharded:
+            from .sharding import shard_model
+
+            with torch.device("meta"):
+                skeleton = ViT(model.config)
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            for name, p in skeleton.named_parameters():
+                p.requires_grad_(name in trainable)
+            apply_activation_checkpointing(skeleton, cfg.run.activation_checkpointing)
+            full = model if self.dist.main and not resume else None
+            self.model = shard_model(skeleton, self.device, self.precision, full, broadcast=not resume)
+            del full
+        else:
+            self.model = apply_activation_checkpointing(model.to(self.device),
+                                                        cfg.run.activation_checkpointing)
+        model = self.model
         c = model.config
         self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
                  f"patch {c.patch_size} ({c.grid_size[0]}x{c.grid_size[1]} grid), stem {c.stem}, "
-                 f"{model.num_params():,} parameters; {self.device.type}, {self.precision}")
+                 f"{model.num_params():,} parameters; {self.device.type}, {self.precision}"
+                 + (f"; {cfg.run.strategy} over {self.dist.world} processes" if self.dist.enabled else "")
+                 + (f"; activation checkpointing: {cfg.run.activation_checkpointing}"
+                    if cfg.run.activation_checkpointing != "none" else ""))
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if
                                             self.device.type == "cuda" else None)
-                    if self.dist.enabled else None)
+                    if self.dist.enabled and not self.sharded else None)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = None
-        if cfg.optim.ema > 0:
+        self._gathered: tuple[int, dict] | None = None  # (step, full weights on rank 0), FSDP
+        if cfg.optim.ema > 0 and self.sharded:
+            from .sharding import ShardedEMA
+
+            self.ema = ShardedEMA(self.model, cfg.optim.ema)
+        elif cfg.optim.ema > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema),
@@ -238,8 +252,10 @@ class Trainer:
         self.best_acc: float | None = None
         self.metrics: list[dict] = []
         self.tb = None
-        if resume:
-            self.load_state(Path(resume) / "state.pt")
+        if resume and self.sharded:
+            self.load_sharded_state()
+        elif resume:
+            self.load_state(Path(resume) / STATE_NAME)
         elif self.dist.main:
             self.prepare_run_dir()
 
@@ -273,30 +289,101 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise ValueError(f"cannot write to run directory {d}: {e.strerror or e}") from None
-        if (d / "state.pt").exists() and self.cfg.run.overwrite:
-            for name in ("state.pt", "metrics.csv", "curves.png"):
+        from .sharding import SHARDED_NAME
+
+        held = (d / STATE_NAME).exists() or (d / SHARDED_NAME).exists()
+        if held and self.cfg.run.overwrite:
+            for name in (STATE_NAME, METRICS_NAME, CURVES_NAME):
                 (d / name).unlink(missing_ok=True)
-        elif (d / "state.pt").exists():
+            import shutil
+
+            shutil.rmtree(d / SHARDED_NAME, ignore_errors=True)
+        elif held:
             raise ValueError(f"{d} already holds a run: continue it with --resume {d}, or choose "
                              f"another --run.out")
 
     def meta(self) -> dict:
-        return {"model": self.model.config.to_dict(), "classes": self.data.classes,
-                "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(), **self.extra_meta}
+        """What config.json holds beside the model config (vitkit.checkpoint's layout)."""
+        return {"classes": self.data.classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
+                **self.extra_meta}
 
     def eval_model(self) -> torch.nn.Module:
+        if self.sharded:  # every rank must call: the weights are gathered onto rank 0
+            return self.gathered_model()
         return self.ema.module if self.ema is not None else self.model
+
+    def gathered_weights(self) -> dict[str, torch.Tensor]:
+        """FSDP: the whole model (the EMA weights when EMA is on) on rank 0's CPU, gathered
+        once per step however often it is asked for; empty on the other ranks."""
+        from .sharding import full_state_dict
+
+        if self._gathered is None or self._gathered[0] != self.step:
+            ctx = self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
+            with ctx:
+                self._gathered = (self.step, full_state_dict(self.model))
+        return self._gathered[1]
+
+    def gathered_model(self) -> ViT | None:
+        """FSDP: a plain model with the gathered weights on rank 0's device; None elsewhere."""
+        sd = self.gathered_weights()
+        if not self.dist.main:
+            return None
+        with torch.device("meta"):
+            model = ViT(self.model.config)
+        from .sharding import _restore_buffers
+
+        model.to_empty(device=self.device)
+        model.load_state_dict(sd)
+        _restore_buffers(model)
+        return model
+
+    def progress_state(self) -> dict:
+        return {"rng": rng_state(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "step": self.step, "elapsed": self.elapsed, "best_acc": self.best_acc,
+                "metrics": self.metrics, "train": self.cfg.to_dict(), "world": self.dist.world}
+
+    def save_sharded(self) -> None:
+        """FSDP: the sharded state (every rank writes its part), then rank 0 writes the
+        consolidated weights and the other run files."""
+        import yaml
+
+        from .sharding import save_sharded
+
+        weights = self.gathered_weights()
+        save_sharded(self.run_dir, self.model, self.optimizer, self.ema, self.progress_state())
+        if self.dist.main:
+            d = self.run_dir
+            write_meta(d, self.model.config, self.meta())
+            atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
+            from ..files import atomic_save_tensors
+
+            atomic_save_tensors(d / WEIGHTS_NAME, weights)
+            self.write_metrics()
+
+    def load_sharded_state(self) -> None:
+        from .sharding import load_sharded
+
+        st = load_sharded(self.run_dir, self.model, self.optimizer, self.ema)
+        if self.dist.rank == 0:
+            set_rng_state(st["rng"])
+        self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
+        self.elapsed, self.best_acc, self.metrics = st["elapsed"], st["best_acc"], list(st["metrics"])
+        self.log(f"resuming {self.run_dir} (saved by {st['world']} processes) at epoch {self.epoch + 1}, "
+                 f"batch {self.batch_in_epoch}, step {self.step}")
 
     def save(self) -> None:
         """Write every run file atomically; state.pt last, so it never points past the weights."""
+        if self.sharded:
+            self.save_sharded()
+            return
         if not self.dist.main:
             return
         import yaml
 
         d = self.run_dir
-        atomic_write_json(d / "config.json", self.meta())
-        atomic_write_bytes(d / "train.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
-        save_weights(d / "model.safetensors", self.eval_model())
+        write_meta(d, self.model.config, self.meta())
+        atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
+        write_weights(d, self.eval_model())
         self.write_metrics()
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -307,7 +394,7 @@ class Trainer:
             "elapsed": self.elapsed, "best_acc": self.best_acc,
             "metrics": self.metrics, "train": self.cfg.to_dict(),
         }
-        atomic_torch_save(d / "state.pt", state)
+        atomic_torch_save(d / STATE_NAME, state)
 
     def load_state(self, path: Path) -> None:
         if not path.is_file():
@@ -332,13 +419,13 @@ class Trainer:
         for m in self.metrics:
             lines.append(",".join("" if m.get(c) is None else f"{m[c]:.6g}" if isinstance(m[c], float)
                                   else str(m[c]) for c in METRIC_COLUMNS))
-        atomic_write_bytes(self.run_dir / "metrics.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(self.run_dir / METRICS_NAME, ("\n".join(lines) + "\n").encode())
         try:
             from ..visualize import plot_curves
         except ImportError:
             return
         if self.metrics:
-            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)
 
     def tensorboard(self, row: dict) -> None:
         if not self.dist.main:
@@ -379,6 +466,8 @@ class Trainer:
         for i, (xc, yc) in enumerate(zip(x.chunk(acc), y.chunk(acc), strict=True)):
             sync = self.ddp is None or i == acc - 1
             ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
+            if self.sharded and acc > 1:  # reduce-scatter the gradients once, after the last chunk
+                self.model.set_requires_gradient_sync(i == acc - 1)
             with ctx:
                 with autocast(self.device, self.precision):
                     logits = net(xc)
@@ -391,7 +480,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
+        if self.ema is not None and self.sharded:
+            self.ema.update(self.model)
+        elif self.ema is not None:
             self.ema.update_parameters(self.model)
         return loss_sum, correct
 
@@ -413,7 +504,10 @@ class Trainer:
                 yield batch
 
     def evaluate(self):
-        return evaluate_model(self.eval_model(), self.data.val, self.data.spec, self.data.classes,
+        model = self.eval_model()  # FSDP: every rank takes part in gathering it onto rank 0
+        if model is None:
+            return None
+        return evaluate_model(model, self.data.val, self.data.spec, self.data.classes,
                               self.cfg.run.eval_batch_size, self.device, self.precision,
                               self.cfg.data.workers if not self.data.in_memory else 0)
 
@@ -482,12 +576,11 @@ class Trainer:
                     self.save()
                     barrier(self.dist)
                     status = "interrupted"
-                    self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; saved {self.run_dir}. "
-                             f"Continue with: vitkit train --resume {self.run_dir}")
+                    self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; saved {self.run_dir}")
                     break
                 last = self.epoch + 1 == cfg.run.epochs or out_of_time
                 due = last or (self.epoch + 1) % max(cfg.run.eval_every, 1) == 0
-                res = self.evaluate() if self.dist.main and due else None
+                res = self.evaluate() if due and (self.dist.main or self.sharded) else None
                 if pending_n:
                     loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
                     correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
@@ -530,40 +623,19 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
     from the exact step it stopped at.
     """
     if resume is not None:
-        cfg = _stored_config(Path(resume))
+        cfg = stored_config(Path(resume))
     elif cfg is None:
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
     trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step)
     try:
-        result = trainer.run()
+        return trainer.run()
     finally:
         shutdown(trainer.dist)
-    if trainer.dist.main:
-        _closing_lines(result, cfg)
-    return result
 
 
-def _stored_config(run_dir: Path) -> TrainConfig:
-    import json
-
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a run directory to resume")
-    meta = json.loads(path.read_text())
+def stored_config(run_dir: Path) -> TrainConfig:
+    """The training config a run directory was made with."""
+    meta = read_meta(run_dir)
+    if "train" not in meta:
+        raise ValueError(f"{run_dir}: a model folder, not a training run (no 'train' in config.json)")
     return TrainConfig.from_dict(meta["train"])
-
-
-def _closing_lines(r: RunResult, cfg: TrainConfig) -> None:
-    d = r.run_dir
-    data_hint = "digits" if cfg.data.dataset == "digits" else (cfg.data.val_path or cfg.data.path or "IMAGES")
-    if r.val_acc is not None:
-        split = "test-split" if cfg.data.dataset != "folder" else "validation"
-        print(f"final {split} accuracy {r.val_acc:.2%} (best {r.best_acc:.2%}) after {r.epoch} epochs, "
-              f"{r.step} steps")
-    print(f"wrote {d}/model.safetensors, config.json, train.yaml, state.pt, metrics.csv"
-          + (", curves.png" if (d / "curves.png").exists() else ""))
-    if r.status == "interrupted":
-        print(f"next: vitkit train --resume {d}")
-    else:
-        print(f"next: vitkit evaluate {d}    vitkit predict {d} IMAGE\n"
-              f"      vitkit visualize {d} --data {data_hint} --out {d}/figures")

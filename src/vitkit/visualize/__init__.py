@@ -29,7 +29,6 @@ from .run import (
     Inputs,
     Result,
     load_images,
-    load_model,
     make_figures,
     noise_images,
     sample_data,
@@ -38,7 +37,7 @@ from .run import (
 
 __all__ = [
     "Inputs", "Result", "Section", "attention_rollout", "capture_attention", "class_token_attention",
-    "load_images", "load_model", "make_figures", "mean_attention_distance", "noise_images",
+    "load_images", "make_figures", "mean_attention_distance", "noise_images",
     "patch_distances", "patch_embedding_pcs", "plot_attention_distance", "plot_attention_grid",
     "plot_curves", "plot_patch_pcs", "plot_position_similarity", "plot_rollout",
     "position_embedding_similarity", "readout", "sample_data", "uniform_attention_distance", "upsample",

@@ -21,7 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .analysis import upsample
 
 DPI = 100

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 REPORT_NAME = "report.html"
 

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..checkpoint import CONFIG_NAME, load_pretrained
-from ..config import ViTConfig
 from ..data.preprocess import InputSpec, image_to_uint8, normalize
+from ..loading import LoadOptions, open_model
 from ..model import ViT
 from . import analysis as A
 from . import figures as fig
@@ -45,40 +44,6 @@ class Result:
     report: Path
     figures: dict[Path, tuple[int, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-# ---- loading ------------------------------------------------------------------------------
-
-def load_model(path: str | Path) -> tuple[ViT, dict]:
-    """A vitkit model or run directory (config.json + model.safetensors); other formats
-    (.npz, timm, Hugging Face, torchvision) through vitkit.loading when it is available."""
-    path = Path(path)
-    if (path / CONFIG_NAME).is_file():
-        return load_pretrained(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    try:
-        from .. import loading
-    except ImportError:
-        raise ValueError(f"{path}: not a vitkit model directory (no {CONFIG_NAME})") from None
-    if hasattr(loading, "load_with_report"):  # also gives class names and normalization if stored
-        model, report = loading.load_with_report(path)
-        meta = dict(getattr(report, "extra", None) or {})
-    else:
-        loaded = loading.load(path)
-        model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})
-    meta = dict(meta or {})
-    meta.setdefault("model", model.config.to_dict())
-    return model.eval(), meta
-
-
-def input_spec(meta: dict, config: ViTConfig) -> InputSpec:
-    """The stored preprocessing; what is not stored comes from the model's size and channels,
-    with mean = std = 0.5 (inputs in [-1, 1], as the paper's models were trained)."""
-    d = meta.get("data") or {}
-    c = int(d.get("channels", config.num_channels))
-    return InputSpec(image_size=tuple(d.get("image_size", config.image_hw)), channels=c,
-                     mean=list(d.get("mean", [0.5] * c)), std=list(d.get("std", [0.5] * c)))
 
 
 def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
@@ -149,14 +114,14 @@ NOISE_NOTE = ("Inputs are random-noise images because no images and no --data fo
               "these maps show how the model responds to noise, not to real data.")
 
 
-def make_figures(model: ViT, meta: dict, out_dir: str | Path, inputs: Inputs,
+def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Inputs,
                  run_dir: str | Path | None = None, max_images: int = 4,
-                 device: str | torch.device = "cpu", source: str = "") -> Result:
-    """Write every figure for model on inputs into out_dir, then report.html."""
+                 device: str | torch.device = "cpu", source: str = "", classes: list[str] | None = None
+                 ) -> Result:
+    """Write every figure for model on inputs (prepared with spec) into out_dir, then report.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    spec = input_spec(meta, cfg)
     model = model.to(device).eval()
     result = Result(report=out_dir / "report.html")
     sections: list[Section] = []
@@ -270,9 +235,9 @@ def make_figures(model: ViT, meta: dict, out_dir: str | Path, inputs: Inputs,
         "parameters": f"{model.num_params():,}",
         "inputs": inputs.description,
     }
-    if meta.get("classes"):
-        summary["classes"] = f"{len(meta['classes'])}: " + ", ".join(map(str, meta["classes"][:12])) + (
-            " ..." if len(meta["classes"]) > 12 else "")
+    if classes:
+        summary["classes"] = f"{len(classes)}: " + ", ".join(map(str, classes[:12])) + (
+            " ..." if len(classes) > 12 else "")
     write_report(out_dir, f"Looking inside {Path(source).name or 'a ViT'}", sections, summary,
                  [NOISE_NOTE] if inputs.noise else None)
     return result
@@ -280,12 +245,12 @@ def make_figures(model: ViT, meta: dict, out_dir: str | Path, inputs: Inputs,
 
 def visualize_path(path: str | Path, out: str | Path, images: list[str] | None = None,
                    data: str | None = None, num_samples: int = 16, max_images: int = 4, seed: int = 0,
-                   device: str = "cpu") -> Result:
-    """Load a model or run directory and write its figures and report to out."""
+                   device: str = "cpu", options: LoadOptions | None = None) -> Result:
+    """Open a model (anything vitkit.open_model reads) and write its figures and report to out."""
     if max_images < 1 or num_samples < 1:
         raise ValueError("max_images and num_samples must be at least 1")
-    model, meta = load_model(path)
-    spec = input_spec(meta, model.config)
+    opened = open_model(path, options)
+    spec = opened.spec
     if images:
         inputs = load_images(images, spec)
     elif data:
@@ -293,5 +258,5 @@ def visualize_path(path: str | Path, out: str | Path, images: list[str] | None =
     else:
         inputs = noise_images(spec, num_samples, seed)
     run_dir = Path(path) if Path(path).is_dir() else None
-    return make_figures(model, meta, out, inputs, run_dir, max_images, device, source=str(path))
-
+    return make_figures(opened.model, spec, out, inputs, run_dir, max_images, device, source=str(path),
+                        classes=opened.classes)

@@ -1,0 +1,77 @@
+"""Device and precision, decided in one place for training, evaluation and prediction.
+
+- device "auto": CUDA when available, else the CPU;
+- training precision "auto": bf16 autocast on GPUs with bf16, else fp32 (on CPUs bf16 pays
+  off only for wide layers, so it is asked for explicitly there);
+- inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
+  CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--run.device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def training_precision(name: str, device: torch.device) -> str:
+    """"auto" for training: bf16 on GPUs that have it, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # On CPUs bf16 autocast pays off only for wide layers (casts and norms dominate small
+    # models), so training defaults to fp32 there; ask for bf16 explicitly where it helps.
+    return "fp32"
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether the hardware computes bf16 natively (AVX512-BF16 / AMX on CPUs)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def inference_precision(name: str, device: torch.device | str) -> str:
+    """"auto" is bf16 autocast where the hardware has native bf16, else fp32."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {name!r}: expected auto, fp32 or bf16")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """Put a model in eval mode for inference at `precision` (in place; returns it).
+
+    For bf16, linear and convolution weights are stored in bf16 once, instead of autocast
+    casting them again on every forward; norms, embeddings and the residual stream stay fp32,
+    so under autocast the results are the same as with fp32 weights.
+    """
+    model.eval()
+    if precision == "bf16":
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.to(torch.bfloat16)
+    return model

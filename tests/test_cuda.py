@@ -7,9 +7,9 @@ from conftest import randomize_
 from helpers import tiny_train_config
 
 from vitkit.config import ViTConfig, variant
-from vitkit.precision import autocast
 from vitkit.formats.timm import timm_kwargs, to_timm
 from vitkit.model import ViT
+from vitkit.precision import autocast
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

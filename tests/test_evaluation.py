@@ -6,8 +6,8 @@ from conftest import randomize_
 from vitkit.data.arrays import ImageArrays
 from vitkit.data.preprocess import InputSpec
 from vitkit.evaluation import evaluate_model
-from vitkit.precision import for_inference, inference_precision
 from vitkit.model import ViT, ViTConfig
+from vitkit.precision import for_inference, inference_precision
 
 
 def test_precision_choice():

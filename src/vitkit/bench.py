@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import ViTConfig, variant
-from .precision import autocast, for_inference
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
 from .info import forward_macs
 from .model import ViT
+from .precision import autocast, for_inference
 
 LIBS = ("vitkit", "timm", "hf")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

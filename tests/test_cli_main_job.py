@@ -1,6 +1,8 @@
 """The main job from the command line: train, evaluate, predict; and one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +82,34 @@ def test_checkpoint_classes_must_match_data(trained, tmp_path, capsys):
         main(["evaluate", str(trained), "--data.dataset", "folder", "--data.path", str(root),
               "--data.val_path", str(root)])
     assert "classes" in capsys.readouterr().err
+
+
+def test_non_finite_loss_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *TINY, "--run.epochs", "2", "--run.out", str(tmp_path / "nan"), "--optim.lr", "1e30",
+              "--optim.clip_grad", "null", "--optim.warmup", "0", "--run.log_every", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vitkit: error: loss became") and "Traceback" not in "\n".join(err)
+
+
+def test_warnings_are_plain_lines(tmp_path):
+    root = tmp_path / "imgs"
+    for c in ("cat", "dog", "empty"):
+        (root / c).mkdir(parents=True)
+    for c in ("cat", "dog"):
+        for i in range(4):
+            Image.new("L", (8, 8), i * 40).save(root / c / f"{i}.png")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    # a process of its own: pytest records warnings itself and would hide the printed form
+    p = subprocess.run([sys.executable, "-m", "vitkit.cli", "train", *TINY, "--run.epochs", "1",
+                        "--run.out", str(tmp_path / "o"), "--data.dataset", "folder",
+                        "--data.path", str(root), "--data.val_split", "0.5",
+                        "--data.cache_dir", str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    err = p.stderr.splitlines()
+    warned = [line for line in err if line.startswith("vitkit: warning:")]
+    assert any(f"{root / 'empty'}: no images; skipped, not a class" in w for w in warned)
+    assert any("notes.txt" in w for w in warned)
+    assert not any("warnings.warn" in line or "VitkitWarning" in line for line in err)

@@ -21,6 +21,7 @@ from .figures import (
     plot_attention_grid,
     plot_curves,
     plot_patch_pcs,
+    plot_patches,
     plot_position_similarity,
     plot_rollout,
 )
@@ -39,7 +40,7 @@ __all__ = [
     "Inputs", "Result", "Section", "attention_rollout", "capture_attention", "class_token_attention",
     "load_images", "make_figures", "mean_attention_distance", "noise_images",
     "patch_distances", "patch_embedding_pcs", "plot_attention_distance", "plot_attention_grid",
-    "plot_curves", "plot_patch_pcs", "plot_position_similarity", "plot_rollout",
+    "plot_curves", "plot_patch_pcs", "plot_patches", "plot_position_similarity", "plot_rollout",
     "position_embedding_similarity", "readout", "sample_data", "uniform_attention_distance", "upsample",
     "visualize_path", "write_report",
 ]

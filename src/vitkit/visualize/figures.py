@@ -98,6 +98,60 @@ def _overlay(ax, img: np.ndarray, attn: np.ndarray, alpha: float = 0.6) -> None:
     ax.imshow(heat, cmap=HEAT, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
 
 
+def plot_patches(image: np.ndarray, patch_size: int, path: str | Path, title: str, side: int = 360
+                 ) -> tuple[Path, Size]:
+    """A (C, H, W) uint8 image cut into non-overlapping patch_size x patch_size patches, as
+    in the paper's Figure 1: the image with the patch grid drawn on it, then the patches
+    pulled apart. Patches are numbered in the order they enter the sequence (row-major):
+    every patch when there is room, otherwise the first patch of each row.
+
+    Pixels are enlarged by an integer factor so that the patch grid spans about `side`
+    pixels and every pixel stays sharp.
+    """
+    p = int(patch_size)
+    h, w = image.shape[-2:]
+    if p < 1 or h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not a multiple of patch size {p}")
+    gh, gw = h // p, w // p
+    img = display_image(image)
+    s = img.shape[0] // h  # display_image's enlargement
+    k = max(1, int(side / (max(h, w) * s)))
+    if k > 1:
+        img = img.repeat(k, axis=0).repeat(k, axis=1)
+    s *= k
+    q = p * s  # one patch on screen, in pixels
+    gap = max(2, q // 10)
+    cell = q + gap
+    label_all = q >= 40
+    left, top, middle, right, bottom = 16 if label_all else 40, 56, 48, 16, 12
+    width = left + w * s + middle + gw * cell - gap + right
+    title, lines = _wrap(title, width)
+    top += TITLE_LINE * (lines - 1)
+    c = _Canvas(width, top + max(h * s, gh * cell - gap) + bottom)
+    ax = c.axes(left, top, w * s, h * s)
+    _show(ax, img)
+    for i in range(1, gh):
+        ax.axhline(i * q - 0.5, color="white", lw=1)
+    for j in range(1, gw):
+        ax.axvline(j * q - 0.5, color="white", lw=1)
+    ax.set_title(f"{h}x{w} image, {gh}x{gw} grid of {p}x{p} patches", fontsize=8)
+    x0 = left + w * s + middle
+    for i in range(gh):
+        for j in range(gw):
+            pax = c.axes(x0 + j * cell, top + i * cell, q, q)
+            _show(pax, img[i * q:(i + 1) * q, j * q:(j + 1) * q])
+            n = i * gw + j + 1
+            if label_all:
+                pax.text(0.04, 0.96, str(n), transform=pax.transAxes, ha="left", va="top", fontsize=7,
+                         color="white", bbox=dict(facecolor="black", alpha=0.55, pad=1, lw=0))
+            elif j == 0:
+                pax.set_ylabel(str(n), fontsize=7, rotation=0, ha="right", va="center")
+    c.fig.text((x0 + (gw * cell - gap) / 2) / c.w, 1 - (top - 5) / c.h,
+               f"N = {gh * gw} patches in sequence order", fontsize=8, ha="center", va="bottom")
+    c.title(title)
+    return c.save(path)
+
+
 def plot_attention_grid(image: np.ndarray, maps: np.ndarray, path: str | Path, title: str,
                         row_labels: Sequence[str], col_labels: Sequence[str], panel: int = 120
                         ) -> tuple[Path, Size]:

@@ -24,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..visualize.figures import overlay_png
 from .batching import Batcher, BatcherClosed
 from .images import UploadError, decode_image, set_pixel_limit
 from .inference import Engine, Prepared
 from .limits import BodyLimit
-from .overlay import overlay_png
 from .uploads import image_bytes
 
 API_KEY_ENV = "VITKIT_API_KEY"

@@ -9,8 +9,10 @@ atomically, so a viewer (or a training loop rewriting curves.png) never sees hal
 from __future__ import annotations
 
 import csv
+import io
 import math
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -338,3 +340,22 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str | None 
 def curves_size() -> Size:
     """The pixel size plot_curves draws at."""
     return (1200, 400)
+
+
+_DRAW = threading.Lock()  # matplotlib's font and text caches are not safe to use from two threads
+
+
+def overlay_png(image: np.ndarray, attn: np.ndarray, min_side: int = 224) -> tuple[bytes, int, int]:
+    """One attention map over its image as PNG bytes, drawn as the rollout figure draws it:
+    (C, H, W) uint8 image enlarged to at least min_side pixels, the (gh, gw) map upsampled
+    bilinearly on top. Returns (PNG bytes, width, height); safe to call from several threads."""
+    img = display_image(image, min_side=min_side)
+    h, w = img.shape[:2]
+    with _DRAW:
+        canvas = _Canvas(w, h)
+        ax = canvas.axes(0, 0, w, h)
+        _overlay(ax, img, attn)
+        ax.set_axis_off()
+        buf = io.BytesIO()
+        canvas.fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue(), w, h

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .data.arrays import ImageArrays
 from .data.preprocess import InputSpec, normalize
-from .precision import autocast, for_inference, inference_precision, native_bf16  # noqa: F401 (re-exported)
+from .precision import autocast
 
 
 @dataclass

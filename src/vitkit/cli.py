@@ -85,7 +85,8 @@ def _after_training(result, cfg) -> None:
         split = "test-split" if cfg.data.dataset != "folder" else "validation"
         print(f"final {split} accuracy {result.val_acc:.2%} (best {result.best_acc:.2%}) after "
               f"{result.epoch} epochs, {result.step} steps")
-    print(f"wrote {d}/model.safetensors, config.json, train.yaml, state.pt, metrics.csv"
+    state = "state.pt" if (d / "state.pt").exists() else "state.dcp/"  # FSDP: a sharded checkpoint
+    print(f"wrote {d}/model.safetensors, config.json, train.yaml, {state}, metrics.csv"
           + (f", {CURVES_NAME}" if (d / CURVES_NAME).exists() else ""))
     if result.status == "interrupted":
         print(f"continue with: vitkit train --resume {d}")
@@ -420,6 +421,37 @@ def export(
     print(f"check against eager fp32 on {what}: {check}")
 
 
+def shards(src: str, out: str, shard_size: int = 1000) -> None:
+    """Write an image folder (root/<class>/<image>) as WebDataset-style tar shards for streaming.
+
+    Args:
+        src: the image folder (any folder vitkit trains on).
+        out: the directory to write shard-NNNNNN.tar and index.json into.
+        shard_size: images per shard.
+    """
+    from .data.folder import scan_folder
+    from .data.shards import write_shards
+
+    index = scan_folder(src)
+    write_shards(index, out, shard_size)
+    n = -(-len(index.paths) // shard_size)
+    print(f"wrote {len(index.paths)} images of {len(index.classes)} classes as {n} shards to {out}; "
+          f"train with --data.dataset shards --data.path {out}")
+
+
+def consolidate(run: str, out: str, ema: bool | None = None) -> None:
+    """Write a model folder (config.json + model.safetensors) from an FSDP run's sharded checkpoint.
+
+    Args:
+        run: the run directory (holding state.dcp/).
+        out: the model folder to write; predict, evaluate, export and serve open it.
+        ema: the EMA weights (default: when the run kept an EMA) or the trained weights (false).
+    """
+    from .training.sharding import consolidate as write
+
+    print(f"wrote {write(run, out, ema)}")
+
+
 def _run_with_file_list(name: str, argv: list[str]) -> None:
     """Run a command whose required parameters are positional and whose list parameter
     (FILE_LISTS[name]) takes all further positional arguments, e.g. `visualize RUN a.png b.png`;
@@ -449,7 +481,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
 
 COMMANDS = {"info": info, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
-            "export": export}
+            "export": export, "shards": shards, "consolidate": consolidate}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
 FILE_LISTS = {"visualize": "images", "predict": "images"}
 

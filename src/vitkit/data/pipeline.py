@@ -27,8 +27,8 @@ SMALL_SIDE = 64  # images up to this side are decoded once and cached as uint8 t
 class DataConfig:
     """Where the images come from and how they are shaped."""
 
-    dataset: Literal["digits", "folder", "cifar10", "cifar100", "mnist", "fashion-mnist"] = "digits"
-    path: str | None = None  # the folder or the directory of CIFAR / MNIST files
+    dataset: Literal["digits", "folder", "cifar10", "cifar100", "mnist", "fashion-mnist", "shards"] = "digits"
+    path: str | None = None  # the folder, the directory of CIFAR / MNIST files, or shards (dir, URL)
     val_path: str | None = None  # a separate validation folder; else split off val_split
     val_split: float = 0.1
     image_size: int | None = None  # default: the data's own size (224 for large images), moved to
@@ -101,6 +101,8 @@ def load_data(cfg: DataConfig) -> Data:
     notes: list[str] = []
     if cfg.dataset == "folder":
         return _load_folder(cfg)
+    if cfg.dataset == "shards":
+        return _load_shards(cfg)
     if cfg.dataset == "digits":
         train, val = load_digits(seed=cfg.seed)
     else:
@@ -134,6 +136,18 @@ def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int
     return Data(train, val, train.classes, InputSpec(size, channels, mean, std), notes)
 
 
+def _image_size(cfg: DataConfig, h: int, w: int, notes: list[str]) -> tuple[int, int]:
+    """The size images are fed at: the one asked for, the data's own (small images), or 224."""
+    if cfg.image_size:
+        return cfg.image_size, cfg.image_size
+    if max(h, w) <= SMALL_SIDE:
+        size, note = _own_size(h, w)
+        notes.append(note or f"image size {h}x{w} taken from the data")
+        return size
+    notes.append(f"images are {h}x{w}: resized to 224x224 (set --data.image_size to change)")
+    return 224, 224
+
+
 def _load_folder(cfg: DataConfig) -> Data:
     if not cfg.path:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
@@ -142,14 +156,7 @@ def _load_folder(cfg: DataConfig) -> Data:
     val_index = scan_folder(cfg.val_path, index.classes, classes_of=str(cfg.path)) if cfg.val_path else None
     (h, w), channels = probe(index)
     channels = cfg.channels or channels
-    if cfg.image_size:
-        size = (cfg.image_size, cfg.image_size)
-    elif max(h, w) <= SMALL_SIDE:
-        size, note = _own_size(h, w)
-        notes.append(note or f"image size {h}x{w} taken from the data")
-    else:
-        size = (224, 224)
-        notes.append(f"images are {h}x{w}: resized to 224x224 (set --data.image_size to change)")
+    size = _image_size(cfg, h, w, notes)
     small = max(size) <= SMALL_SIDE
     if cfg.cache == "always" or (cfg.cache == "auto" and small):
         train = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
@@ -175,6 +182,30 @@ def _load_folder(cfg: DataConfig) -> Data:
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, train_tf), StreamingFolder(val_index, channels, eval_tf),
                 index.classes, spec, notes)
+
+
+def _load_shards(cfg: DataConfig) -> Data:
+    """WebDataset-style tar shards (vitkit.data.shards), streamed through DataLoader workers."""
+    from .shards import ShardStream, open_shards, probe_shards
+
+    if not cfg.path or not cfg.val_path:
+        raise ValueError("dataset 'shards' needs --data.path and --data.val_path (shard directories or "
+                         "URL prefixes holding index.json; write them with `vitkit shards`)")
+    train, val = open_shards(cfg.path), open_shards(cfg.val_path)
+    if val.classes != train.classes:
+        raise ValueError(f"{cfg.val_path}: its classes differ from those of {cfg.path}")
+    (h, w), channels = probe_shards(train)
+    channels = cfg.channels or channels
+    notes = []
+    size = _image_size(cfg, h, w, notes)
+    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip()])
+    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
+    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
+    notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
+                 f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
+    return Data(ShardStream(train, channels, transform=train_tf, seed=cfg.seed),
+                ShardStream(val, channels, transform=eval_tf, train=False), train.classes, spec, notes)
 
 
 def _sub_index(index, keep):

@@ -108,7 +108,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded weights on rank 0's CPU (empty on the other ranks); every rank must call."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_world_size() == 1:  # a group of one hands back the parameters themselves: copy them
+        sd = {k: v.detach().clone() for k, v in sd.items()}
+    return sd
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -257,12 +260,19 @@ def consolidate(run_dir: str | Path, out: str | Path, ema: bool | None = None) -
     """Write a model folder (config.json + model.safetensors) from an FSDP run's sharded
     checkpoint, in one process with no process group: the EMA weights when the run kept an
     EMA (unless ema=False), else the trained weights."""
+    import warnings
+
+    with warnings.catch_warnings():  # DCP says it reads in one process, which is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        return _consolidate(Path(run_dir), out, ema)
+
+
+def _consolidate(run_dir: Path, out: str | Path, ema: bool | None) -> Path:
     import torch.distributed.checkpoint as dcp
 
     from ..checkpoint import read_config, read_meta, save_pretrained
     from ..model import ViT
 
-    run_dir = Path(run_dir)
     d = sharded_dir(run_dir)
     if d is None:
         raise FileNotFoundError(f"{run_dir}/{SHARDED_NAME}: no sharded checkpoint to consolidate")

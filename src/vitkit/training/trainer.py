@@ -179,7 +179,14 @@ class Trainer:
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         self.extra_meta = extra_meta or {}
 
+        # the decoded-image cache is per host (~/.cache/vitkit): the first process of each host
+        # (LOCAL_RANK 0) builds it while the others wait, then they read it
+        first_on_host = self.dist.local_rank == 0
+        if self.dist.enabled and not first_on_host:
+            barrier(self.dist)
         self.data: Data = load_data(cfg.data)
+        if self.dist.enabled and first_on_host:
+            barrier(self.dist)
         self.log(*self.data.notes)
         # FSDP: only rank 0 builds the initial weights (on the CPU); a resumed run's come
         # from its checkpoint, so no rank builds them
@@ -493,6 +500,19 @@ class Trainer:
             return
         from torch.utils.data import DataLoader, DistributedSampler
 
+        from ..data.shards import ShardStream
+
+        if isinstance(self.data.train, ShardStream):  # every rank the same number of whole batches
+            ds = self.data.train
+            ds.batch_size, ds.rank, ds.world, ds.seed = self.batch_size, self.dist.rank, self.dist.world, \
+                self.cfg.run.seed
+            ds.set_epoch(epoch)
+            loader = DataLoader(ds, batch_size=self.batch_size // self.dist.world,
+                                num_workers=self.cfg.data.workers, pin_memory=self.device.type == "cuda")
+            for i, batch in enumerate(loader):
+                if i >= start:
+                    yield batch
+            return
         sampler = DistributedSampler(self.data.train, self.dist.world, self.dist.rank, shuffle=True,
                                      seed=self.cfg.run.seed, drop_last=True)
         sampler.set_epoch(epoch)

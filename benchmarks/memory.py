@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vitkit import ViT, variant
+from vitkit.bench import sync
 from vitkit.training.config import OptimConfig
 from vitkit.training.memory import apply_activation_checkpointing
 from vitkit.training.trainer import build_optimizer
@@ -72,11 +73,6 @@ def make_step(model, batch: int, device: str):
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def memory(step, device: str) -> tuple[float, float]:

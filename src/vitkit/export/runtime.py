@@ -40,6 +40,12 @@ class OnnxViT(nn.Module):
         out = self.session.run(None, {self.input_name: arr})[0]
         return torch.from_numpy(out).to(x.device)
 
+    def __deepcopy__(self, memo: dict) -> OnnxViT:
+        """A copy with its own session (onnxruntime sessions cannot be copied)."""
+        threads = self.session.get_session_options().intra_op_num_threads or None
+        copied = OnnxViT(session(self.path, threads), self.config, dict(self.meta), self.path)
+        return copied.train(self.training)
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities: softmax over the logits."""
@@ -68,7 +74,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _report(path: Path, meta: dict, config: ViTConfig):
-    """A LoadReport when vitkit.loading has one, so callers print it like any other load."""
+    """A LoadReport, so callers print it like any other load's."""
     from ..config import variant_name
     from ..formats.reader import LoadReport
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vitkit import ViT, variant
-from vitkit.bench import sync
+from vitkit.bench import profiled_events, sync
 from vitkit.training.config import OptimConfig
 from vitkit.training.memory import apply_activation_checkpointing
 from vitkit.training.trainer import build_optimizer
@@ -84,14 +83,7 @@ def memory(step, device: str) -> tuple[float, float]:
         step(lambda: marks.append(torch.cuda.memory_allocated()))
         sync(device)
         return (marks[0] - base) / 2**20, (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
+    events = profiled_events(step)
     mem = sorted((e for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0),
                  key=lambda e: e["ts"])
     fwd = [e for e in events if e.get("name") == "forward" and e.get("ph") == "X"]

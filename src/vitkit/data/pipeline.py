@@ -148,6 +148,16 @@ def _image_size(cfg: DataConfig, h: int, w: int, notes: list[str]) -> tuple[int,
     return 224, 224
 
 
+def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int):
+    """Transforms and input spec of streamed images: random resized crop and flip for training,
+    resize to size / 0.875 and centre crop for validation; normalization as given, else 0.5."""
+    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip()])
+    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
+    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
+    return train_tf, eval_tf, spec
+
+
 def _load_folder(cfg: DataConfig) -> Data:
     if not cfg.path:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
@@ -174,10 +184,7 @@ def _load_folder(cfg: DataConfig) -> Data:
         tr, va = stratified_split(np.array(index.labels), cfg.val_split, cfg.seed)
         val_index = _sub_index(index, va)
         index = _sub_index(index, tr)
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-                           v2.RandomHorizontalFlip()])
-    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
-    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
+    train_tf, eval_tf, spec = _streaming(cfg, size, channels)
     notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, train_tf), StreamingFolder(val_index, channels, eval_tf),
@@ -198,10 +205,7 @@ def _load_shards(cfg: DataConfig) -> Data:
     channels = cfg.channels or channels
     notes = []
     size = _image_size(cfg, h, w, notes)
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-                           v2.RandomHorizontalFlip()])
-    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
-    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
+    train_tf, eval_tf, spec = _streaming(cfg, size, channels)
     notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, transform=train_tf, seed=cfg.seed),

@@ -81,6 +81,31 @@ def test_trains_on_shards(shard_dir, tmp_path):
 
     cfg = tiny_train_config(tmp_path / "run", epochs=2, data={"dataset": "shards", "path": str(shard_dir),
                                                               "val_path": str(shard_dir), "workers": 2},
-                            run={"batch_size": 16})
-    r = fit(cfg)
+                            augment={"crop": "resized", "flip": True}, run={"batch_size": 16})
+    batch_crops = []
+    r = fit(cfg, on_step=lambda t: batch_crops.append(t.augment.cfg.crop))
     assert r.status == "finished" and r.step == 2 * (100 // 16)
+    assert set(batch_crops) == {"none"}  # cropped in the workers, not again on the batch
+
+
+@pytest.mark.parametrize("crop", ["pad", "resized"])
+def test_streamed_training_follows_the_augment_config(shard_dir, crop):
+    """Only crop="resized" is taken on decoding (from the full-size image); everything else runs
+    on whole batches as for cached data, so no image is cropped twice."""
+    from vitkit.data.augment import AugmentConfig
+    from vitkit.data.pipeline import DataConfig, load_data
+
+    cfg = DataConfig(dataset="shards", path=str(shard_dir), val_path=str(shard_dir), image_size=6)
+    d = load_data(cfg, AugmentConfig(crop=crop, scale_min=0.5))
+    assert d.cropped == (crop == "resized")
+    ds = d.train
+    ds.batch_size = 10
+    ds.set_epoch(0)
+    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=10)))
+    assert x.shape == (10, 1, 6, 6) and x.dtype == torch.uint8
+    # constant images stay constant under a resize or a crop: each is its sample number, i % 3 == label
+    assert all(int(v) % 3 == int(c) for v, c in zip(x[:, 0, 0, 0], y, strict=True))
+    if crop == "resized":
+        assert ds.transform.scale == (0.5, 1.0)
+    else:
+        assert ds.transform is None and ds.size == (6, 6)

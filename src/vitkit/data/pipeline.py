@@ -17,6 +17,7 @@ from .arrays import (
     load_mnist_test,
     stratified_split,
 )
+from .augment import AugmentConfig
 from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder
 from .preprocess import InputSpec
 
@@ -51,6 +52,7 @@ class Data:
     classes: list[str]
     spec: InputSpec
     notes: list[str]
+    cropped: bool = False  # streamed training images got their random resized crop on decoding
 
     @property
     def in_memory(self) -> bool:
@@ -96,13 +98,18 @@ def _own_size(h: int, w: int) -> tuple[tuple[int, int], str | None]:
                   f"divides (set --data.image_size to change)")
 
 
-def load_data(cfg: DataConfig) -> Data:
-    """Read the configured data set and settle image size, channels and normalization."""
+def load_data(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
+    """Read the configured data set and settle image size, channels and normalization.
+
+    `augment` matters for streamed images only: with crop="resized" their random resized crop
+    is taken from the decoded full-size image in the DataLoader worker (Data.cropped is then
+    True); every other augmentation runs on whole batches, for streamed and cached data alike.
+    """
     notes: list[str] = []
     if cfg.dataset == "folder":
-        return _load_folder(cfg)
+        return _load_folder(cfg, augment)
     if cfg.dataset == "shards":
-        return _load_shards(cfg)
+        return _load_shards(cfg, augment)
     if cfg.dataset == "digits":
         train, val = load_digits(seed=cfg.seed)
     else:
@@ -148,17 +155,31 @@ def _image_size(cfg: DataConfig, h: int, w: int, notes: list[str]) -> tuple[int,
     return 224, 224
 
 
-def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int):
-    """Transforms and input spec of streamed images: random resized crop and flip for training,
-    resize to size / 0.875 and centre crop for validation; normalization as given, else 0.5."""
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-                           v2.RandomHorizontalFlip()])
+@dataclass
+class _Streamed:
+    """How streamed images are shaped: the training decode (a random resized crop, or the whole
+    image resized to size as for cached data), validation's resize and centre crop, the spec."""
+
+    train_tf: v2.Transform | None
+    train_size: tuple[int, int] | None
+    eval_tf: v2.Transform
+    spec: InputSpec
+
+    @property
+    def cropped(self) -> bool:
+        return self.train_tf is not None
+
+
+def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None
+               ) -> _Streamed:
+    crop = augment is not None and augment.crop == "resized"
+    train_tf = (v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None)
     eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
     spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
-    return train_tf, eval_tf, spec
+    return _Streamed(train_tf, None if crop else size, eval_tf, spec)
 
 
-def _load_folder(cfg: DataConfig) -> Data:
+def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
     if not cfg.path:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
     notes: list[str] = []
@@ -184,14 +205,14 @@ def _load_folder(cfg: DataConfig) -> Data:
         tr, va = stratified_split(np.array(index.labels), cfg.val_split, cfg.seed)
         val_index = _sub_index(index, va)
         index = _sub_index(index, tr)
-    train_tf, eval_tf, spec = _streaming(cfg, size, channels)
+    st = _streaming(cfg, size, channels, augment)
     notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
-    return Data(StreamingFolder(index, channels, train_tf), StreamingFolder(val_index, channels, eval_tf),
-                index.classes, spec, notes)
+    return Data(StreamingFolder(index, channels, st.train_tf, st.train_size),
+                StreamingFolder(val_index, channels, st.eval_tf), index.classes, st.spec, notes, st.cropped)
 
 
-def _load_shards(cfg: DataConfig) -> Data:
+def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
     """WebDataset-style tar shards (vitkit.data.shards), streamed through DataLoader workers."""
     from .shards import ShardStream, open_shards, probe_shards
 
@@ -205,11 +226,12 @@ def _load_shards(cfg: DataConfig) -> Data:
     channels = cfg.channels or channels
     notes = []
     size = _image_size(cfg, h, w, notes)
-    train_tf, eval_tf, spec = _streaming(cfg, size, channels)
+    st = _streaming(cfg, size, channels, augment)
     notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
-    return Data(ShardStream(train, channels, transform=train_tf, seed=cfg.seed),
-                ShardStream(val, channels, transform=eval_tf, train=False), train.classes, spec, notes)
+    return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
+                ShardStream(val, channels, transform=st.eval_tf, train=False), train.classes, st.spec,
+                notes, st.cropped)
 
 
 def _sub_index(index, keep):

@@ -13,6 +13,7 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import signal
@@ -184,7 +185,7 @@ class Trainer:
         first_on_host = self.dist.local_rank == 0
         if self.dist.enabled and not first_on_host:
             barrier(self.dist)
-        self.data: Data = load_data(cfg.data)
+        self.data: Data = load_data(cfg.data, cfg.augment)
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
@@ -240,7 +241,9 @@ class Trainer:
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema),
                                      use_buffers=True)
-        self.augment = BatchAugment(cfg.augment, len(self.data.classes), self.data.spec.mean,
+        # a streamed random resized crop was taken on decoding, at full resolution
+        batch_aug = dataclasses.replace(cfg.augment, crop="none") if self.data.cropped else cfg.augment
+        self.augment = BatchAugment(batch_aug, len(self.data.classes), self.data.spec.mean,
                                     self.data.spec.std)
         self.batch_size = cfg.run.batch_size
         if self.batch_size % (self.dist.world * cfg.optim.accumulate):

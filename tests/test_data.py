@@ -388,3 +388,27 @@ def test_skip_warnings_are_one_line_vitkit_warnings(tmp_path):
         assert all("\n" not in str(x.message) for x in w)
         text = " ".join(str(x.message) for x in w)
         assert "notes\\nsecond line.txt" in text and "corrupt.jpg" in text and "truncated.png" in text
+
+
+def test_streamed_validation_matches_vitkit_evaluate(tmp_path, capsys):
+    """Streamed validation images are read as prediction reads them (whole image resized to the
+    spec), so the accuracy printed during training is the one `vitkit evaluate` reports."""
+    import json
+
+    from helpers import tiny_train_config
+
+    from vitkit.cli import main
+    from vitkit.training import fit
+
+    tr = _folder(tmp_path / "train", n=8, size=(80, 70))
+    va = _folder(tmp_path / "val", n=5, size=(90, 60))
+    cfg = tiny_train_config(tmp_path / "run", epochs=1, data={
+        "dataset": "folder", "path": str(tr), "val_path": str(va), "image_size": 16, "cache": "never",
+        "workers": 0}, run={"batch_size": 8})
+    r = fit(cfg)
+    main(["evaluate", str(r.run_dir), "--data.dataset", "folder", "--data.path", str(va),
+          "--data.cache", "never", "--data.workers", "0", "--precision", "fp32"])
+    ev = json.loads((r.run_dir / "eval.json").read_text())
+    assert ev["images"] == 10
+    assert ev["top1"] == r.val_acc
+    assert abs(ev["loss"] - r.metrics[-1]["val_loss"]) < 1e-5

@@ -157,12 +157,13 @@ def _image_size(cfg: DataConfig, h: int, w: int, notes: list[str]) -> tuple[int,
 
 @dataclass
 class _Streamed:
-    """How streamed images are shaped: the training decode (a random resized crop, or the whole
-    image resized to size as for cached data), validation's resize and centre crop, the spec."""
+    """How streamed training images are decoded: a random resized crop from the full-size image
+    (crop="resized"), else the whole image resized to size, as for cached data. Validation images
+    are always decoded the way prediction reads them (the spec: whole image resized to size), so
+    the accuracy printed during training is the one `vitkit evaluate` reports."""
 
     train_tf: v2.Transform | None
     train_size: tuple[int, int] | None
-    eval_tf: v2.Transform
     spec: InputSpec
 
     @property
@@ -174,9 +175,8 @@ def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: A
                ) -> _Streamed:
     crop = augment is not None and augment.crop == "resized"
     train_tf = (v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None)
-    eval_tf = v2.Compose([v2.Resize(int(round(max(size) / 0.875)), antialias=True), v2.CenterCrop(size)])
     spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
-    return _Streamed(train_tf, None if crop else size, eval_tf, spec)
+    return _Streamed(train_tf, None if crop else size, spec)
 
 
 def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
@@ -209,7 +209,7 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
     notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, st.train_tf, st.train_size),
-                StreamingFolder(val_index, channels, st.eval_tf), index.classes, st.spec, notes, st.cropped)
+                StreamingFolder(val_index, channels, size=size), index.classes, st.spec, notes, st.cropped)
 
 
 def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
@@ -230,7 +230,7 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
     notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
-                ShardStream(val, channels, transform=st.eval_tf, train=False), train.classes, st.spec,
+                ShardStream(val, channels, size, train=False), train.classes, st.spec,
                 notes, st.cropped)
 
 

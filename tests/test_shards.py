@@ -109,3 +109,26 @@ def test_streamed_training_follows_the_augment_config(shard_dir, crop):
         assert ds.transform.scale == (0.5, 1.0)
     else:
         assert ds.transform is None and ds.size == (6, 6)
+
+
+def test_shards_over_http(shard_dir):
+    """A URL prefix works like a directory: the index and every shard are fetched over HTTP."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(shard_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        shards = open_shards(f"http://127.0.0.1:{server.server_address[1]}")
+        assert shards.total == 100 and shards.location(0).startswith("http://127.0.0.1:")
+        ds = ShardStream(shards, 1, train=False, batch_size=16)
+        assert sorted(v for x, _ in _epoch(ds, 2) for v in x) == list(range(100))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,9 +1,10 @@
 """Training speed of the CIFAR-10 recipe from tar shards against the uint8 cache and the folder.
 
-    python benchmarks/shards_speed.py [--rounds 2] [--epochs 1] [--workers 2]
+    python benchmarks/shards_speed.py [--per_class 1000] [--rounds 3] [--epochs 1] [--workers 2]
 
 The same recipe (configs/cifar10.yaml, the same seed) trains for whole epochs from three
-sources of the same 50,000 training JPEGs, the sources interleaved round by round so that the
+sources of the same training JPEGs (the first `per_class` of each class, 0 for all 50,000;
+the test images likewise, a fifth as many), the sources interleaved round by round so that the
 machine's load falls on them alike:
 
 - cache: the folder decoded once into vitkit's uint8 tensor cache (built before timing);
@@ -13,12 +14,14 @@ machine's load falls on them alike:
 Images/s is the trainer's own figure for an epoch: images trained on over the epoch's wall
 time, DataLoader start-up included, validation not. Every source gets the same batch
 augmentation (pad-and-crop and flip on whole uint8 batches), so the sources differ only in
-how the images arrive.
+how the images arrive. Precision is the trainer's: the recipe's bf16, or fp32 on a CPU that
+would emulate bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -36,19 +39,35 @@ from cifar10_budget import extract  # noqa: E402
 
 from vitkit.data.folder import load_folder_cached, scan_folder  # noqa: E402
 from vitkit.data.shards import write_shards  # noqa: E402
+from vitkit.notices import plain_warnings  # noqa: E402
 from vitkit.training import TrainConfig, fit  # noqa: E402
 
 SOURCES = ["cache", "folder", "shards"]
 
 
 def cpu_name() -> str:
+    """The model name with family and model numbers (a bare "AMD EPYC" says little)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = info.get("flags", "").split()
+        bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no native bf16"
+        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+                f"{info.get('model', '?')}, {os.cpu_count()} cores, {bf16})")
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+
+
+def subset(src: Path, dst: Path, per_class: int) -> Path:
+    """dst/<class>/ linking the first per_class images of each class of src (all when 0)."""
+    if not per_class:
+        return src
+    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            (dst / cls.name / f.name).symlink_to(f.resolve())
+    return dst
 
 
 def recipe(source: str, data: Path, shards: Path, out: Path, epochs: int, workers: int) -> TrainConfig:
@@ -69,16 +88,23 @@ def recipe(source: str, data: Path, shards: Path, out: Path, epochs: int, worker
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2, help="runs per source, interleaved")
+    ap.add_argument("--per_class", type=int, default=1000, help="training images per class (0: all)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per source, interleaved")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (folder, shards)")
     ap.add_argument("--archive", type=Path, default=ROOT.parent / "shared/datasets/cifar10-jpg.tar.gz")
     ap.add_argument("--dest", type=Path, default=Path("/tmp/vitkit-cifar10"))
     ap.add_argument("--sources", nargs="+", default=SOURCES, choices=SOURCES)
     args = ap.parse_args()
+    plain_warnings()
 
-    data = extract(args.archive, args.dest)
+    full = extract(args.archive, args.dest)
     work = Path(tempfile.mkdtemp(prefix="vitkit-shards-bench-"))
+    data = work / "images"
+    subset(full / "train", data / "train", args.per_class)
+    subset(full / "test", data / "test", args.per_class // 5)
+    if not args.per_class:
+        data = full
     shards = work / "shards"
     t0 = time.perf_counter()
     for split in ("train", "test"):
@@ -93,13 +119,15 @@ def main() -> None:
 
     speeds: dict[str, list[float]] = {s: [] for s in args.sources}
     accs: dict[str, list[float]] = {s: [] for s in args.sources}
-    precision = None
+    precision, counts = None, None
     for r in range(args.rounds):
         order = args.sources if r % 2 == 0 else args.sources[::-1]
         for source in order:
             cfg = recipe(source, data, shards, work / f"run-{source}-{r}", args.epochs, args.workers)
-            result = fit(cfg)
-            precision = cfg.run.precision
+            ts = []
+            result = fit(cfg, on_step=lambda t, ts=ts: ts.append(t) if not ts else None)
+            precision = ts[0].precision
+            counts = (len(ts[0].data.train), len(ts[0].data.val))
             speed = statistics.mean(m["images_per_s"] for m in result.metrics)
             speeds[source].append(speed)
             accs[source].append(result.val_acc or 0.0)
@@ -107,9 +135,9 @@ def main() -> None:
 
     base = statistics.median(speeds["cache"]) if "cache" in speeds else None
     print()
-    print(f"CIFAR-10 recipe (configs/cifar10.yaml, precision {precision}, batch 128), {args.epochs} "
-          f"epoch(s) per run, {args.rounds} runs per source, {args.workers} DataLoader workers; "
-          f"CPU: {cpu_name()}")
+    print(f"CIFAR-10 recipe (configs/cifar10.yaml, training in {precision}, batch 128), {counts[0]} "
+          f"training and {counts[1]} test images, {args.epochs} epoch(s) per run, {args.rounds} runs per "
+          f"source, {args.workers} DataLoader workers; CPU: {cpu_name()}")
     print()
     print("| source | train img/s (median) | runs | vs cache | test acc after the run(s) |")
     print("|---|---|---|---|---|")

@@ -1,6 +1,7 @@
 """Tar shards: written from an image folder, streamed so that every rank gets the same number
 of batches and every used image appears once per epoch, whatever the number of workers."""
 
+import io
 import json
 
 import numpy as np
@@ -34,8 +35,15 @@ def test_writes_webdataset_layout(shard_dir):
     meta = json.loads((shard_dir / "index.json").read_text())
     assert meta["classes"] == ["c0", "c1", "c2"] and meta["total"] == 100
     assert [s["count"] for s in meta["shards"]] == [7] * 14 + [2]
-    key, data, label = next(read_shard(str(shard_dir / "shard-000000.tar")))
-    assert key == "000000000" and data[:4] == b"\x89PNG" and label == 0
+    first = list(read_shard(str(shard_dir / "shard-000000.tar")))
+    key, data, label = first[0]
+    assert len(key) == 9 and data[:4] == b"\x89PNG"  # the key: the file's place in the folder's index
+    # each label travels with its image (image i, filled with i, is in class i % 3)
+    assert all(np.asarray(Image.open(io.BytesIO(d)))[0, 0] % 3 == y for _, d, y in first)
+    # samples are spread over the shards in a seeded random order, so a shard mixes the classes
+    assert len({y for _, _, y in first}) > 1
+    keys = [k for i in range(15) for k, _, _ in read_shard(str(shard_dir / f"shard-{i:06d}.tar"))]
+    assert sorted(keys) == [f"{i:09d}" for i in range(100)]
 
 
 def test_two_ranks_two_workers_see_every_image_once_with_equal_batches(shard_dir):

@@ -421,19 +421,20 @@ def export(
     print(f"check against eager fp32 on {what}: {check}")
 
 
-def shards(src: str, out: str, shard_size: int = 1000) -> None:
+def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
     """Write an image folder (root/<class>/<image>) as WebDataset-style tar shards for streaming.
 
     Args:
         src: the image folder (any folder vitkit trains on).
         out: the directory to write shard-NNNNNN.tar and index.json into.
         shard_size: images per shard.
+        seed: the random order in which images are spread over the shards (classes mixed).
     """
     from .data.folder import scan_folder
     from .data.shards import write_shards
 
     index = scan_folder(src)
-    write_shards(index, out, shard_size)
+    write_shards(index, out, shard_size, seed)
     n = -(-len(index.paths) // shard_size)
     print(f"wrote {len(index.paths)} images of {len(index.classes)} classes as {n} shards to {out}; "
           f"train with --data.dataset shards --data.path {out}")

@@ -245,20 +245,26 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield (self.transform(img) if self.transform is not None else img), label
 
 
-def write_shards(index: FolderIndex, out: str | Path, shard_size: int = 1000) -> Path:
+def write_shards(index: FolderIndex, out: str | Path, shard_size: int = 1000, seed: int | None = 0) -> Path:
     """Write the images of a folder index as tar shards of shard_size samples plus index.json.
 
-    The bytes of each file are stored unchanged (no re-encoding); the order is the index's
-    (class by class); training shuffles shards and samples.
+    The bytes of each file are stored unchanged (no re-encoding), under the key of its place in
+    the index. Samples are spread over the shards in a random order (seeded; seed=None keeps the
+    index's class-by-class order): training shuffles shards and then samples within a buffer,
+    and with class-sorted shards a buffer would hold only a class or two, so batches would too.
     """
     from ..files import atomic_write, atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    n = len(index.paths)
+    order = list(range(n))
+    if seed is not None:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     shards = []
-    for first in range(0, len(index.paths), shard_size):
+    for first in range(0, n, shard_size):
         name = f"shard-{first // shard_size:06d}.tar"
-        chunk = list(range(first, min(first + shard_size, len(index.paths))))
+        chunk = order[first:first + shard_size]
 
         def write(f, chunk=chunk):
             with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -274,7 +280,7 @@ def write_shards(index: FolderIndex, out: str | Path, shard_size: int = 1000) ->
         atomic_write(out / name, write)
         shards.append({"name": name, "count": len(chunk)})
     atomic_write_json(out / INDEX_NAME, {"format": "webdataset", "classes": index.classes, "shards": shards,
-                                         "total": len(index.paths)})
+                                         "total": n})
     return out
 
 

@@ -114,20 +114,26 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
     return FolderIndex(root, paths, labels, list(classes))
 
 
-def probe(index: FolderIndex, n: int = 64) -> tuple[tuple[int, int], int]:
-    """Most common (H, W) and the channel count (1 if every probed image is grayscale)."""
-    step = max(1, len(index.paths) // n)
+def probe_images(files, where: str) -> tuple[tuple[int, int], int]:
+    """Most common (H, W) of `files` (paths or binary streams) and the channel count (1 if every
+    one is grayscale); unreadable ones are passed over, none readable is an error naming `where`."""
     sizes, gray = Counter(), True
-    for p in index.paths[::step][:n]:
+    for f in files:
         try:
-            with Image.open(p) as im:
+            with Image.open(f) as im:
                 sizes[(im.height, im.width)] += 1
                 gray &= im.mode in GRAY_MODES
         except _DECODE_ERRORS:
             continue
     if not sizes:
-        raise ValueError(f"{index.root}: none of the probed images could be opened")
+        raise ValueError(f"{where}: none of the probed images could be opened")
     return sizes.most_common(1)[0][0], 1 if gray else 3
+
+
+def probe(index: FolderIndex, n: int = 64) -> tuple[tuple[int, int], int]:
+    """Most common (H, W) and channel count of n images spread over the folder."""
+    step = max(1, len(index.paths) // n)
+    return probe_images(index.paths[::step][:n], str(index.root))
 
 
 def _decode(args: tuple[str, int, tuple[int, int] | None]) -> torch.Tensor | None:

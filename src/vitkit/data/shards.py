@@ -286,18 +286,7 @@ def write_shards(index: FolderIndex, out: str | Path, shard_size: int = 1000, se
 
 def probe_shards(shards: ShardSet, n: int = 32) -> tuple[tuple[int, int], int]:
     """Most common (H, W) and channel count of the first n samples of the first shard."""
-    from collections import Counter
+    from .folder import probe_images
 
-    from .folder import GRAY_MODES
-
-    sizes, gray = Counter(), True
-    for _, data, _ in read_shard(shards.location(0), 0, n):
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                sizes[(im.height, im.width)] += 1
-                gray &= im.mode in GRAY_MODES
-        except _DECODE_ERRORS:
-            continue
-    if not sizes:
-        raise ValueError(f"{shards.location(0)}: none of the probed images could be opened")
-    return sizes.most_common(1)[0][0], 1 if gray else 3
+    first = (io.BytesIO(data) for _, data, _ in read_shard(shards.location(0), 0, n))
+    return probe_images(first, shards.location(0))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit import ViT, ViTConfig, variant  # noqa: E402
+from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.preprocess import InputSpec, image_to_uint8, normalize  # noqa: E402
 from vitkit.export import export_model  # noqa: E402
 from vitkit.export.onnx import export_onnx  # noqa: E402
@@ -39,16 +38,6 @@ from vitkit.export.runtime import session  # noqa: E402
 from vitkit.precision import autocast, for_inference, inference_precision  # noqa: E402
 
 RUN, DATA = Path("/tmp/vitkit-cifar/run"), Path("/tmp/vitkit-cifar/cifar10")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cifar_model(run: Path) -> tuple[ViT, list[str], InputSpec, str]:
@@ -128,7 +117,7 @@ def speed(args) -> None:
     import onnxruntime
 
     ort_threads = THREADS or "default"
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__} "
+    print(f"CPU: {cpu_name()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); onnxruntime {onnxruntime.__version__} "
           f"({ort_threads} threads)")
     rows = []

@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.checkpoint import save_pretrained  # noqa: E402
 from vitkit.config import ViTConfig, variant  # noqa: E402
 from vitkit.data.preprocess import InputSpec  # noqa: E402
@@ -288,16 +288,6 @@ class Direct:
 
 
 # ---- main -------------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} CPUs"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,8 +21,6 @@ would emulate bf16.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cifar10_budget import extract  # noqa: E402
 
+from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.folder import load_folder_cached, scan_folder  # noqa: E402
 from vitkit.data.shards import write_shards  # noqa: E402
 from vitkit.notices import plain_warnings  # noqa: E402
@@ -45,28 +44,16 @@ from vitkit.training import TrainConfig, fit  # noqa: E402
 SOURCES = ["cache", "folder", "shards"]
 
 
-def cpu_name() -> str:
-    """The model name with family and model numbers (a bare "AMD EPYC" says little)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        flags = info.get("flags", "").split()
-        bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "no native bf16"
-        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-                f"{info.get('model', '?')}, {os.cpu_count()} cores, {bf16})")
-    except OSError:
-        return platform.processor() or "unknown CPU"
-
-
-def subset(src: Path, dst: Path, per_class: int) -> Path:
-    """dst/<class>/ linking the first per_class images of each class of src (all when 0)."""
+def subset(full: Path, dst: Path, per_class: int) -> Path:
+    """dst/train and dst/test linking the first per_class training images of each class and a
+    fifth as many test images; `full` itself when per_class is 0."""
     if not per_class:
-        return src
-    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
-        (dst / cls.name).mkdir(parents=True, exist_ok=True)
-        for f in sorted(cls.iterdir())[:per_class]:
-            (dst / cls.name / f.name).symlink_to(f.resolve())
+        return full
+    for split, n in (("train", per_class), ("test", per_class // 5)):
+        for cls in sorted(p for p in (full / split).iterdir() if p.is_dir()):
+            (dst / split / cls.name).mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls.iterdir())[:n]:
+                (dst / split / cls.name / f.name).symlink_to(f.resolve())
     return dst
 
 
@@ -98,13 +85,8 @@ def main() -> None:
     args = ap.parse_args()
     plain_warnings()
 
-    full = extract(args.archive, args.dest)
     work = Path(tempfile.mkdtemp(prefix="vitkit-shards-bench-"))
-    data = work / "images"
-    subset(full / "train", data / "train", args.per_class)
-    subset(full / "test", data / "test", args.per_class // 5)
-    if not args.per_class:
-        data = full
+    data = subset(extract(args.archive, args.dest), work / "images", args.per_class)
     shards = work / "shards"
     t0 = time.perf_counter()
     for split in ("train", "test"):

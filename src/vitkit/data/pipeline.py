@@ -163,20 +163,24 @@ class _Streamed:
     the accuracy printed during training is the one `vitkit evaluate` reports."""
 
     train_tf: v2.Transform | None
-    train_size: tuple[int, int] | None
     spec: InputSpec
 
     @property
     def cropped(self) -> bool:
         return self.train_tf is not None
 
+    @property
+    def train_size(self) -> tuple[int, int] | None:
+        """The size training images are decoded at: none when the crop makes it."""
+        return None if self.cropped else self.spec.image_size
+
 
 def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None
                ) -> _Streamed:
     crop = augment is not None and augment.crop == "resized"
-    train_tf = (v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None)
+    train_tf = v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None
     spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
-    return _Streamed(train_tf, None if crop else size, spec)
+    return _Streamed(train_tf, spec)
 
 
 def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:

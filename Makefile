@@ -10,15 +10,20 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,export,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,serve,docs,lora]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/vitkit train --config configs/digits.yaml --run.overwrite true
 
+# The precision-sensitive tests run a second time as on a CPU of the other kind: without
+# native bf16 where this one has it, with it (emulated) where it has not.
+OTHER_BF16 = $(shell $(BIN)/python -c "from vitkit.precision import cpu_has_native_bf16 as f; print(0 if f() else 1)")
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+	VITKIT_NATIVE_BF16=$(OTHER_BF16) $(BIN)/python -m pytest -q -m precision
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

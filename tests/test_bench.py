@@ -5,6 +5,8 @@ import pytest
 from vitkit.bench import Workload, run
 from vitkit.config import ViTConfig
 
+pytestmark = pytest.mark.precision  # make test runs these again as on the other kind of CPU
+
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
 

@@ -9,6 +9,8 @@ from vitkit.evaluation import evaluate_model
 from vitkit.model import ViT, ViTConfig
 from vitkit.precision import for_inference, inference_precision
 
+pytestmark = pytest.mark.precision  # make test runs these again as on the other kind of CPU
+
 
 def test_precision_choice():
     assert inference_precision("fp32", "cpu") == "fp32"

@@ -1,10 +1,13 @@
 """Training precision: what "auto" and an explicit bf16 become on the machine at hand."""
 
+import numpy as np
 import pytest
 import torch
 
 from vitkit import precision
 from vitkit.notices import VitkitWarning
+
+pytestmark = pytest.mark.precision  # make test runs these again as on the other kind of CPU
 
 
 def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(monkeypatch):
@@ -19,3 +22,32 @@ def test_bf16_on_a_cpu_with_native_bf16_is_kept(monkeypatch, recwarn):
     assert precision.training_precision("bf16", torch.device("cpu")) == "bf16"
     assert precision.training_precision("fp32", torch.device("cpu")) == "fp32"
     assert not [w for w in recwarn if issubclass(w.category, VitkitWarning)]
+
+
+@pytest.mark.parametrize("value, native", [("0", False), ("1", True)])
+def test_environment_switch_overrides_the_cpu(monkeypatch, value, native):
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, value)
+    assert precision.native_bf16("cpu") is native
+    assert precision.inference_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+def test_environment_switch_rejects_other_values(monkeypatch):
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="VITKIT_NATIVE_BF16"):
+        precision.native_bf16("cpu")
+
+
+def test_model_stored_in_bf16_takes_fp32_inputs():
+    from vitkit.model import ViT, ViTConfig
+    from vitkit.visualize.analysis import capture_attention
+
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64,
+                          num_classes=3))
+    x = torch.randn(2, 3, 16, 16)
+    reference = capture_attention(model, x)
+    precision.for_inference(model, "bf16")
+    maps = capture_attention(model, x)  # fp32 input on bf16-stored weights
+    assert [m.shape for m in maps] == [m.shape for m in reference]
+    for got, want in zip(maps, reference, strict=True):
+        np.testing.assert_allclose(got, want, atol=3e-2)

@@ -33,6 +33,8 @@ from vitkit.model import ViT  # noqa: E402
 from vitkit.predict import predict_files  # noqa: E402
 from vitkit.serve import ServeOptions, create_app  # noqa: E402
 
+pytestmark = pytest.mark.precision  # make test runs these again as on the other kind of CPU
+
 CLASSES = ["cat", "dog", "bird"]
 SPEC = InputSpec((32, 32), 3, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 

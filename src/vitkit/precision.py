@@ -5,11 +5,17 @@
   off only for wide layers, so it is asked for explicitly there);
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
   CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once.
+
+The environment variable VITKIT_NATIVE_BF16=0 (or 1) overrides what the CPU reports, so one
+machine can run everything as a CPU without (or with) native bf16 would; `make test` runs
+the precision-sensitive tests both ways.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import warnings
 
 import torch
@@ -43,11 +49,26 @@ def training_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
+NATIVE_BF16_ENV = "VITKIT_NATIVE_BF16"
+
+
 def native_bf16(device: torch.device | str) -> bool:
-    """Whether the hardware computes bf16 natively (AVX512-BF16 / AMX on CPUs)."""
+    """Whether the hardware computes bf16 natively (AVX512-BF16 / AMX on CPUs); on CPUs,
+    VITKIT_NATIVE_BF16=0/1 overrides the answer."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{NATIVE_BF16_ENV}={forced!r}: expected 0 or 1")
+    return cpu_has_native_bf16()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """What the CPU itself reports (read once): AVX512-BF16 or AMX-BF16 among its flags."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -69,6 +90,13 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def weights_autocast(model: torch.nn.Module):
+    """Autocast matching how `model`'s weights are stored: a model that for_inference put in
+    bf16 takes fp32 inputs under bf16 autocast, one with fp32 weights runs as it is."""
+    p = next((p for p in model.parameters() if p.dtype == torch.bfloat16), None)
+    return torch.autocast(p.device.type, dtype=torch.bfloat16) if p is not None else contextlib.nullcontext()
 
 
 def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:

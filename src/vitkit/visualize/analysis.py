@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..precision import weights_autocast
+
 ArrayLike = np.ndarray | torch.Tensor
 Grid = tuple[int, int]
 
@@ -43,7 +45,8 @@ def capture_attention(model: torch.nn.Module, x: torch.Tensor, batch_size: int =
     try:
         chunks: list[list[np.ndarray]] = []
         for start in range(0, len(x), batch_size):
-            _, maps = model.forward_features(x[start:start + batch_size], return_attention=True)
+            with weights_autocast(model):  # a model stored in bf16 by for_inference takes fp32 x
+                _, maps = model.forward_features(x[start:start + batch_size], return_attention=True)
             chunks.append([m.float().cpu().numpy() for m in maps])
     finally:
         model.train(was_training)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import (
@@ -49,6 +48,7 @@ from ..precision import autocast, pick_device, training_precision
 from .config import TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
 from .memory import apply_activation_checkpointing
+from .objectives import Classification
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
@@ -164,11 +164,16 @@ class StopFlag:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
-                 extra_meta: dict | None = None, on_step=None):
+                 extra_meta: dict | None = None, on_step=None, objective=None):
         self.cfg = cfg
+        self.objective = objective or Classification()  # what is learnt: head, loss, metric
+        self.supervised = self.objective.name == "classification"
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
         self.device = pick_device(cfg.run.device)
         self.sharded = cfg.run.strategy == "fsdp"
+        if self.sharded and not self.supervised:
+            raise ValueError(f"--run.strategy fsdp: not available for the {self.objective.name} objective "
+                             "(use ddp)")
         self.dist: Dist = init_distributed(self.device.type, need_group=self.sharded)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -197,7 +202,7 @@ class Trainer:
                 model = ViT(read_config(self.run_dir))
             if model is None:
                 mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
-                                              len(self.data.classes))
+                                              len(self.data.classes) if self.supervised else 0)
                 model = ViT(mcfg)
         self.check_model_fits_data(model)
         if cfg.optim.train_only == "head":
@@ -216,13 +221,14 @@ class Trainer:
             self.model = shard_model(skeleton, self.device, self.precision, full, broadcast=not resume)
             del full
         else:
-            self.model = apply_activation_checkpointing(model.to(self.device),
-                                                        cfg.run.activation_checkpointing)
+            self.model = self.objective.wrap(apply_activation_checkpointing(
+                model.to(self.device), cfg.run.activation_checkpointing), self.data.spec).to(self.device)
         model = self.model
         c = model.config
         self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
                  f"patch {c.patch_size} ({c.grid_size[0]}x{c.grid_size[1]} grid), stem {c.stem}, "
-                 f"{model.num_params():,} parameters; {self.device.type}, {self.precision}"
+                 f"{sum(p.numel() for p in model.parameters()):,} parameters; {self.device.type}, "
+                 f"{self.precision}"
                  + (f"; {cfg.run.strategy} over {self.dist.world} processes" if self.dist.enabled else "")
                  + (f"; activation checkpointing: {cfg.run.activation_checkpointing}"
                     if cfg.run.activation_checkpointing != "none" else ""))
@@ -278,7 +284,7 @@ class Trainer:
     def check_model_fits_data(self, model: ViT) -> None:
         c, spec = model.config, self.data.spec
         problems = []
-        if c.num_classes != len(self.data.classes):
+        if self.supervised and c.num_classes != len(self.data.classes):
             problems.append(f"model has {c.num_classes} classes, data has {len(self.data.classes)} "
                             f"({', '.join(self.data.classes[:10])})")
         if c.num_channels != spec.channels:
@@ -314,7 +320,8 @@ class Trainer:
 
     def meta(self) -> dict:
         """What config.json holds beside the model config (vitkit.checkpoint's layout)."""
-        return {"classes": self.data.classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
+        classes = self.data.classes if self.supervised else []  # an encoder: no classes to name
+        return {"classes": classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
                 **self.extra_meta}
 
     def eval_model(self) -> torch.nn.Module:
@@ -393,7 +400,7 @@ class Trainer:
         d = self.run_dir
         write_meta(d, self.model.config, self.meta())
         atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
-        write_weights(d, self.eval_model())
+        write_weights(d, self.objective.published(self.eval_model()))
         self.write_metrics()
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -480,12 +487,10 @@ class Trainer:
                 self.model.set_requires_gradient_sync(i == acc - 1)
             with ctx:
                 with autocast(self.device, self.precision):
-                    logits = net(xc)
-                loss = F.cross_entropy(logits.float(), yc, label_smoothing=smoothing)
+                    loss, hits = self.objective.loss(net, xc, yc, smoothing)
                 (loss / acc).backward()
             loss_sum += loss.detach() / acc
-            hard = yc.argmax(1) if yc.ndim == 2 else yc
-            correct += (logits.detach().argmax(1) == hard).sum()
+            correct += hits
         if self.cfg.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
         self.optimizer.step()
@@ -530,6 +535,9 @@ class Trainer:
         model = self.eval_model()  # FSDP: every rank takes part in gathering it onto rank 0
         if model is None:
             return None
+        if not self.supervised:
+            return self.objective.evaluate(model, self.data.val, self.data.spec, self.cfg.run.eval_batch_size,
+                                           self.device, self.precision)
         return evaluate_model(model, self.data.val, self.data.spec, self.data.classes,
                               self.cfg.run.eval_batch_size, self.device, self.precision,
                               self.cfg.data.workers if not self.data.in_memory else 0)
@@ -616,14 +624,15 @@ class Trainer:
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "images_per_s": seen / max(epoch_time, 1e-9), "elapsed_s": self.elapsed}
                 self.metrics.append(row)
-                if res is not None:
+                if res is not None and res.top1 is not None:
                     val_acc = res.top1
                     self.best_acc = max(self.best_acc or 0.0, res.top1)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.log(f"epoch {row['epoch']:3d}/{cfg.run.epochs}  loss {row['train_loss']:.4f}  "
-                         f"train acc {row['train_acc']:.2%}  "
-                         + (f"val loss {res.loss:.4f}  val acc {res.top1:.2%}  " if res else "")
+                         + (f"train acc {row['train_acc']:.2%}  " if self.supervised else "")
+                         + (f"val loss {res.loss:.4f}  " if res else "")
+                         + (f"val acc {res.top1:.2%}  " if res and res.top1 is not None else "")
                          + f"lr {row['lr']:.2e}  "
                          f"{row['images_per_s']:.0f} img/s  {self.elapsed:.0f}s")
                 self.save()
@@ -639,7 +648,7 @@ class Trainer:
 
 
 def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,
-        extra_meta: dict | None = None, on_step=None) -> RunResult:
+        extra_meta: dict | None = None, on_step=None, objective=None) -> RunResult:
     """Train (or continue) a run and return where it went and how well it did.
 
     With resume=RUN_DIR the configuration stored in that run is used and the run continues
@@ -649,7 +658,8 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         cfg = stored_config(Path(resume))
     elif cfg is None:
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
-    trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step)
+    trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step,
+                      objective=objective)
     try:
         return trainer.run()
     finally:

@@ -1,0 +1,46 @@
+"""Pre-training without labels: masked autoencoding (MAE) or the paper's masked patch
+prediction, on any data vitkit trains on (labels, if the data have them, are ignored).
+
+The run is a normal training run (same loop, checkpoints, exact resume, budgets, metrics)
+whose model.safetensors is the encoder alone (a ViT with no head), so `vitkit finetune`,
+`probe`, `embed`, `export` and `visualize` open it like any other model folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .checkpoint import read_meta
+from .training import TrainConfig, fit
+from .training.objectives import PretrainConfig, SelfSupervised
+from .training.trainer import RunResult, stored_config
+
+META_KEY = "pretrain"  # config.json: the objective a run was pre-trained with
+
+
+def pretrain(cfg: TrainConfig | None, objective: PretrainConfig | None = None,
+             resume: str | Path | None = None, on_step=None) -> RunResult:
+    """Pre-train an encoder with `objective` (MAE unless told otherwise); with resume=RUN_DIR
+    continue that run exactly, with its stored configuration and objective. on_step is
+    called as on_step(trainer) after every optimizer step."""
+    if resume is not None:
+        meta = read_meta(Path(resume))
+        if META_KEY not in meta:
+            raise ValueError(f"{resume}: not a pre-training run (no {META_KEY!r} in config.json); "
+                             "continue it with vitkit train --resume")
+        objective = PretrainConfig(**meta[META_KEY])
+        cfg = stored_config(Path(resume))
+    elif cfg is None:
+        raise ValueError("pretrain needs a TrainConfig, or resume=RUN_DIR")
+    objective = objective or PretrainConfig()
+    objective.validate()
+    if objective.objective == "mae" and cfg.model.stem is None and not cfg.model.variant:
+        # MAE drops patches before the encoder: the conv stem of the small default model
+        # would see them first
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, stem="patch"))
+    if cfg.augment.mixup or cfg.augment.cutmix:
+        raise ValueError("--augment.mixup / --augment.cutmix mix labels, which pre-training has none of; "
+                         "set them to 0")
+    return fit(cfg, resume=resume, extra_meta={META_KEY: dataclasses.asdict(objective)},
+               objective=SelfSupervised(objective), on_step=on_step)

@@ -10,6 +10,7 @@ from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
 from .loading import LoadOptions
 from .training.config import ModelSpec, OptimConfig, RunConfig
+from .training.objectives import PretrainConfig
 
 
 def info(image_size: int = 224) -> None:
@@ -72,6 +73,49 @@ def train(
     cfg = stored_config(Path(resume)) if resume else TrainConfig(data=data, model=model, optim=optim,
                                                                    augment=augment, run=run)
     _after_training(fit(None if resume else cfg, resume=resume), cfg)
+
+
+def pretrain(
+    pretrain: PretrainConfig = PretrainConfig(),  # noqa: B008 (read-only defaults)
+    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
+    model: ModelSpec = ModelSpec(),  # noqa: B008 (read-only defaults)
+    optim: OptimConfig = OptimConfig(lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95)),  # noqa: B008
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (read-only defaults)
+    run: RunConfig = RunConfig(out="runs/pretrain"),  # noqa: B008 (read-only defaults)
+    resume: str | None = None,
+) -> None:
+    """Pre-train an encoder without labels: MAE (--pretrain.objective mae, 75% of patches
+    masked, the encoder sees the rest) or the paper's masked patch prediction (mpp).
+
+    Reads any data `vitkit train` reads (labels are ignored) and writes a run directory
+    whose model.safetensors is the encoder alone, for finetune, probe, embed and export.
+
+    Example: vitkit pretrain --data.dataset folder --data.path photos/ --run.time_budget 10
+
+    Args:
+        pretrain: the objective, its mask ratio and (MAE) decoder size.
+        data: where the images come from and how they are shaped.
+        model: the encoder (a variant such as "S/16", or explicit sizes; MAE needs --model.stem patch).
+        optim: optimizer and schedule (default: AdamW with MAE's betas 0.9, 0.95).
+        augment: augmentation (mixup and cutmix are refused: there are no labels to mix).
+        run: epochs, batch size, output directory, seed, precision, device, time budget.
+        resume: a pre-training run directory to continue exactly where it stopped.
+    """
+    from .pretrain import pretrain as run_pretrain
+    from .training import TrainConfig
+
+    cfg = None if resume else TrainConfig(data=data, model=model, optim=optim, augment=augment, run=run)
+    result = run_pretrain(cfg, pretrain, resume=resume)
+    if _is_main_process():
+        last = result.metrics[-1] if result.metrics else {}
+        print(f"pre-trained ({pretrain.objective if not resume else 'resumed'}) for {result.epoch} epochs, "
+              f"{result.step} steps; last train loss {last.get('train_loss', float('nan')):.4f}"
+              + (f", held-out loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else ""))
+        print(f"wrote {result.run_dir}/model.safetensors (the encoder) and config.json")
+        if result.status == "interrupted":
+            print(f"continue with: vitkit pretrain --resume {result.run_dir}")
+            raise SystemExit(130)
+        print(f"next: vitkit finetune {result.run_dir} --data.dataset folder --data.path LABELLED/")
 
 
 def _after_training(result, cfg) -> None:
@@ -480,7 +524,8 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     func(**{p: init[p] for p in params})
 
 
-COMMANDS = {"info": info, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
+COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
+            "predict": predict,
             "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
             "export": export, "shards": shards, "consolidate": consolidate}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.

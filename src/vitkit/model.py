@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -289,6 +291,34 @@ class ViT(nn.Module):
         x = self.norm(x)
         return (x, attentions) if return_attention else x
 
+    def forward_intermediates(self, x: torch.Tensor, layers: int | list[int] | None = None,
+                              output: Literal["tokens", "grid"] = "tokens", norm: bool = False
+                              ) -> Intermediates:
+        """The outputs of chosen encoder blocks, for probing a layer or feeding a dense head.
+
+        layers: None for every block, n for the last n, or a list of block indices (0-based,
+        negative from the end). output "tokens": patch tokens (B, N, D); "grid": patch grids
+        (B, D, gh, gw). Prefix tokens (the class token) come separately, (B, prefix, D).
+        norm applies the final LayerNorm to each. Blocks after the last chosen one are skipped.
+        """
+        if output not in ("tokens", "grid"):
+            raise ValueError(f"output {output!r}: expected tokens or grid")
+        chosen = _block_indices(layers, len(self.blocks))
+        p, n_prefix = self.config.patch_size, self.config.num_prefix_tokens
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        x = self.embed(x)
+        patches, prefix = [], []
+        for i, block in enumerate(self.blocks[: max(chosen) + 1]):
+            x = block(x)[0]
+            if i in chosen:
+                y = self.norm(x) if norm else x
+                z = y[:, n_prefix:]
+                if output == "grid":
+                    z = z.transpose(1, 2).reshape(z.shape[0], z.shape[2], *grid)
+                patches.append(z)
+                prefix.append(y[:, :n_prefix])
+        return Intermediates(chosen, patches, prefix)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.pool == "mean":
             return x[:, self.config.num_prefix_tokens :].mean(dim=1)
@@ -345,6 +375,41 @@ class ViT(nn.Module):
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class Intermediates:
+    """What forward_intermediates returns: per chosen block, its patch tokens or grid and its
+    prefix tokens, in block order."""
+
+    layers: list[int]  # 0-based block indices
+    patches: list[torch.Tensor]  # (B, N, D) tokens or (B, D, gh, gw) grids
+    prefix: list[torch.Tensor]  # (B, prefix, D); prefix = 0 without a class token
+
+    def tokens(self, i: int = -1) -> torch.Tensor:
+        """All tokens (B, prefix + N, D) of the i-th chosen block, as the block output them
+        (for output="tokens")."""
+        if self.patches[i].ndim != 3:
+            raise ValueError("tokens() needs output='tokens'")
+        return torch.cat([self.prefix[i], self.patches[i]], dim=1)
+
+
+def _block_indices(layers: int | list[int] | None, depth: int) -> list[int]:
+    """Sorted 0-based block indices: None = all, an int n = the last n, a list = those blocks."""
+    if layers is None:
+        return list(range(depth))
+    if isinstance(layers, int):
+        if not 1 <= layers <= depth:
+            raise ValueError(f"layers={layers}: the model has {depth} blocks (ask for 1..{depth})")
+        return list(range(depth - layers, depth))
+    out = set()
+    for i in layers:
+        if not -depth <= i < depth:
+            raise ValueError(f"layer {i}: the model has {depth} blocks (indices 0..{depth - 1} or negative)")
+        out.add(i % depth)
+    if not out:
+        raise ValueError("layers: an empty list")
+    return sorted(out)
 
 
 def _lecun_normal_(w: torch.Tensor) -> None:

@@ -121,3 +121,20 @@ def test_bad_objective_settings_are_refused(tmp_path):
     fit(tiny_train_config(tmp_path / "sup", epochs=1))
     with pytest.raises(ValueError, match="not a pre-training run"):
         pretrain(None, resume=tmp_path / "sup")
+
+
+def test_visualize_draws_the_reconstruction_of_an_mae_run(tmp_path):
+    from vitkit.visualize.run import visualize_path
+
+    pretrain(tiny_train_config(tmp_path / "mae", epochs=1), PretrainConfig(objective="mae"))
+    result = visualize_path(tmp_path / "mae", tmp_path / "fig", data="digits", num_samples=4, max_images=2)
+    png = tmp_path / "fig" / "reconstruction.png"
+    assert png in result.figures and png.stat().st_size > 1000
+    mae = MaskedAutoencoder(encoder(channels=1, size=8, patch=2), PretrainConfig())
+    x = torch.randn(2, 1, 8, 8)
+    masked, rebuilt = mae.reconstruct(x)
+    visible = masked != 0
+    torch.testing.assert_close(rebuilt[visible], x[visible])  # visible pixels come back as they were
+    fit(tiny_train_config(tmp_path / "sup", epochs=1))
+    assert tmp_path / "fig2" / "reconstruction.png" not in visualize_path(
+        tmp_path / "sup", tmp_path / "fig2", data="digits", num_samples=2, max_images=1).figures

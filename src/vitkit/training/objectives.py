@@ -169,6 +169,32 @@ class MaskedAutoencoder(nn.Module):
         return (per_patch * mask).sum() / mask.sum(), pred, mask
 
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """For figures: the input with masked patches blanked, and the reconstruction (visible
+        patches as they are, masked ones predicted), both (B, C, H, W) in x's normalization.
+        With norm_pix_loss the predicted patches are given each true patch's mean and std
+        back, as the MAE paper's figures do."""
+        c = self.config
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            _, pred, mask = self(x)
+        target = patchify(x.float(), c.patch_size)
+        if self.norm_pix_loss:
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        m = mask[..., None]
+        return (unpatchify(target * (1 - m), c.patch_size, x.shape),
+                unpatchify(target * (1 - m) + pred * m, c.patch_size, x.shape))
+
+
+def unpatchify(patches: torch.Tensor, p: int, shape: torch.Size) -> torch.Tensor:
+    """The inverse of patchify: (B, N, P*P*C) -> (B, C, H, W)."""
+    b, c, h, w = shape
+    x = patches.reshape(b, h // p, w // p, p, p, c)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+
+
 class MaskedPatchPrediction(nn.Module):
     """The paper's masked patch prediction: corrupt patch embeddings, predict mean colours."""
 

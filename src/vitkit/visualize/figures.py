@@ -207,6 +207,29 @@ def plot_rollout(images: Sequence[np.ndarray], maps: np.ndarray, path: str | Pat
     return c.save(path)
 
 
+def plot_reconstruction(images: Sequence[np.ndarray], masked: Sequence[np.ndarray],
+                        rebuilt: Sequence[np.ndarray], path: str | Path, title: str,
+                        names: Sequence[str] | None = None, panel: int = 170) -> tuple[Path, Size]:
+    """A masked autoencoder at work: for each image the input, what the encoder saw (masked
+    patches blanked) and the reconstruction; (C, H, W) uint8 arrays."""
+    n = len(images)
+    left, top, right, bottom = 24, 66, 24, 30
+    title, lines = _wrap(title, left + 3 * panel + right)
+    top += TITLE_LINE * (lines - 1)
+    c = _Canvas(left + 3 * panel + right, top + n * panel + bottom)
+    for i, row in enumerate(zip(images, masked, rebuilt, strict=True)):
+        axes = [c.axes(left + k * panel + 2, top + i * panel + 2, panel - 4, panel - 24) for k in range(3)]
+        for ax, img in zip(axes, row, strict=True):
+            _show(ax, display_image(img))
+        if names is not None:
+            axes[0].set_xlabel(names[i], fontsize=7)
+        if i == 0:
+            for ax, label in zip(axes, ["input", "visible to the encoder", "reconstruction"], strict=True):
+                ax.set_title(label, fontsize=9)
+    c.title(title)
+    return c.save(path)
+
+
 def plot_attention_distance(distance: np.ndarray, path: str | Path, title: str,
                             uniform: float | None = None) -> tuple[Path, Size]:
     """Mean attention distance (L, heads) in pixels against depth, one dot per head, as in

@@ -225,6 +225,18 @@ def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Input
         add(Section(title, "Loss, accuracy and learning rate per epoch from metrics.csv."),
             [(path, fig.curves_size())])
 
+    # 7. a masked autoencoder's reconstructions (MAE pre-training runs only)
+    rebuilt = mae_reconstruction(run_dir, model, inputs.normalized(spec)[shown], spec) if run_dir else None
+    if rebuilt is not None:
+        masked, recon = rebuilt
+        add(Section("Masked autoencoder reconstruction",
+                    "MAE pre-training: each input, the patches the encoder saw (the masked ones blanked) "
+                    "and the decoder's reconstruction of the masked patches beside the visible ones. "
+                    "The predicted patches are given each true patch's mean and spread back, as in the "
+                    "MAE paper's figures."),
+            [fig.plot_reconstruction([raw[b] for b in shown], masked, recon, out_dir / "reconstruction.png",
+                                     f"MAE reconstruction{noise}", [inputs.names[b] for b in shown])])
+
     summary = {
         "model": source or "(in memory)",
         "architecture": (f"{cfg.num_layers} layers, D={cfg.hidden_size}, {cfg.num_heads} heads, "
@@ -241,6 +253,39 @@ def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Input
     write_report(out_dir, f"Looking inside {Path(source).name or 'a ViT'}", sections, summary,
                  [NOISE_NOTE] if inputs.noise else None)
     return result
+
+
+def mae_reconstruction(run_dir: str | Path, model: ViT, x: torch.Tensor, spec: InputSpec
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(masked inputs, reconstructions) as uint8 (B, C, H, W) for an MAE pre-training run
+    directory (its decoder is in state.pt); None for any other run or folder."""
+    import copy
+    import json
+
+    from ..checkpoint import CONFIG_NAME, STATE_NAME, load_state_dict_checked
+    from ..training.objectives import MaskedAutoencoder, PretrainConfig
+
+    run_dir = Path(run_dir)
+    try:
+        meta = json.loads((run_dir / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    objective = meta.get("pretrain") if isinstance(meta, dict) else None
+    if not objective or objective.get("objective") != "mae" or not (run_dir / STATE_NAME).is_file():
+        return None
+    cpu = copy.deepcopy(model).float().cpu()
+    mae = MaskedAutoencoder(cpu, PretrainConfig(**objective))
+    state = torch.load(run_dir / STATE_NAME, map_location="cpu", weights_only=True)["model"]
+    load_state_dict_checked(mae, state, str(run_dir / STATE_NAME))
+    mae.eval()
+    masked, recon = mae.reconstruct(x.float().cpu())
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+
+    def to_uint8(t: torch.Tensor) -> np.ndarray:
+        return (t * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    return to_uint8(masked), to_uint8(recon)
 
 
 def visualize_path(path: str | Path, out: str | Path, images: list[str] | None = None,

@@ -35,7 +35,7 @@ from vitkit import ViT, variant
 from vitkit.bench import profiled_events, sync
 from vitkit.training.config import OptimConfig
 from vitkit.training.memory import apply_activation_checkpointing
-from vitkit.training.trainer import build_optimizer
+from vitkit.training.schedule import build_optimizer
 
 BATCH = {"S/16": 8, "B/16": 4, "L/16": 2}
 WAYS = ["vitkit", "vitkit blocks", "vitkit selective", "timm", "timm grad ckpt"]

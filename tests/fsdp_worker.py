@@ -36,7 +36,7 @@ def main() -> None:
     a = ap.parse_args()
 
     def stop(trainer):
-        if trainer.step == a.stop_at:
+        if trainer.state.step == a.stop_at:
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = stored_config(a.out) if a.resume else config(a.out)

@@ -99,7 +99,7 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path):
     steps = 1437 // 64
 
     def interrupt(trainer):
-        if trainer.step == steps + 3:
+        if trainer.state.step == steps + 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     cut = pretrain(tiny_train_config(tmp_path / "cut", epochs=2), objective, on_step=interrupt)

@@ -10,7 +10,8 @@ from helpers import tiny_train_config
 from safetensors.torch import load_file
 
 from vitkit.training import fit
-from vitkit.training.trainer import NonFiniteLoss, lr_factor
+from vitkit.training.schedule import lr_factor
+from vitkit.training.trainer import NonFiniteLoss
 
 
 def test_digits_run_learns_and_writes_its_files(tmp_path):
@@ -39,7 +40,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 
 def _interrupt_at(step):
     def hook(trainer):
-        if trainer.step == step:
+        if trainer.state.step == step:
             os.kill(os.getpid(), signal.SIGINT)
     return hook
 
@@ -69,7 +70,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     out = tmp_path / "nan"
 
     def poison(trainer):
-        if trainer.epoch == 1 and trainer.batch_in_epoch == 3:
+        if trainer.state.epoch == 1 and trainer.state.batch_in_epoch == 3:
             with torch.no_grad():
                 trainer.model.head.weight.fill_(float("nan"))
 
@@ -77,7 +78,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLoss, match="loss became nan at step .* last good checkpoint"):
         def hook(trainer):
             nonlocal before
-            if trainer.epoch == 1 and before is None:
+            if trainer.state.epoch == 1 and before is None:
                 before = (out / "model.safetensors").read_bytes()
             poison(trainer)
         fit(tiny_train_config(out, epochs=3, run={"log_every": 1}), on_step=hook)
@@ -102,7 +103,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return files.atomic_write(directory / "model.safetensors", half)
 
     def hook(trainer):
-        if trainer.epoch == 1 and not before:
+        if trainer.state.epoch == 1 and not before:
             before.update({p.name: p.read_bytes() for p in out.iterdir() if p.is_file()})
             monkeypatch.setattr(tr, "write_weights", failing_write_weights)
 

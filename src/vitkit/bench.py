@@ -96,7 +96,7 @@ def make_optimizer(lib: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     matrices only, fused kernel); timm and HF users typically take torch's default AdamW."""
     if lib == "vitkit":
         from .training.config import OptimConfig
-        from .training.trainer import build_optimizer
+        from .training.schedule import build_optimizer
 
         return build_optimizer(model, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05))
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import signal
 import sys
 import threading
@@ -23,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -49,6 +47,8 @@ from .config import TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
 from .memory import apply_activation_checkpointing
 from .objectives import Classification
+from .schedule import build_optimizer, lr_factor
+from .state import RunState, rng_state, seed_everything, set_rng_state
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
@@ -67,70 +67,6 @@ class RunResult:
     val_acc: float | None
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
-
-
-# ---- schedule and optimizer ----------------------------------------------------------------
-
-def lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -> float:
-    """Linear warmup over the first `warmup` fraction, then cosine / linear decay / constant."""
-    if warmup > 0 and progress < warmup:
-        return max(progress / warmup, 1e-3)
-    if schedule == "constant":
-        return 1.0
-    t = min(max((progress - warmup) / max(1.0 - warmup, 1e-8), 0.0), 1.0)
-    decay = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
-    return min_ratio + (1.0 - min_ratio) * decay
-
-
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """Weight decay on matrices only: biases, norms, position embeddings and the class token
-    are left undecayed, as in the official code."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # One fused kernel per step instead of a chain of elementwise passes over every tensor:
-    # the CIFAR training step ran about 1.2x faster with it in bf16 (benchmarks/README.md).
-    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
-    if cfg.name == "adam":  # classic Adam with L2 added to the gradient
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
-
-
-# ---- state ------------------------------------------------------------------------------------
-
-def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-          "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
-          "numpy_pos": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate((3, tuple(st["python"]), st["python_pos"]))
-    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], 0, 0.0))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 class StopFlag:
@@ -263,10 +199,7 @@ class Trainer:
             self.log(f"batch size lowered to {self.batch_size}: only {n_train} training images")
         self.steps_per_epoch = num_batches(n_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.run.epochs
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.elapsed = 0.0
-        self.best_acc: float | None = None
-        self.metrics: list[dict] = []
+        self.state = RunState()
         self.tb = None
         if resume and self.sharded:
             self.load_sharded_state()
@@ -334,10 +267,10 @@ class Trainer:
         once per step however often it is asked for; empty on the other ranks."""
         from .sharding import full_state_dict
 
-        if self._gathered is None or self._gathered[0] != self.step:
+        if self._gathered is None or self._gathered[0] != self.state.step:
             ctx = self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
             with ctx:
-                self._gathered = (self.step, full_state_dict(self.model))
+                self._gathered = (self.state.step, full_state_dict(self.model))
         return self._gathered[1]
 
     def gathered_model(self) -> ViT | None:
@@ -355,9 +288,9 @@ class Trainer:
         return model
 
     def progress_state(self) -> dict:
-        return {"rng": rng_state(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "step": self.step, "elapsed": self.elapsed, "best_acc": self.best_acc,
-                "metrics": self.metrics, "train": self.cfg.to_dict(), "world": self.dist.world}
+        """Everything a checkpoint holds besides weights and optimizer state."""
+        return {**self.state.to_dict(), "rng": rng_state(), "train": self.cfg.to_dict(),
+                "world": self.dist.world}
 
     def save_sharded(self) -> None:
         """FSDP: the sharded state (every rank writes its part), then rank 0 writes the
@@ -383,10 +316,8 @@ class Trainer:
         st = load_sharded(self.run_dir, self.model, self.optimizer, self.ema)
         if self.dist.rank == 0:
             set_rng_state(st["rng"])
-        self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
-        self.elapsed, self.best_acc, self.metrics = st["elapsed"], st["best_acc"], list(st["metrics"])
-        self.log(f"resuming {self.run_dir} (saved by {st['world']} processes) at epoch {self.epoch + 1}, "
-                 f"batch {self.batch_in_epoch}, step {self.step}")
+        self.state = RunState.from_dict(st)
+        self.log(f"resuming {self.run_dir} (saved by {st['world']} processes) at {self.state.describe()}")
 
     def save(self) -> None:
         """Write every run file atomically; state.pt last, so it never points past the weights."""
@@ -406,10 +337,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng_state(),
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "elapsed": self.elapsed, "best_acc": self.best_acc,
-            "metrics": self.metrics, "train": self.cfg.to_dict(),
+            **self.progress_state(),
         }
         atomic_torch_save(d / STATE_NAME, state)
 
@@ -426,14 +354,12 @@ class Trainer:
             self.ema.load_state_dict(st["ema"])
         if self.dist.rank == 0:
             set_rng_state(st["rng"])
-        self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
-        self.elapsed, self.best_acc, self.metrics = st["elapsed"], st["best_acc"], list(st["metrics"])
-        self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
-                 f"step {self.step}")
+        self.state = RunState.from_dict(st)
+        self.log(f"resuming {self.run_dir} at {self.state.describe()}")
 
     def write_metrics(self) -> None:
         lines = [",".join(METRIC_COLUMNS)]
-        for m in self.metrics:
+        for m in self.state.metrics:
             lines.append(",".join("" if m.get(c) is None else f"{m[c]:.6g}" if isinstance(m[c], float)
                                   else str(m[c]) for c in METRIC_COLUMNS))
         atomic_write_bytes(self.run_dir / METRICS_NAME, ("\n".join(lines) + "\n").encode())
@@ -441,7 +367,7 @@ class Trainer:
             from ..visualize import plot_curves
         except ImportError:
             return
-        if self.metrics:
+        if self.state.metrics:
             plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)
 
     def tensorboard(self, row: dict) -> None:
@@ -463,8 +389,8 @@ class Trainer:
     # -- the loop
     def progress(self) -> float:
         if self.cfg.run.time_budget:
-            return min(self.elapsed / (60 * self.cfg.run.time_budget), 1.0)
-        return self.step / max(self.total_steps, 1)
+            return min(self.state.elapsed / (60 * self.cfg.run.time_budget), 1.0)
+        return self.state.step / max(self.total_steps, 1)
 
     def set_lr(self) -> float:
         o = self.cfg.optim
@@ -547,12 +473,12 @@ class Trainer:
 
         cfg = self.cfg
         status = "finished"
-        val_acc = self.metrics[-1]["val_acc"] if self.metrics else None
+        val_acc = self.state.metrics[-1]["val_acc"] if self.state.metrics else None
         with StopFlag() as stop:
-            while self.epoch < cfg.run.epochs:
+            while self.state.epoch < cfg.run.epochs:
                 self.model.train()
-                start = self.batch_in_epoch
-                bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/"
+                start = self.state.batch_in_epoch
+                bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.state.epoch + 1}/"
                            f"{cfg.run.epochs}", disable=not (self.dist.main and cfg.run.progress),
                            leave=False, dynamic_ncols=True, unit="step", file=sys.stderr)
                 t0, seen, loss_acc, correct_acc, n_acc = time.perf_counter(), 0, 0.0, 0.0, 0
@@ -560,28 +486,29 @@ class Trainer:
                 pending_correct = torch.zeros((), device=self.device)
                 pending_n, last_t = 0, t0
                 interrupted = out_of_time = False
-                for x, y in self.batches(self.epoch, start):
+                for x, y in self.batches(self.state.epoch, start):
                     lr = self.set_lr()
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
                     x, y = self.augment(x, y)
                     loss, correct = self.train_step(x, y)
-                    self.step += 1
-                    self.batch_in_epoch += 1
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
                     pending_loss += loss
                     pending_correct += correct
                     pending_n += 1
                     seen += len(x) * self.dist.world
                     now = time.perf_counter()
-                    self.elapsed += now - last_t
+                    self.state.elapsed += now - last_t
                     last_t = now
                     if self.on_step is not None:
                         self.on_step(self)
-                    if pending_n >= cfg.run.log_every or self.batch_in_epoch == self.steps_per_epoch:
+                    if pending_n >= cfg.run.log_every or self.state.batch_in_epoch == self.steps_per_epoch:
                         mean_loss = all_mean(pending_loss / pending_n, self.dist).item()
                         if not math.isfinite(mean_loss):
                             raise NonFiniteLoss(
-                                f"loss became {mean_loss} at step {self.step} (epoch {self.epoch + 1}); "
+                                f"loss became {mean_loss} at step {self.state.step} "
+                                f"(epoch {self.state.epoch + 1}); "
                                 f"the last good checkpoint in {self.run_dir} is kept. Try a lower "
                                 f"--optim.lr or --run.precision fp32")
                         loss_acc += mean_loss * pending_n
@@ -607,34 +534,35 @@ class Trainer:
                     self.save()
                     barrier(self.dist)
                     status = "interrupted"
-                    self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}; saved {self.run_dir}")
+                    self.log(f"stopped at epoch {self.state.epoch + 1}, step {self.state.step}; "
+                             f"saved {self.run_dir}")
                     break
-                last = self.epoch + 1 == cfg.run.epochs or out_of_time
-                due = last or (self.epoch + 1) % max(cfg.run.eval_every, 1) == 0
+                last = self.state.epoch + 1 == cfg.run.epochs or out_of_time
+                due = last or (self.state.epoch + 1) % max(cfg.run.eval_every, 1) == 0
                 res = self.evaluate() if due and (self.dist.main or self.sharded) else None
                 if pending_n:
                     loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
                     correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
                     n_acc += pending_n
                 steps_done = max(n_acc, 1)
-                row = {"epoch": self.epoch + 1, "step": self.step,
+                row = {"epoch": self.state.epoch + 1, "step": self.state.step,
                        "train_loss": loss_acc / steps_done,
                        "train_acc": correct_acc / max(seen, 1),
                        "val_loss": res.loss if res else None, "val_acc": res.top1 if res else None,
                        "lr": self.optimizer.param_groups[0]["lr"],
-                       "images_per_s": seen / max(epoch_time, 1e-9), "elapsed_s": self.elapsed}
-                self.metrics.append(row)
+                       "images_per_s": seen / max(epoch_time, 1e-9), "elapsed_s": self.state.elapsed}
+                self.state.metrics.append(row)
                 if res is not None and res.top1 is not None:
                     val_acc = res.top1
-                    self.best_acc = max(self.best_acc or 0.0, res.top1)
-                self.epoch += 1
-                self.batch_in_epoch = 0
+                    self.state.best_acc = max(self.state.best_acc or 0.0, res.top1)
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
                 self.log(f"epoch {row['epoch']:3d}/{cfg.run.epochs}  loss {row['train_loss']:.4f}  "
                          + (f"train acc {row['train_acc']:.2%}  " if self.supervised else "")
                          + (f"val loss {res.loss:.4f}  " if res else "")
                          + (f"val acc {res.top1:.2%}  " if res and res.top1 is not None else "")
                          + f"lr {row['lr']:.2e}  "
-                         f"{row['images_per_s']:.0f} img/s  {self.elapsed:.0f}s")
+                         f"{row['images_per_s']:.0f} img/s  {self.state.elapsed:.0f}s")
                 self.save()
                 self.tensorboard(row)
                 barrier(self.dist)
@@ -644,7 +572,8 @@ class Trainer:
                     break
         if self.tb:
             self.tb.close()
-        return RunResult(self.run_dir, status, self.epoch, self.step, val_acc, self.best_acc, self.metrics)
+        st = self.state
+        return RunResult(self.run_dir, status, st.epoch, st.step, val_acc, st.best_acc, st.metrics)
 
 
 def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,

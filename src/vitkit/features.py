@@ -1,0 +1,239 @@
+"""Frozen features of a data set or of image files, computed once and cached on disk.
+
+A representation is measured by what a simple model can read from it without changing it
+(linear few-shot, linear probe, k-NN: vitkit.probe). Those need the same features again and
+again, so they are computed once per (model weights, input spec, data, options) and kept in
+a safetensors file (no pickle) under the vitkit cache directory; a second call reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.arrays import ImageArrays
+from .data.folder import _DECODE_ERRORS, default_cache_dir
+from .data.preprocess import InputSpec, normalize, prepare_image
+from .evaluation import iterate_eval
+from .notices import VitkitWarning, one_line
+from .opened import OpenedModel
+from .precision import autocast, for_inference, inference_precision
+
+FORMAT_VERSION = 1  # bump when what is stored changes, so old cache files are not read
+
+
+@dataclass
+class FeatureOptions:
+    """Which representation to read from the model.
+
+    Attributes:
+        layer: the encoder block whose output is read (0-based; -1 is the last).
+        token: cls (the class token) or mean (mean of the patch tokens); default: the model's pooling.
+        norm: apply the final LayerNorm (for the last block: the paper's representation y, Eq. 4).
+        batch_size: images per forward pass.
+        precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
+    """
+
+    layer: int = -1
+    token: Literal["cls", "mean"] | None = None
+    norm: bool = True
+    batch_size: int = 256
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+@dataclass
+class Features:
+    """Features (N, D) float32 with their labels (N,) or file names, and where they are cached."""
+
+    features: np.ndarray
+    labels: np.ndarray | None = None
+    names: list[str] | None = None
+    cache_file: Path | None = None
+    from_cache: bool = False
+
+
+class FeatureModel:
+    """A model prepared once for feature extraction: eval mode at the inference precision, on
+    a copy when bf16 weights are stored (the caller's model is left as it was)."""
+
+    def __init__(self, opened: OpenedModel, options: FeatureOptions):
+        model = opened.model
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"{opened.source}: features need a PyTorch ViT (an exported .onnx file holds "
+                             "the classifier only); open the model folder or checkpoint instead")
+        depth = len(model.blocks)
+        if not -depth <= options.layer < depth:
+            raise ValueError(f"--layer {options.layer}: the model has {depth} blocks "
+                             f"(0..{depth - 1}, or negative from the end)")
+        token = options.token or model.config.pool
+        if token == "cls" and model.config.num_prefix_tokens == 0:
+            raise ValueError(f"--token cls: {opened.source} has no class token (use --token mean)")
+        self.options, self.token, self.spec = options, token, opened.spec
+        self.device = opened.device
+        self.precision = inference_precision(options.precision, self.device)
+        self.fingerprint = _model_fingerprint(model, opened.spec)
+        if self.precision == "bf16":
+            model = copy.deepcopy(model)
+        self.model = for_inference(model, self.precision)
+        self.layer = options.layer % depth
+
+    def key(self, data_key: str) -> str:
+        opts = {**asdict(self.options), "token": self.token, "layer": self.layer, "precision": self.precision}
+        opts.pop("batch_size")
+        text = json.dumps([FORMAT_VERSION, self.fingerprint, data_key, opts], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized images (B, C, H, W) -> features (B, D) float32."""
+        with autocast(self.device, self.precision):
+            out = self.model.forward_intermediates(x.to(self.device), layers=[self.layer],
+                                                   norm=self.options.norm)
+        tokens = out.prefix[0][:, 0] if self.token == "cls" else out.patches[0].mean(dim=1)
+        return tokens.float().cpu()
+
+
+def _model_fingerprint(model: torch.nn.Module, spec: InputSpec) -> str:
+    """The weights (every tensor's name, dtype, shape and bytes), the config and the input spec."""
+    h = hashlib.sha256()
+    h.update(json.dumps([model.config.to_dict(), spec.to_dict()], sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(data) -> str | None:
+    """Identity of a data set: the bytes of in-memory images and labels, or the file names,
+    sizes and modification times of a streamed folder; None for anything else (not cached)."""
+    h = hashlib.sha256()
+    if isinstance(data, ImageArrays):
+        h.update(f"arrays|{tuple(data.images.shape)}|{data.classes}".encode())
+        h.update(data.images.contiguous().numpy().tobytes())
+        h.update(data.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
+    index = getattr(data, "index", None)
+    if index is not None and hasattr(index, "paths"):
+        shape = f"{getattr(data, 'channels', '')}|{getattr(data, 'size', '')}"
+        h.update(f"folder|{shape}|{index.classes}".encode())
+        for p, y in zip(index.paths, index.labels, strict=True):
+            st = Path(p).stat()
+            h.update(f"{Path(p).resolve()}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    return None
+
+
+def _files_fingerprint(files: list[Path]) -> str:
+    h = hashlib.sha256(b"files")
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cache_path(cache_dir: str | Path | None, key: str) -> Path:
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "features" / f"{key}.safetensors"
+
+
+def _read_cache(path: Path) -> Features | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            feats = f.get_tensor("features")
+            labels = f.get_tensor("labels") if "labels" in f.keys() else None
+        names = json.loads(meta["names"]) if "names" in meta else None
+        return Features(feats, labels, names, path, from_cache=True)
+    except Exception:  # a damaged cache file is recomputed, never trusted
+        warnings.warn(f"{one_line(path)}: unreadable feature cache, ignored and rebuilt", VitkitWarning,
+                      stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, result: Features, meta: dict) -> None:
+    from safetensors.numpy import save
+
+    from .files import atomic_write_bytes
+
+    tensors = {"features": np.ascontiguousarray(result.features, dtype=np.float32)}
+    if result.labels is not None:
+        tensors["labels"] = np.ascontiguousarray(result.labels, dtype=np.int64)
+    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}
+    if result.names is not None:
+        meta["names"] = json.dumps(result.names)
+    try:
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+        result.cache_file = path
+    except OSError as e:  # a read-only cache directory costs a recomputation, nothing else
+        warnings.warn(f"{one_line(path)}: cannot write the feature cache ({e.strerror})", VitkitWarning,
+                      stacklevel=3)
+
+
+def dataset_features(fm: FeatureModel, data, cache_dir: str | Path | None = None, workers: int = 0,
+                     cache: bool = True) -> Features:
+    """Features and labels of every image of `data` (uint8 ImageArrays or a streaming folder, at
+    the model's size and channels), in order; read from the cache when computed before."""
+    data_key = data_fingerprint(data) if cache else None
+    path = _cache_path(cache_dir, fm.key(data_key)) if data_key else None
+    if path is not None and (hit := _read_cache(path)) is not None:
+        return hit
+    feats, labels = [], []
+    for x, y in iterate_eval(data, fm.options.batch_size, workers):
+        feats.append(fm(normalize(x, fm.spec)))
+        labels.append(torch.as_tensor(y))
+    if not feats:
+        raise ValueError("no images to compute features of")
+    result = Features(torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64))
+    if path is not None:
+        _write_cache(path, result, {"token": fm.token, "layer": fm.layer, "norm": fm.options.norm,
+                                    "precision": fm.precision})
+    return result
+
+
+def file_features(fm: FeatureModel, files: list[Path], cache_dir: str | Path | None = None,
+                  cache: bool = True) -> Features:
+    """Features of image files (prepared as for prediction), with their names; unreadable files
+    are skipped with a warning naming them."""
+    files = [Path(f) for f in files]
+    path = _cache_path(cache_dir, fm.key(_files_fingerprint(files))) if cache else None
+    if path is not None and (hit := _read_cache(path)) is not None:
+        return hit
+    feats, names, batch = [], [], []
+
+    def flush():
+        if batch:
+            feats.append(fm(torch.stack(batch)))
+            batch.clear()
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                batch.append(prepare_image(im, fm.spec))
+        except _DECODE_ERRORS as e:
+            warnings.warn(f"{one_line(f)}: cannot read image ({e}), skipped", VitkitWarning, stacklevel=2)
+            continue
+        names.append(str(f))
+        if len(batch) == fm.options.batch_size:
+            flush()
+    flush()
+    if not feats:
+        raise ValueError(f"none of the {len(files)} files could be read as an image")
+    result = Features(torch.cat(feats).numpy(), names=names)
+    if path is not None:
+        _write_cache(path, result, {"token": fm.token, "layer": fm.layer, "norm": fm.options.norm,
+                                    "precision": fm.precision})
+    return result

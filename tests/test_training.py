@@ -96,16 +96,16 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "r"
     before = {}
 
-    def failing_write_weights(directory, model):
+    def failing_save_tensors(path, tensors):
         def half(f):
             f.write(b"partial")
             raise OSError(28, "No space left on device")
-        return files.atomic_write(directory / "model.safetensors", half)
+        return files.atomic_write(path, half)
 
     def hook(trainer):
         if trainer.state.epoch == 1 and not before:
             before.update({p.name: p.read_bytes() for p in out.iterdir() if p.is_file()})
-            monkeypatch.setattr(tr, "write_weights", failing_write_weights)
+            monkeypatch.setattr(tr, "atomic_save_tensors", failing_save_tensors)
 
     with pytest.raises(OSError, match="No space left"):
         fit(tiny_train_config(out, epochs=2), on_step=hook)

@@ -13,7 +13,6 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import sys
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import (
     CURVES_NAME,
@@ -31,24 +29,23 @@ from ..checkpoint import (
     RECIPE_NAME,
     STATE_NAME,
     WEIGHTS_NAME,
-    load_state_dict_checked,
     read_config,
     read_meta,
     write_meta,
-    write_weights,
 )
 from ..data.augment import BatchAugment
+from ..data.geometry import patch_problem
 from ..data.pipeline import Data, array_batches, load_data, num_batches
 from ..evaluation import evaluate_model
-from ..files import atomic_torch_save, atomic_write_bytes
+from ..files import atomic_save_tensors, atomic_write_bytes
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .config import TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
-from .memory import apply_activation_checkpointing
 from .objectives import Classification
 from .schedule import build_optimizer, lr_factor
 from .state import RunState, rng_state, seed_everything, set_rng_state
+from .strategies import make_strategy
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
@@ -106,17 +103,14 @@ class Trainer:
         self.supervised = self.objective.name == "classification"
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
         self.device = pick_device(cfg.run.device)
-        self.sharded = cfg.run.strategy == "fsdp"
-        if self.sharded and not self.supervised:
-            raise ValueError(f"--run.strategy fsdp: not available for the {self.objective.name} objective "
-                             "(use ddp)")
-        self.dist: Dist = init_distributed(self.device.type, need_group=self.sharded)
+        self.dist: Dist = init_distributed(self.device.type, need_group=cfg.run.strategy == "fsdp")
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.precision = training_precision(cfg.run.precision, self.device)
+        self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         self.extra_meta = extra_meta or {}
@@ -126,13 +120,11 @@ class Trainer:
         first_on_host = self.dist.local_rank == 0
         if self.dist.enabled and not first_on_host:
             barrier(self.dist)
-        self.data: Data = load_data(cfg.data, cfg.augment)
+        self.data: Data = load_data(cfg.data, cfg.augment, cfg.model)
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
-        # FSDP: only rank 0 builds the initial weights (on the CPU); a resumed run's come
-        # from its checkpoint, so no rank builds them
-        on_meta = self.sharded and (resume or not self.dist.main)
+        on_meta = self.strategy.build_on_meta(bool(resume))
         with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
             if model is None and resume:  # the run's own architecture, whatever built it
                 model = ViT(read_config(self.run_dir))
@@ -144,21 +136,8 @@ class Trainer:
         if cfg.optim.train_only == "head":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
-        if self.sharded:
-            from .sharding import shard_model
-
-            with torch.device("meta"):
-                skeleton = ViT(model.config)
-            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-            for name, p in skeleton.named_parameters():
-                p.requires_grad_(name in trainable)
-            apply_activation_checkpointing(skeleton, cfg.run.activation_checkpointing)
-            full = model if self.dist.main and not resume else None
-            self.model = shard_model(skeleton, self.device, self.precision, full, broadcast=not resume)
-            del full
-        else:
-            self.model = self.objective.wrap(apply_activation_checkpointing(
-                model.to(self.device), cfg.run.activation_checkpointing), self.data.spec).to(self.device)
+        self.model = self.strategy.setup(model, self.objective, self.data.spec,
+                                         cfg.run.activation_checkpointing, bool(resume))
         model = self.model
         c = model.config
         self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
@@ -168,25 +147,11 @@ class Trainer:
                  + (f"; {cfg.run.strategy} over {self.dist.world} processes" if self.dist.enabled else "")
                  + (f"; activation checkpointing: {cfg.run.activation_checkpointing}"
                     if cfg.run.activation_checkpointing != "none" else ""))
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if
-                                            self.device.type == "cuda" else None)
-                    if self.dist.enabled and not self.sharded else None)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.ema = None
-        self._gathered: tuple[int, dict] | None = None  # (step, full weights on rank 0), FSDP
-        if cfg.optim.ema > 0 and self.sharded:
-            from .sharding import ShardedEMA
-
-            self.ema = ShardedEMA(self.model, cfg.optim.ema)
-        elif cfg.optim.ema > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema),
-                                     use_buffers=True)
+        self.ema = self.strategy.make_ema(cfg.optim.ema)
         # a streamed random resized crop was taken on decoding, at full resolution
-        batch_aug = dataclasses.replace(cfg.augment, crop="none") if self.data.cropped else cfg.augment
-        self.augment = BatchAugment(batch_aug, len(self.data.classes), self.data.spec.mean,
-                                    self.data.spec.std)
+        self.augment = BatchAugment(self.data.batch_augment(cfg.augment), len(self.data.classes),
+                                    self.data.spec.mean, self.data.spec.std, size=self.data.spec.image_size)
         self.batch_size = cfg.run.batch_size
         if self.batch_size % (self.dist.world * cfg.optim.accumulate):
             raise ValueError(f"batch size {self.batch_size} is not divisible by processes x accumulation "
@@ -201,10 +166,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.run.epochs
         self.state = RunState()
         self.tb = None
-        if resume and self.sharded:
-            self.load_sharded_state()
-        elif resume:
-            self.load_state(Path(resume) / STATE_NAME)
+        if resume:
+            self.load_state()
         elif self.dist.main:
             self.prepare_run_dir()
 
@@ -222,9 +185,8 @@ class Trainer:
                             f"({', '.join(self.data.classes[:10])})")
         if c.num_channels != spec.channels:
             problems.append(f"model takes {c.num_channels} channels, data has {spec.channels}")
-        h, w = spec.image_size
-        if h % c.patch_size or w % c.patch_size:
-            problems.append(f"image size {h}x{w} is not a multiple of patch size {c.patch_size}")
+        if patch_problem(spec.image_size, c.patch_size):
+            problems.append(patch_problem(spec.image_size, c.patch_size))
         if problems:
             raise ValueError("model does not fit the data: " + "; ".join(problems))
 
@@ -257,105 +219,36 @@ class Trainer:
         return {"classes": classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
                 **self.extra_meta}
 
-    def eval_model(self) -> torch.nn.Module:
-        if self.sharded:  # every rank must call: the weights are gathered onto rank 0
-            return self.gathered_model()
-        return self.ema.module if self.ema is not None else self.model
-
-    def gathered_weights(self) -> dict[str, torch.Tensor]:
-        """FSDP: the whole model (the EMA weights when EMA is on) on rank 0's CPU, gathered
-        once per step however often it is asked for; empty on the other ranks."""
-        from .sharding import full_state_dict
-
-        if self._gathered is None or self._gathered[0] != self.state.step:
-            ctx = self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
-            with ctx:
-                self._gathered = (self.state.step, full_state_dict(self.model))
-        return self._gathered[1]
-
-    def gathered_model(self) -> ViT | None:
-        """FSDP: a plain model with the gathered weights on rank 0's device; None elsewhere."""
-        sd = self.gathered_weights()
-        if not self.dist.main:
-            return None
-        with torch.device("meta"):
-            model = ViT(self.model.config)
-        from .sharding import _restore_buffers
-
-        model.to_empty(device=self.device)
-        model.load_state_dict(sd)
-        _restore_buffers(model)
-        return model
+    def eval_model(self) -> torch.nn.Module | None:
+        """The model to evaluate (FSDP: every rank must call; None but on rank 0)."""
+        return self.strategy.eval_model(self.ema, self.state.step)
 
     def progress_state(self) -> dict:
         """Everything a checkpoint holds besides weights and optimizer state."""
         return {**self.state.to_dict(), "rng": rng_state(), "train": self.cfg.to_dict(),
                 "world": self.dist.world}
 
-    def save_sharded(self) -> None:
-        """FSDP: the sharded state (every rank writes its part), then rank 0 writes the
-        consolidated weights and the other run files."""
+    def save(self) -> None:
+        """Write every run file atomically; the training state last, so it never points past
+        the weights (FSDP: every rank takes part in gathering the weights and writing the state)."""
         import yaml
 
-        from .sharding import save_sharded
-
-        weights = self.gathered_weights()
-        save_sharded(self.run_dir, self.model, self.optimizer, self.ema, self.progress_state())
+        weights = self.strategy.published_state(self.ema, self.objective, self.state.step)
         if self.dist.main:
             d = self.run_dir
-            write_meta(d, self.model.config, self.meta())
+            write_meta(d, self.objective.published(self.model).config, self.meta())
             atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
-            from ..files import atomic_save_tensors
-
             atomic_save_tensors(d / WEIGHTS_NAME, weights)
             self.write_metrics()
+        self.strategy.save_state(self.run_dir, self.optimizer, self.ema, self.progress_state())
 
-    def load_sharded_state(self) -> None:
-        from .sharding import load_sharded
-
-        st = load_sharded(self.run_dir, self.model, self.optimizer, self.ema)
+    def load_state(self) -> None:
+        st = self.strategy.load_state(self.run_dir, self.optimizer, self.ema)
         if self.dist.rank == 0:
             set_rng_state(st["rng"])
         self.state = RunState.from_dict(st)
-        self.log(f"resuming {self.run_dir} (saved by {st['world']} processes) at {self.state.describe()}")
-
-    def save(self) -> None:
-        """Write every run file atomically; state.pt last, so it never points past the weights."""
-        if self.sharded:
-            self.save_sharded()
-            return
-        if not self.dist.main:
-            return
-        import yaml
-
-        d = self.run_dir
-        write_meta(d, self.model.config, self.meta())
-        atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
-        write_weights(d, self.objective.published(self.eval_model()))
-        self.write_metrics()
-        state = {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            **self.progress_state(),
-        }
-        atomic_torch_save(d / STATE_NAME, state)
-
-    def load_state(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no training state to resume from")
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
-        load_state_dict_checked(self.model, st["model"], str(path))
-        self.optimizer.load_state_dict(st["optimizer"])
-        if self.ema is not None and st.get("ema") is not None:
-            self.ema.load_state_dict(st["ema"])
-        if self.dist.rank == 0:
-            set_rng_state(st["rng"])
-        self.state = RunState.from_dict(st)
-        self.log(f"resuming {self.run_dir} at {self.state.describe()}")
+        saved_by = f" (saved by {st['world']} processes)" if self.strategy.sharded else ""
+        self.log(f"resuming {self.run_dir}{saved_by} at {self.state.describe()}")
 
     def write_metrics(self) -> None:
         lines = [",".join(METRIC_COLUMNS)]
@@ -401,17 +294,13 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over a (per-rank) batch, split into accumulation chunks."""
-        net = self.ddp or self.model
+        net = self.strategy.net
         acc = self.cfg.optim.accumulate
         smoothing = self.cfg.augment.label_smoothing
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for i, (xc, yc) in enumerate(zip(x.chunk(acc), y.chunk(acc), strict=True)):
-            sync = self.ddp is None or i == acc - 1
-            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
-            if self.sharded and acc > 1:  # reduce-scatter the gradients once, after the last chunk
-                self.model.set_requires_gradient_sync(i == acc - 1)
-            with ctx:
+            with self.strategy.accumulating(i == acc - 1) if acc > 1 else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
                     loss, hits = self.objective.loss(net, xc, yc, smoothing)
                 (loss / acc).backward()
@@ -421,10 +310,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None and self.sharded:
-            self.ema.update(self.model)
-        elif self.ema is not None:
-            self.ema.update_parameters(self.model)
+        if self.ema is not None:
+            self.strategy.update_ema(self.ema)
         return loss_sum, correct
 
     def batches(self, epoch: int, start: int):
@@ -539,7 +426,7 @@ class Trainer:
                     break
                 last = self.state.epoch + 1 == cfg.run.epochs or out_of_time
                 due = last or (self.state.epoch + 1) % max(cfg.run.eval_every, 1) == 0
-                res = self.evaluate() if due and (self.dist.main or self.sharded) else None
+                res = self.evaluate() if due and (self.dist.main or self.strategy.sharded) else None
                 if pending_n:
                     loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
                     correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world

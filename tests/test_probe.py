@@ -146,7 +146,7 @@ def test_features_cached_and_equal_to_direct(tmp_path):
     with torch.no_grad():
         opened.model.head.bias += 1.0  # other weights: another cache entry
     assert not dataset_features(FeatureModel(opened, opts), test, tmp_path / "cache").from_cache
-    with pytest.raises(ValueError, match="--layer 5: the model has 2 blocks"):
+    with pytest.raises(ValueError, match="layer 5 .--features.layer.: the model has 2 blocks"):
         FeatureModel(opened, FeatureOptions(layer=5))
 
 
@@ -184,4 +184,4 @@ def test_probe_command_on_digits(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["probe", str(tmp_path / "m"), "--features.layer", "7"])
-    assert "--layer 7" in capsys.readouterr().err
+    assert "layer 7 (--features.layer)" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from typing import Literal
 
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
+from .features import FeatureOptions
 from .loading import LoadOptions
 from .training.config import ModelSpec, OptimConfig, RunConfig
 from .training.objectives import PretrainConfig
@@ -497,6 +498,109 @@ def consolidate(run: str, out: str, ema: bool | None = None) -> None:
     print(f"wrote {write(run, out, ema)}")
 
 
+def probe(
+    weights: str,
+    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
+    features: FeatureOptions = FeatureOptions(),  # noqa: B008
+    shots: list[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    linear: bool = True,
+    c: float = 1.0,
+    knn_k: int = 20,
+    temperature: float = 0.07,
+    cache_dir: str | None = None,
+    out: str | None = None,
+    load: LoadOptions = LoadOptions(),  # noqa: B008
+) -> None:
+    """Measure a frozen representation: few-shot linear accuracy as in the paper (closed-form
+    ridge to {-1,1}^K targets), a logistic-regression probe and weighted k-NN, on the test split.
+
+    Features are computed once and cached, so probing the same model and data again reads them.
+
+    Args:
+        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        data: the data: fitted on its training split, measured on its test (validation) split.
+        features: which block and token are read, batch size and precision.
+        shots: training images per class of the few-shot fits (default 1, 5, 10, 25; [] for none).
+        draws: seeded random draws of the few-shot images (mean and spread are reported).
+        seed: seed of the few-shot draws.
+        linear: also fit the logistic-regression probe on every training feature.
+        c: inverse L2 strength of the logistic regression.
+        knn_k: neighbours of the k-NN read-out (0: none).
+        temperature: k-NN vote weight exp(similarity / temperature).
+        cache_dir: where features are cached (default: the vitkit cache directory).
+        out: also write the results as JSON to this file.
+        load: what the checkpoint may not record (heads, classes, normalization).
+    """
+    import json
+
+    from .files import atomic_write_json
+    from .loading import open_model
+    from .probe import SHOTS, format_table, probe_model
+
+    opened = open_model(weights, load)
+    result = probe_model(opened, data, features, cache_dir, shots=list(SHOTS) if shots is None else shots,
+                         draws=draws, seed=seed, linear=linear, c=c, knn_k=knn_k, temperature=temperature)
+    print(format_table(result))
+    if out:
+        atomic_write_json(out, json.loads(json.dumps(result.to_dict())))
+        print(f"wrote {out}")
+
+
+def embed(
+    weights: str,
+    images: list[str],
+    out: str | None = None,
+    query: str | None = None,
+    top: int = 5,
+    features: FeatureOptions = FeatureOptions(),  # noqa: B008
+    cache_dir: str | None = None,
+    load: LoadOptions = LoadOptions(),  # noqa: B008
+) -> None:
+    """Embeddings of image files (frozen features), written with the file names, or the images
+    most similar to a query image (cosine).
+
+    Usage: vitkit embed MODEL IMAGES_OR_FOLDER --out FILE.npy|.safetensors, or --query IMG.
+
+    Args:
+        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        images: image files and/or folders (searched recursively).
+        out: where to write: .npy (with FILE.names.json) or .safetensors (names in its metadata).
+        query: an image whose nearest neighbours among the images are printed.
+        top: how many neighbours to print.
+        features: which block and token are read, batch size and precision.
+        cache_dir: where features are cached (default: the vitkit cache directory).
+        load: what the checkpoint may not record (heads, classes, normalization).
+    """
+    from .embeddings import check_format, nearest, write_embeddings
+    from .features import FeatureModel, file_features
+    from .loading import open_model
+    from .predict import list_images
+
+    if not out and not query:
+        raise ValueError("nothing to do: give --out FILE (.npy or .safetensors) and/or --query IMAGE")
+    if query and not Path(query).is_file():
+        raise FileNotFoundError(f"--query {query}: no such file")
+    if out:
+        check_format(out)
+    files = list_images(images)
+    fm = FeatureModel(open_model(weights, load), features)
+    emb = file_features(fm, files, cache_dir)
+    print(f"{len(emb.names)} images, {emb.features.shape[1]} features each ({fm.token} token of block "
+          f"{fm.layer}, {fm.precision})" + (", from the cache" if emb.from_cache else ""))
+    if out:
+        print("wrote " + ", ".join(map(str, write_embeddings(out, emb.features, emb.names))))
+    if query:
+        q = file_features(fm, [Path(query)], cache=False)
+        same = Path(query).resolve()
+        keep = [i for i, n in enumerate(emb.names) if Path(n).resolve() != same]
+        idx, sim = nearest(q.features, emb.features[keep], top)
+        print(f"nearest to {query} (cosine similarity):")
+        for rank, (i, s) in enumerate(zip(idx[0], sim[0], strict=True), 1):
+            print(f"  {rank:>2}. {s:.4f}  {emb.names[keep[i]]}")
+
+
 def _run_with_file_list(name: str, argv: list[str]) -> None:
     """Run a command whose required parameters are positional and whose list parameter
     (FILE_LISTS[name]) takes all further positional arguments, e.g. `visualize RUN a.png b.png`;
@@ -527,9 +631,9 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
 COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
             "predict": predict,
             "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
-            "export": export, "shards": shards, "consolidate": consolidate}
+            "export": export, "shards": shards, "consolidate": consolidate, "probe": probe, "embed": embed}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
-FILE_LISTS = {"visualize": "images", "predict": "images"}
+FILE_LISTS = {"visualize": "images", "predict": "images", "embed": "images"}
 
 
 def main(argv: list[str] | None = None) -> None:

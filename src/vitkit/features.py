@@ -72,11 +72,11 @@ class FeatureModel:
                              "the classifier only); open the model folder or checkpoint instead")
         depth = len(model.blocks)
         if not -depth <= options.layer < depth:
-            raise ValueError(f"--layer {options.layer}: the model has {depth} blocks "
+            raise ValueError(f"layer {options.layer} (--features.layer): the model has {depth} blocks "
                              f"(0..{depth - 1}, or negative from the end)")
         token = options.token or model.config.pool
         if token == "cls" and model.config.num_prefix_tokens == 0:
-            raise ValueError(f"--token cls: {opened.source} has no class token (use --token mean)")
+            raise ValueError(f"token cls (--features.token): {opened.source} has no class token; use mean")
         self.options, self.token, self.spec = options, token, opened.spec
         self.device = opened.device
         self.precision = inference_precision(options.precision, self.device)

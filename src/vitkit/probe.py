@@ -243,8 +243,8 @@ def format_table(r: ProbeResult) -> str:
         rows.append(("linear probe", f"{r.linear:.2%}", "logistic regression, all training features"))
     if r.knn is not None:
         rows.append(("k-NN", f"{r.knn:.2%}", f"cosine, k={r.knn_k}, votes exp(sim / {r.temperature:g})"))
-    w0 = max(len(a) for a, _, _ in rows)
-    w1 = max(len(b) for _, b, _ in rows)
+    w0 = max([len("read-out")] + [len(a) for a, _, _ in rows])
+    w1 = max([len("accuracy")] + [len(b) for _, b, _ in rows])
     head = (f"{r.model}: {r.token} token of block {r.layer}, {r.feature_dim} features ({r.precision}); "
             f"{r.train_images} training, {r.test_images} test images of {r.data}")
     lines = [head, f"{'read-out':<{w0}}  {'accuracy':<{w1}}  notes"]

@@ -1,0 +1,83 @@
+"""Embeddings of image files written for other tools, and nearest neighbours by cosine similarity.
+
+Formats, chosen by the output's extension: .npy (float32 (N, D)) with the file names beside
+it in <name>.names.json, or .safetensors (tensor "features", the names in its metadata).
+Neither holds pickled objects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write_bytes
+
+FORMATS = (".npy", ".safetensors")
+
+
+def names_path(npy: str | Path) -> Path:
+    """Where the file names of an .npy embedding file go: emb.npy -> emb.names.json."""
+    npy = Path(npy)
+    return npy.with_name(npy.stem + ".names.json")
+
+
+def check_format(path: str | Path) -> str:
+    """The output's extension when vitkit writes it (checked before any feature is computed)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"--out {path}: unknown format {suffix or '(no extension)'}; use "
+                         f"{' or '.join(FORMATS)}")
+    return suffix
+
+
+def write_embeddings(path: str | Path, features: np.ndarray, names: list[str]) -> list[Path]:
+    """Write features (N, D) with their N file names; returns the files written."""
+    path = Path(path)
+    suffix = check_format(path)
+    if len(features) != len(names):
+        raise ValueError(f"{len(features)} embeddings but {len(names)} names")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, features, allow_pickle=False)
+        atomic_write_bytes(path, buf.getvalue())
+        side = atomic_write_bytes(names_path(path), (json.dumps(names, indent=0) + "\n").encode())
+        return [path, side]
+    from safetensors.numpy import save
+
+    atomic_write_bytes(path, save({"features": features}, metadata={"names": json.dumps(names)}))
+    return [path]
+
+
+def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read what write_embeddings wrote (no pickle is ever loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        side = names_path(path)
+        if not side.is_file():
+            raise FileNotFoundError(f"{side}: the file names of {path} are missing")
+        return np.load(path, allow_pickle=False), json.loads(side.read_text())
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return f.get_tensor("features"), json.loads((f.metadata() or {}).get("names", "[]"))
+    raise ValueError(f"{path}: unknown format {path.suffix}; expected {' or '.join(FORMATS)}")
+
+
+def nearest(query: np.ndarray, features: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The k rows of `features` most cosine-similar to each query row: (indices, similarities),
+    each (Q, k), most similar first."""
+    def unit(a):
+        a = np.asarray(a, np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    sim = unit(np.atleast_2d(query)) @ unit(features).T
+    k = min(k, sim.shape[1])
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(sim, idx, axis=1)

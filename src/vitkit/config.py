@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from .data.geometry import check_patch, hw
+
 PosEmbed = Literal["learn", "sincos2d", "none"]
 Pool = Literal["cls", "mean"]
 Gelu = Literal["exact", "tanh"]
@@ -60,14 +62,11 @@ class ViTConfig:
             raise ValueError(
                 f"patch size {self.patch_size} is not a multiple of stem stride {self.stem_stride}"
             )
-        h, w = self.image_hw
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}x{w} is not a multiple of patch size {self.patch_size}")
+        check_patch(self.image_hw, self.patch_size)
 
     @property
     def image_hw(self) -> tuple[int, int]:
-        s = self.image_size
-        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+        return hw(self.image_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -163,12 +162,6 @@ def conv_stem_plan(channels: int, stride: int) -> list[tuple[int, int]]:
 
 
 # ---- default patch size for data of any size ------------------------------------------------
-def _hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    return int(image_size[0]), int(image_size[1])
-
-
 def _target_patch(h: int, w: int) -> float:
     """The patch side of the default grid: about 4x4 up to 16 px, 8x8 up to 64 px, else 16 px patches."""
     side = min(h, w)
@@ -194,7 +187,7 @@ def default_patch_size(image_size: int | tuple[int, int], stem_stride: int = 1) 
     30x20 -> 2). A prime side leaves only patch 1 or the whole side: default_image_size
     gives the nearest size with a reasonable grid.
     """
-    h, w = _hw(image_size)
+    h, w = hw(image_size)
     if h < 1 or w < 1 or stem_stride < 1:
         raise ValueError(f"image size {h}x{w} and stem stride {stem_stride} must be positive")
     target = _target_patch(h, w)
@@ -213,7 +206,7 @@ def default_image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     """The image size itself when default_patch_size finds a reasonable grid for it, else the
     nearest size that the target patch side divides and that gets a reasonable grid
     (31x31 -> 30x30, patch 3; 17x17 -> 18x18, patch 2)."""
-    h, w = _hw(image_size)
+    h, w = hw(image_size)
     target = _target_patch(h, w)
     if _reasonable(default_patch_size((h, w)), target):
         return h, w

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .data.augment import AugmentConfig
+from .data.geometry import decide, hw
 from .data.pipeline import DataConfig, load_data
 from .loading import LoadOptions, open_model
 from .training import OptimConfig, RunConfig, TrainConfig, fit
@@ -33,12 +34,12 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
     augment = augment or AugmentConfig()
     source = open_model(weights, options)  # channels, resolution and normalization of the source
     c, spec = source.model.config, source.spec
-    data = replace(data, channels=data.channels or c.num_channels,
-                   image_size=image_size or data.image_size or c.image_hw[0])
-    if data.mean is None:
-        data = replace(data, mean=spec.mean, std=spec.std)
+    geo = decide(c.image_hw, c.num_channels, model=c, image_size=image_size or data.image_size,
+                 want_channels=data.channels, mean=data.mean, std=data.std, model_mean=spec.mean,
+                 model_std=spec.std)
+    data = replace(data, channels=geo.channels, image_size=geo.image_size[0], mean=geo.mean, std=geo.std)
     classes = load_data(data).classes
-    size = (data.image_size, data.image_size)
+    size = hw(data.image_size)  # DataConfig sizes are square
     model = open_model(weights, options, image_size=size, num_classes=len(classes),
                        resize_mode=resize_mode).model
     if model.config.representation_size:  # the paper removes the whole pre-training head

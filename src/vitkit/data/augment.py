@@ -20,10 +20,11 @@ from torchvision.transforms import v2
 class AugmentConfig:
     """Which augmentations run; each is off when its value is 0 / False / "none"."""
 
-    crop: Literal["none", "pad", "resized"] = "none"  # pad-and-crop, or random resized crop
+    # pad-and-crop, or random resized crop; "auto": resized for photos, else none (data/geometry.py)
+    crop: Literal["auto", "none", "pad", "resized"] = "auto"
     pad: int = 1  # pixels of padding for crop="pad"
     scale_min: float = 0.35  # smallest area fraction for crop="resized"
-    flip: bool = False  # horizontal flip (off for digits, on for natural images)
+    flip: bool | None = None  # horizontal flip; unset: on for photos, off for digits and small images
     randaugment: int = 0  # RandAugment operations per image (0: off)
     randaugment_magnitude: int = 9
     # images that share one draw of RandAugment operations: 1 is the paper's per-image rule;
@@ -47,9 +48,10 @@ def random_crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return xp.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)
 
 
-def random_resized_crop(x: torch.Tensor, scale_min: float, ratio: tuple[float, float] = (3 / 4, 4 / 3)
-                        ) -> torch.Tensor:
-    """Per-image random resized crop of a float batch through one affine grid_sample."""
+def random_resized_crop(x: torch.Tensor, scale_min: float, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-image random resized crop of a float batch through one affine grid_sample, out at
+    `size` (default: the batch's): crops of a larger cached copy keep their resolution."""
     b = x.shape[0]
     dev = x.device
     area = torch.empty(b, device=dev).uniform_(scale_min, 1.0)
@@ -61,7 +63,8 @@ def random_resized_crop(x: torch.Tensor, scale_min: float, ratio: tuple[float, f
     ty = (torch.rand(b, device=dev) * 2 - 1) * (1 - sh)
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, tx, sh, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = list(x.shape[:2]) + list(size or x.shape[-2:])
+    grid = F.affine_grid(theta, out, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -91,8 +94,9 @@ def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02,
 class BatchAugment:
     """uint8 batch in, normalized float batch (and possibly soft targets) out."""
 
-    def __init__(self, cfg: AugmentConfig, num_classes: int, mean: list[float], std: list[float]):
-        self.cfg = cfg
+    def __init__(self, cfg: AugmentConfig, num_classes: int, mean: list[float], std: list[float],
+                 size: tuple[int, int] | None = None):
+        self.cfg, self.size = cfg, None if size is None else (int(size[0]), int(size[1]))
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.randaugment = (v2.RandAugment(cfg.randaugment, cfg.randaugment_magnitude)
@@ -115,7 +119,9 @@ class BatchAugment:
             x = random_crop_pad(x, cfg.pad)
         x = self.normalize(x)
         if cfg.crop == "resized":
-            x = random_resized_crop(x, cfg.scale_min)
+            x = random_resized_crop(x, cfg.scale_min, size=self.size)
+        elif self.size is not None and tuple(x.shape[-2:]) != self.size:  # a larger cached copy
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
         if cfg.flip:
             x = random_flip(x)
         if cfg.erasing > 0:

@@ -3,9 +3,9 @@
 Files that are not images are skipped with a warning that names them; so are images that
 fail to decode (corrupt or truncated), found while the folder is cached or, for streamed
 folders, when they are read. A class folder without any image is not a class: it is skipped
-with a warning. Every such warning is a one-line VitkitWarning. Small images are decoded
-once into a uint8 tensor cache on disk (safetensors), keyed by the file list, sizes and
-modification times.
+with a warning. Every such warning is a one-line VitkitWarning. Images whose decoded copies
+fit the memory budget (data/geometry.py) are decoded once, in parallel, into a uint8 tensor
+cache on disk (safetensors), keyed by the file list, sizes and modification times.
 """
 
 from __future__ import annotations
@@ -179,15 +179,20 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
         except Exception:  # a damaged cache is rebuilt, never trusted
             warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning,
                           stacklevel=2)
+    from tqdm import tqdm
+
     jobs = [(str(p), channels, size) for p in index.paths]
-    if workers > 1 and len(jobs) > 256:
+    bar = dict(total=len(jobs), desc=f"decoding {len(jobs)} images to {size[0]}x{size[1]}", unit="img",
+               leave=False, disable=None)  # a bar on terminals only
+    if workers > 1 and len(jobs) >= 64:
         # workers hand back NumPy arrays: plain pickled bytes, not shared-memory tensors,
         # which would need one file descriptor each
+        chunk = max(1, min(256, len(jobs) // (4 * workers)))
         with ProcessPoolExecutor(workers) as pool:
             decoded = [None if a is None else torch.from_numpy(a)
-                       for a in pool.map(_decode_numpy, jobs, chunksize=256)]
+                       for a in tqdm(pool.map(_decode_numpy, jobs, chunksize=chunk), **bar)]
     else:
-        decoded = [_decode(j) for j in jobs]
+        decoded = [_decode(j) for j in tqdm(jobs, **bar)]
     bad = [index.paths[i] for i, t in enumerate(decoded) if t is None]
     if bad:
         warnings.warn(_unreadable(index.root, bad), VitkitWarning, stacklevel=2)

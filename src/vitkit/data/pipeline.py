@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torchvision.transforms import v2
 
+from . import geometry
 from .arrays import (
     ImageArrays,
     load_cifar,
@@ -19,9 +20,8 @@ from .arrays import (
 )
 from .augment import AugmentConfig
 from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder
+from .geometry import CACHE_BUDGET_GB, Geometry, cache_bytes, cache_size, hw, should_cache
 from .preprocess import InputSpec
-
-SMALL_SIDE = 64  # images up to this side are decoded once and cached as uint8 tensors
 
 
 @dataclass
@@ -32,12 +32,13 @@ class DataConfig:
     path: str | None = None  # the folder, the directory of CIFAR / MNIST files, or shards (dir, URL)
     val_path: str | None = None  # a separate validation folder; else split off val_split
     val_split: float = 0.1
-    image_size: int | None = None  # default: the data's own size (224 for large images), moved to
-    # the nearest size the default patch size divides when it has no fitting divisor (31 -> 30)
+    image_size: int | None = None  # default: the data's own size up to 64 px, moved to the nearest
+    # size the default patch size divides when it has no fitting divisor (31 -> 30); photos: 96
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
-    cache: Literal["auto", "always", "never"] = "auto"
+    cache: Literal["auto", "always", "never"] = "auto"  # auto: decoded once when within cache_gb
+    cache_gb: float = CACHE_BUDGET_GB  # memory the decoded uint8 images may take (auto cache)
     cache_dir: str | None = None
     workers: int = 2
     seed: int = 0  # fixes the train/val split
@@ -53,10 +54,16 @@ class Data:
     spec: InputSpec
     notes: list[str]
     cropped: bool = False  # streamed training images got their random resized crop on decoding
+    augment: AugmentConfig | None = None  # the augmentation with its "auto" values settled
 
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, ImageArrays)
+
+    def batch_augment(self, augment: AugmentConfig) -> AugmentConfig:
+        """What runs on whole batches: the settled augmentation, less a crop taken on decoding."""
+        aug = self.augment or augment
+        return replace(aug, crop="none") if self.cropped else aug
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -86,30 +93,19 @@ def _to_channels(a: ImageArrays, channels: int) -> ImageArrays:
     raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
 
 
-def _own_size(h: int, w: int) -> tuple[tuple[int, int], str | None]:
-    """The data's own size, or else the nearest size whose default patch grid is reasonable
-    (a prime side would leave only patch 1), with a note saying so."""
-    from ..config import default_image_size  # the model's default patch rule decides
-
-    size = default_image_size((h, w))
-    if size == (h, w):
-        return size, None
-    return size, (f"images are {h}x{w}: resized to {size[0]}x{size[1]}, which the default patch size "
-                  f"divides (set --data.image_size to change)")
-
-
-def load_data(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
+def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
     """Read the configured data set and settle image size, channels and normalization.
 
     `augment` matters for streamed images only: with crop="resized" their random resized crop
     is taken from the decoded full-size image in the DataLoader worker (Data.cropped is then
     True); every other augmentation runs on whole batches, for streamed and cached data alike.
+    Its "auto" values are settled by the data (Data.augment). `model` (a ModelSpec, optional)
+    lets the geometry name the patch and stem the run will get.
     """
-    notes: list[str] = []
     if cfg.dataset == "folder":
-        return _load_folder(cfg, augment)
+        return _load_folder(cfg, augment, model)
     if cfg.dataset == "shards":
-        return _load_shards(cfg, augment)
+        return _load_shards(cfg, augment, model)
     if cfg.dataset == "digits":
         train, val = load_digits(seed=cfg.seed)
     else:
@@ -119,14 +115,37 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
             train, val = load_cifar(cfg.path)
         else:
             train, val = load_mnist(cfg.path, fashion=cfg.dataset == "fashion-mnist")
-    channels = cfg.channels or train.images.shape[1]
-    if cfg.image_size:
-        size = (cfg.image_size,) * 2
-    else:
-        size, note = _own_size(*(int(n) for n in train.images.shape[-2:]))
-        notes += [note] if note else []
+    own = tuple(int(n) for n in train.images.shape[-2:])
+    geo = _decide(cfg, own, int(train.images.shape[1]), cfg.dataset.startswith("cifar"), model)
+    notes = [n for n in geo.notes if "taken from the data" not in n]
+    channels, size = geo.channels, geo.image_size
+    aug, _ = _settle(own, geo, augment, notes)
     train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
-    return _finish(cfg, train, val, channels, size, notes)
+    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug)
+
+
+def _given_model(model) -> dict | None:
+    """The fields set on a ModelSpec (or None): what the geometry must respect."""
+    if model is None:
+        return None
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(model).items() if v is not None}
+
+
+def _decide(cfg: DataConfig, own: tuple[int, int], channels: int, natural: bool, model) -> Geometry:
+    return geometry.decide(own, channels, natural, image_size=cfg.image_size, want_channels=cfg.channels,
+                           model=_given_model(model), mean=cfg.mean, std=cfg.std)
+
+
+def _settle(own: tuple[int, int], geo: Geometry, augment: AugmentConfig | None, notes: list[str]
+            ) -> tuple[AugmentConfig | None, str | None]:
+    """The augmentation with "auto" settled, and the one line on the photo defaults in notes.
+    Without an augmentation (evaluation, probing) nothing is augmented."""
+    aug, reason = geometry.resolve_augment(augment, geo.photos) if augment is not None else (None, None)
+    line = geometry.defaults_line(own, geo, reason)
+    notes += [line] if line else []
+    return aug, reason
 
 
 def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int,
@@ -141,18 +160,6 @@ def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int
     notes.append(f"{len(train)} training and {len(val)} validation images, {len(train.classes)} classes, "
                  f"{channels}x{size[0]}x{size[1]}")
     return Data(train, val, train.classes, InputSpec(size, channels, mean, std), notes)
-
-
-def _image_size(cfg: DataConfig, h: int, w: int, notes: list[str]) -> tuple[int, int]:
-    """The size images are fed at: the one asked for, the data's own (small images), or 224."""
-    if cfg.image_size:
-        return cfg.image_size, cfg.image_size
-    if max(h, w) <= SMALL_SIDE:
-        size, note = _own_size(h, w)
-        notes.append(note or f"image size {h}x{w} taken from the data")
-        return size
-    notes.append(f"images are {h}x{w}: resized to 224x224 (set --data.image_size to change)")
-    return 224, 224
 
 
 @dataclass
@@ -183,40 +190,62 @@ def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: A
     return _Streamed(train_tf, spec)
 
 
-def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
+def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
     if not cfg.path:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
     notes: list[str] = []
     index = scan_folder(cfg.path)
     val_index = scan_folder(cfg.val_path, index.classes, classes_of=str(cfg.path)) if cfg.val_path else None
-    (h, w), channels = probe(index)
-    channels = cfg.channels or channels
-    size = _image_size(cfg, h, w, notes)
-    small = max(size) <= SMALL_SIDE
-    if cfg.cache == "always" or (cfg.cache == "auto" and small):
-        train = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
+    own, channels = probe(index)
+    geo = _decide(cfg, own, channels, True, model)
+    channels, size = geo.channels, geo.image_size
+    notes += geo.notes
+    aug, _ = _settle(own, geo, augment, notes)
+    # random resized crops of cached images are cut from a larger copy; validation stays at size
+    train_size = cache_size(size, own, aug.crop if aug else "none")
+    n_val = len(val_index.paths) if val_index is not None else 0
+    nbytes = cache_bytes(len(index.paths), channels, train_size) + cache_bytes(n_val, channels, size)
+    if should_cache(cfg.cache, nbytes, cfg.cache_gb):
+        if val_index is None and train_size != size:  # split first: each part at its own size
+            val_index, index = _split_index(cfg, index, notes)
         if val_index is not None:
+            train = load_folder_cached(index, channels, train_size, cfg.cache_dir, cfg.workers)
             val = load_folder_cached(val_index, channels, size, cfg.cache_dir, cfg.workers)
         else:
+            train = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
             tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
             train, val = train.subset(tr), train.subset(va)
             notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
-        return _finish(cfg, train, val, channels, size, notes)
-    # large images stream through DataLoader workers
+        data = _finish(cfg, train, val, channels, size, notes)
+        if train_size != size:
+            notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
+        return replace(data, augment=aug)
+    # too many to keep decoded: images stream through DataLoader workers
     if val_index is None:
-        import numpy as np
-
-        tr, va = stratified_split(np.array(index.labels), cfg.val_split, cfg.seed)
-        val_index = _sub_index(index, va)
-        index = _sub_index(index, tr)
-    st = _streaming(cfg, size, channels, augment)
-    notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
+        val_index, index = _split_index(cfg, index, None)
+    st = _streaming(cfg, size, channels, aug)
+    notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed "
+                 f"({nbytes / 2**30:.1f} GiB decoded > --data.cache_gb {cfg.cache_gb:g}), "
+                 f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}"
+                 if cfg.cache == "auto" else
+                 f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, st.train_tf, st.train_size),
-                StreamingFolder(val_index, channels, size=size), index.classes, st.spec, notes, st.cropped)
+                StreamingFolder(val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
+                aug)
 
 
-def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
+def _split_index(cfg: DataConfig, index, notes: list[str] | None):
+    """(validation, training) parts of a folder index: the stratified split of the labels."""
+    import numpy as np
+
+    tr, va = stratified_split(np.array(index.labels), cfg.val_split, cfg.seed)
+    if notes is not None:
+        notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
+    return _sub_index(index, va), _sub_index(index, tr)
+
+
+def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
     """WebDataset-style tar shards (vitkit.data.shards), streamed through DataLoader workers."""
     from .shards import ShardStream, open_shards, probe_shards
 
@@ -226,16 +255,17 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None) -> Data:
     train, val = open_shards(cfg.path), open_shards(cfg.val_path)
     if val.classes != train.classes:
         raise ValueError(f"{cfg.val_path}: its classes differ from those of {cfg.path}")
-    (h, w), channels = probe_shards(train)
-    channels = cfg.channels or channels
-    notes = []
-    size = _image_size(cfg, h, w, notes)
-    st = _streaming(cfg, size, channels, augment)
+    own, channels = probe_shards(train)
+    geo = _decide(cfg, own, channels, True, model)
+    channels, size = geo.channels, geo.image_size
+    notes = list(geo.notes)
+    aug, _ = _settle(own, geo, augment, notes)
+    st = _streaming(cfg, size, channels, aug)
     notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
                 ShardStream(val, channels, size, train=False), train.classes, st.spec,
-                notes, st.cropped)
+                notes, st.cropped, aug)
 
 
 def _sub_index(index, keep):
@@ -283,7 +313,7 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
     naming them. For digits, CIFAR and MNIST: their whole test split, converted to the spec.
     cfg.image_size, channels, per_class and val_per_class are not used: nothing is left out.
     """
-    size = (int(spec.image_size[0]), int(spec.image_size[1]))
+    size = hw(spec.image_size)
     channels = spec.channels
     shape = f"{channels}x{size[0]}x{size[1]}"
     classes = list(classes)
@@ -293,7 +323,7 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
             raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
         index = scan_folder(root, classes)
         listed = len(index.paths)
-        if cfg.cache == "always" or (cfg.cache == "auto" and max(size) <= SMALL_SIDE):
+        if should_cache(cfg.cache, cache_bytes(listed, channels, size), cfg.cache_gb):
             images = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
             labels = images.labels.tolist()
         else:

@@ -8,30 +8,31 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ViTConfig, default_patch_size, variant
+from ..config import ViTConfig, variant
 from ..data.augment import AugmentConfig
+from ..data.geometry import hw, model_geometry
 from ..data.pipeline import DataConfig
 
 # ViTConfig fields that the data decides, not the recipe.
 FROM_DATA = ("image_size", "num_channels", "num_classes")
-# The model when neither a variant nor sizes are given: the small hybrid of the digits recipe.
+# The model when neither a variant nor sizes are given: the small hybrid of the digits recipe
+# (its stem stride and patch are the geometry's: full resolution up to 64 px, strided beyond).
 SMALL_MODEL = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_size=128, stem="conv", stem_channels=32)
 
 
 def _build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
     """The ViTConfig for data of this size, channel count and class count: the variant (or
-    SMALL_MODEL) with every field that is set on top; the patch size, when unset, from the
-    variant's name or else default_patch_size."""
+    SMALL_MODEL) with every field that is set on top; patch and stem stride, when unset, from
+    the variant's name or else the data geometry (vitkit.data.geometry.model_geometry)."""
     given = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
-    data = dict(image_size=tuple(image_size), num_channels=channels, num_classes=num_classes)
+    data = dict(image_size=hw(image_size), num_channels=channels, num_classes=num_classes)
     if self.variant:
         patch = given.pop("patch_size", None)
         name = self.variant if patch is None else f"{self.variant.split('/')[0]}/{patch}"
         return variant(name, **given, **data)
     fields = {**SMALL_MODEL, **given}
-    if "patch_size" not in fields:
-        stride = fields.get("stem_stride", 1) if fields.get("stem") == "conv" else 1
-        fields["patch_size"] = default_patch_size(image_size, stride)
+    geo = model_geometry(image_size, fields)
+    fields.update(patch_size=geo.patch_size, stem_stride=geo.stem_stride)
     return ViTConfig(**fields, **data)
 
 

@@ -23,6 +23,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..data.geometry import check_patch
 from ..files import atomic_write
 from .analysis import upsample
 
@@ -112,8 +113,7 @@ def plot_patches(image: np.ndarray, patch_size: int, path: str | Path, title: st
     """
     p = int(patch_size)
     h, w = image.shape[-2:]
-    if p < 1 or h % p or w % p:
-        raise ValueError(f"image size {h}x{w} is not a multiple of patch size {p}")
+    check_patch((h, w), p)
     gh, gw = h // p, w // p
     img = display_image(image)
     s = img.shape[0] // h  # display_image's enlargement

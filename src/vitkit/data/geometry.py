@@ -1,0 +1,195 @@
+"""Input geometry, decided once: from what the data are and what the model is, the size images
+are fed at, the patch and stem, the channels, the normalization, whether the images are
+decoded once into memory, and the augmentation defaults.
+
+Small images (up to SMALL_SIDE px: digits, MNIST, CIFAR) train at their own size (moved to the
+nearest size with a reasonable patch grid when a side is prime) on the small hybrid with its
+conv stem at full resolution. Photos (natural images larger than that) train at PHOTO_SIZE,
+with the stem downsampling by PHOTO_STEM_STRIDE so that no conv runs at full resolution above
+SMALL_SIDE, random resized crops and flips by default: measured in benchmarks/photos.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import ViTConfig
+    from .augment import AugmentConfig
+
+SMALL_SIDE = 64  # images up to this side train at their own size
+PHOTO_SIZE = 96  # the side photos train at unless --data.image_size is given
+PHOTO_PATCH = 12  # the small model's patch on photos: an 8x8 grid at PHOTO_SIZE
+PHOTO_STEM_STRIDE = 4  # the small model's conv stem stride above SMALL_SIDE px
+CROP_MARGIN = 1.25  # random resized crops are cut from a cached copy this much larger
+CACHE_BUDGET_GB = 2.0  # decoded uint8 images up to this many GiB are kept in memory
+
+
+def hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) of a size given as one side or as a pair."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def patch_problem(size: int | Sequence[int], patch: int) -> str | None:
+    """Why images of this size cannot be cut into patch x patch patches, or None when they can."""
+    h, w = hw(size)
+    if patch < 1 or h % patch or w % patch:
+        return f"image size {h}x{w} is not a multiple of patch size {patch}"
+    return None
+
+
+def check_patch(size: int | Sequence[int], patch: int) -> None:
+    """Raise ValueError unless the patch size divides the image size."""
+    problem = patch_problem(size, patch)
+    if problem:
+        raise ValueError(problem)
+
+
+def is_photo(size: int | Sequence[int], natural: bool = True) -> bool:
+    """Natural images larger than SMALL_SIDE: trained at PHOTO_SIZE with photo augmentation."""
+    return natural and max(hw(size)) > SMALL_SIDE
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """How the model meets the image: pixels per patch side, stem kind and stride."""
+
+    patch_size: int
+    stem: str
+    stem_stride: int
+
+
+def model_geometry(image_size: int | Sequence[int], given: dict | None = None) -> ModelGeometry:
+    """Patch and stem for a model built for image_size: the given fields (a ModelSpec's, or a
+    variant's) where set; else the small model's conv stem, at stride 1 up to SMALL_SIDE px and
+    PHOTO_STEM_STRIDE above, with the default patch rule (PHOTO_PATCH on photos when it divides)."""
+    from ..config import default_patch_size
+
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    size = hw(image_size)
+    named = given.get("variant")  # "Ti/16": a plain ViT whose name gives the patch
+    stem = given.get("stem", "patch" if named else "conv")
+    large = max(size) > SMALL_SIDE
+    stride = given.get("stem_stride", PHOTO_STEM_STRIDE if large and stem == "conv" else 1)
+    patch = given.get("patch_size", int(named.split("/")[1]) if named else None)
+    if patch is None and large and PHOTO_PATCH % stride == 0 and not patch_problem(size, PHOTO_PATCH):
+        patch = PHOTO_PATCH
+    if patch is None:
+        patch = default_patch_size(size, stride if stem == "conv" else 1)
+    return ModelGeometry(int(patch), stem, int(stride))
+
+
+@dataclass
+class Geometry:
+    """Everything about a model's input that the data and the model decide together."""
+
+    image_size: tuple[int, int]
+    channels: int
+    model: ModelGeometry | None  # None when a given model decides (fine-tuning, evaluation)
+    mean: list[float] | None  # None: measured on the training images (0.5 when streamed)
+    std: list[float] | None
+    photos: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def data_size(own: Sequence[int], natural: bool = True, image_size: int | Sequence[int] | None = None
+              ) -> tuple[tuple[int, int], str | None]:
+    """The size images are fed at when no model fixes it, and a note saying why."""
+    from ..config import default_image_size
+
+    h, w = hw(own)
+    if image_size:
+        return hw(image_size), None
+    if is_photo((h, w), natural):
+        return (PHOTO_SIZE, PHOTO_SIZE), None
+    size = default_image_size((h, w))
+    if size == (h, w):
+        return size, f"image size {h}x{w} taken from the data"
+    return size, (f"images are {h}x{w}: resized to {size[0]}x{size[1]}, which the default patch size "
+                  f"divides (set --data.image_size to change)")
+
+
+def decide(own: Sequence[int], channels: int, natural: bool = True, *,
+           image_size: int | Sequence[int] | None = None, want_channels: int | None = None,
+           model: ViTConfig | dict | None = None, mean: list[float] | None = None,
+           std: list[float] | None = None, model_mean: list[float] | None = None,
+           model_std: list[float] | None = None) -> Geometry:
+    """The input geometry for data of `own` size and `channels` (natural images or not).
+
+    `model` is a built model's ViTConfig (fine-tuning, evaluation: its channels, patch and,
+    unless image_size is given, its size hold; its normalization `model_mean` / `model_std`
+    unless mean / std are given) or the given fields of a ModelSpec (training: the rest is
+    model_geometry's). Given image_size, channels and normalization always win.
+    """
+    from ..config import ViTConfig
+
+    photos = is_photo(own, natural)
+    notes: list[str] = []
+    if isinstance(model, ViTConfig):
+        size = hw(image_size or model.image_hw)
+        check_patch(size, model.patch_size)
+        c = want_channels or model.num_channels
+        if mean is None:
+            mean, std = model_mean, model_std
+        return Geometry(size, c, None, mean, std, photos, notes)
+    size, note = data_size(own, natural, image_size)
+    notes += [note] if note else []
+    geo = model_geometry(size, model)
+    return Geometry(size, want_channels or channels, geo, mean, std if mean is not None else None, photos,
+                    notes)
+
+
+def cache_size(size: Sequence[int], own: Sequence[int], crop: str) -> tuple[int, int]:
+    """The size training images are cached at: with random resized crops, CROP_MARGIN times the
+    training size (never beyond the images' own), so that crops lose no resolution."""
+    h, w = hw(size)
+    if crop != "resized":
+        return h, w
+    oh, ow = hw(own)
+    return max(h, min(math.ceil(h * CROP_MARGIN), oh)), max(w, min(math.ceil(w * CROP_MARGIN), ow))
+
+
+def cache_bytes(count: int, channels: int, size: Sequence[int]) -> int:
+    """Bytes that `count` decoded uint8 images of this size take."""
+    h, w = hw(size)
+    return count * channels * h * w
+
+
+def should_cache(mode: str, nbytes: int, budget_gb: float = CACHE_BUDGET_GB) -> bool:
+    """Decode once and keep in memory: always, never, or ("auto") when the decoded uint8 images
+    (cache_bytes) fit in the budget, whatever their side."""
+    if mode in ("always", "never"):
+        return mode == "always"
+    return nbytes <= budget_gb * 2**30
+
+
+def resolve_augment(augment: AugmentConfig, photos: bool) -> tuple[AugmentConfig, str | None]:
+    """The augmentation with its "auto" values settled: random resized crop and flip for photos,
+    none for digits and other small images; and the reason, when a default was taken."""
+    crop_auto, flip_auto = augment.crop == "auto", augment.flip is None
+    crop = ("resized" if photos else "none") if crop_auto else augment.crop
+    flip = photos if flip_auto else augment.flip
+    resolved = replace(augment, crop=crop, flip=flip)
+    if not photos or not (crop_auto or flip_auto):
+        return resolved, None
+    chosen = [f"crop {crop}" if crop_auto else "", "flip" if flip_auto and flip else ""]
+    off = "--augment.crop none" if crop_auto else "--augment.flip false"
+    return resolved, " + ".join(c for c in chosen if c) + f" (natural images; set {off} to turn off)"
+
+
+def defaults_line(own: Sequence[int], geo: Geometry, augment_reason: str | None) -> str | None:
+    """One line on the defaults chosen for photos, or None for small images."""
+    if not geo.photos:
+        return None
+    h, w = hw(own)
+    s = geo.image_size
+    patch = f", patch {geo.model.patch_size}, stem {geo.model.stem}" if geo.model else ""
+    if geo.model and geo.model.stem == "conv":
+        patch += f" stride {geo.model.stem_stride}"
+    return f"photos {h}x{w} -> {s[0]}x{s[1]}{patch}" + (f", {augment_reason}" if augment_reason else "")

@@ -138,3 +138,24 @@ def test_visualize_draws_the_reconstruction_of_an_mae_run(tmp_path):
     fit(tiny_train_config(tmp_path / "sup", epochs=1))
     assert tmp_path / "fig2" / "reconstruction.png" not in visualize_path(
         tmp_path / "sup", tmp_path / "fig2", data="digits", num_samples=2, max_images=1).figures
+
+
+def test_a_folder_without_class_subfolders_pretrains_and_is_refused_by_supervised_training(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vitkit.data.pipeline import DataConfig
+
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(flat / f"{i}.png")
+    cfg = tiny_train_config(tmp_path / "run", epochs=2)
+    cfg.data = DataConfig(dataset="folder", path=str(flat), val_split=0.25, workers=0)
+    cfg.run.batch_size = 8
+    result = pretrain(cfg, PretrainConfig(objective="mae"))
+    assert result.status == "finished" and result.step == 2 * (30 // 8)
+    with pytest.raises(ValueError, match="at least two classes .*vitkit pretrain"):
+        cfg.run.out = str(tmp_path / "sup")
+        fit(cfg)

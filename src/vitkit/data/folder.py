@@ -31,6 +31,9 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+UNLABELLED = "(unlabelled)"  # the one class of a folder of images without class subfolders
+
+
 @dataclass
 class FolderIndex:
     root: Path
@@ -67,7 +70,9 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
                 classes_of: str = "the model") -> FolderIndex:
     """List root/<class>/<file>; classes are the sorted subdirectory names unless given.
 
-    A class folder holding no image is skipped with a warning: it is not a class. Given
+    A folder with no subfolders but images of its own is read as unlabelled images: one class,
+    UNLABELLED (pre-training uses such folders; supervised training refuses them). A class
+    folder holding no image is skipped with a warning: it is not a class. Given
     classes (a model's, or those of the training folder, named by classes_of) fix the labels;
     a folder of images whose name is not among them is an error, while given classes without
     a folder are fine.
@@ -79,7 +84,14 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
         raise ValueError(f"{root}: not a directory (expected root/<class>/<image> folders)")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
-        raise ValueError(f"{root}: no class subdirectories (expected root/<class>/<image>)")
+        images, _ = _image_files(root)
+        if not images:
+            raise ValueError(f"{root}: no class subdirectories and no images (expected root/<class>/<image>)")
+        if classes is not None and UNLABELLED not in classes:
+            raise ValueError(f"{one_line(root)}: images without class subfolders, while {classes_of} has "
+                             f"{len(classes)} classes (expected root/<class>/<image>)")
+        label = classes.index(UNLABELLED) if classes is not None else 0
+        return FolderIndex(root, images, [label] * len(images), list(classes or [UNLABELLED]))
     files: dict[str, list[Path]] = {}
     skipped: list[Path] = []
     for name in found:

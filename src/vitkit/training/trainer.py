@@ -124,6 +124,11 @@ class Trainer:
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
+        if self.supervised and len(self.data.classes) < 2:
+            raise ValueError(f"{cfg.data.path or cfg.data.dataset}: {len(self.data.classes)} class "
+                             f"({', '.join(self.data.classes)}); supervised training needs root/<class>/ "
+                             "folders of at least two classes (vitkit pretrain learns from unlabelled "
+                             "images)")
         on_meta = self.strategy.build_on_meta(bool(resume))
         with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
             if model is None and resume:  # the run's own architecture, whatever built it

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from vitkit.training import fit
 from vitkit.training.schedule import lr_factor
-from vitkit.training.trainer import NonFiniteLoss
+from vitkit.training.stop import NonFiniteLoss
 
 
 def test_digits_run_learns_and_writes_its_files(tmp_path):

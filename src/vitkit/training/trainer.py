@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,35 +22,29 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import (
-    CURVES_NAME,
-    METRICS_NAME,
     RECIPE_NAME,
-    STATE_NAME,
     WEIGHTS_NAME,
     read_config,
     read_meta,
     write_meta,
 )
+from ..compile import compile_model
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
-from ..data.pipeline import Data, array_batches, load_data, num_batches
+from ..data.pipeline import Data, load_data, num_batches
 from ..evaluation import evaluate_model
 from ..files import atomic_save_tensors, atomic_write_bytes
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
+from .batches import batch_size_for, train_batches
 from .config import TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
+from .records import TensorBoard, prepare_run_dir, write_metrics
 from .schedule import build_optimizer, lr_factor
 from .state import RunState, rng_state, seed_everything, set_rng_state
+from .stop import NonFiniteLoss, StopFlag
 from .strategies import make_strategy
-
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                  "images_per_s", "elapsed_s"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -64,33 +56,6 @@ class RunResult:
     val_acc: float | None
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, saves, and returns."""
-
-    def __init__(self):
-        self.set = False
-        self.signal_name = ""
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:  # a second signal: stop at once (files on disk are still whole)
-            raise KeyboardInterrupt
-        self.set = True
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing this step, then saving...", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -154,27 +119,22 @@ class Trainer:
                     if cfg.run.activation_checkpointing != "none" else ""))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = self.strategy.make_ema(cfg.optim.ema)
+        # in place, after the EMA copied the model: a copy of a compiled module would call the original
+        self.compiled = compile_model(self.model, cfg.run.compile, label="model for training")
         # a streamed random resized crop was taken on decoding, at full resolution
         self.augment = BatchAugment(self.data.batch_augment(cfg.augment), len(self.data.classes),
                                     self.data.spec.mean, self.data.spec.std, size=self.data.spec.image_size)
-        self.batch_size = cfg.run.batch_size
-        if self.batch_size % (self.dist.world * cfg.optim.accumulate):
-            raise ValueError(f"batch size {self.batch_size} is not divisible by processes x accumulation "
-                             f"steps ({self.dist.world} x {cfg.optim.accumulate})")
         n_train = len(self.data.train)
-        if n_train < self.batch_size:
-            self.batch_size = max(self.dist.world * cfg.optim.accumulate,
-                                  n_train // (self.dist.world * cfg.optim.accumulate)
-                                  * self.dist.world * cfg.optim.accumulate)
-            self.log(f"batch size lowered to {self.batch_size}: only {n_train} training images")
+        self.batch_size, note = batch_size_for(cfg.run.batch_size, n_train, self.dist, cfg.optim.accumulate)
+        self.log(*([note] if note else []))
         self.steps_per_epoch = num_batches(n_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.run.epochs
         self.state = RunState()
-        self.tb = None
+        self.tb = TensorBoard(self.run_dir)
         if resume:
             self.load_state()
         elif self.dist.main:
-            self.prepare_run_dir()
+            prepare_run_dir(self.run_dir, cfg.run.overwrite)
 
     # -- logging
     def log(self, *lines: str) -> None:
@@ -194,29 +154,6 @@ class Trainer:
             problems.append(patch_problem(spec.image_size, c.patch_size))
         if problems:
             raise ValueError("model does not fit the data: " + "; ".join(problems))
-
-    # -- files
-    def prepare_run_dir(self) -> None:
-        d = self.run_dir
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ValueError(f"cannot write to run directory {d}: {e.strerror or e}") from None
-        from .sharding import SHARDED_NAME
-
-        held = (d / STATE_NAME).exists() or (d / SHARDED_NAME).exists()
-        if held and self.cfg.run.overwrite:
-            for name in (STATE_NAME, METRICS_NAME, CURVES_NAME):
-                (d / name).unlink(missing_ok=True)
-            import shutil
-
-            shutil.rmtree(d / SHARDED_NAME, ignore_errors=True)
-        elif held:
-            raise ValueError(f"{d} already holds a run: continue it with --resume {d}, or choose "
-                             f"another --run.out")
 
     def meta(self) -> dict:
         """What config.json holds beside the model config (vitkit.checkpoint's layout)."""
@@ -244,7 +181,7 @@ class Trainer:
             write_meta(d, self.objective.published(self.model).config, self.meta())
             atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
             atomic_save_tensors(d / WEIGHTS_NAME, weights)
-            self.write_metrics()
+            write_metrics(d, self.state.metrics)
         self.strategy.save_state(self.run_dir, self.optimizer, self.ema, self.progress_state())
 
     def load_state(self) -> None:
@@ -254,35 +191,6 @@ class Trainer:
         self.state = RunState.from_dict(st)
         saved_by = f" (saved by {st['world']} processes)" if self.strategy.sharded else ""
         self.log(f"resuming {self.run_dir}{saved_by} at {self.state.describe()}")
-
-    def write_metrics(self) -> None:
-        lines = [",".join(METRIC_COLUMNS)]
-        for m in self.state.metrics:
-            lines.append(",".join("" if m.get(c) is None else f"{m[c]:.6g}" if isinstance(m[c], float)
-                                  else str(m[c]) for c in METRIC_COLUMNS))
-        atomic_write_bytes(self.run_dir / METRICS_NAME, ("\n".join(lines) + "\n").encode())
-        try:
-            from ..visualize import plot_curves
-        except ImportError:
-            return
-        if self.state.metrics:
-            plot_curves(self.run_dir / METRICS_NAME, self.run_dir / CURVES_NAME)
-
-    def tensorboard(self, row: dict) -> None:
-        if not self.dist.main:
-            return
-        if self.tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except Exception:
-                self.tb = False
-                return
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        if self.tb:
-            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
-                if row.get(k) is not None:
-                    self.tb.add_scalar(k, row[k], row["step"])
-            self.tb.flush()
 
     # -- the loop
     def progress(self) -> float:
@@ -319,36 +227,6 @@ class Trainer:
             self.strategy.update_ema(self.ema)
         return loss_sum, correct
 
-    def batches(self, epoch: int, start: int):
-        if self.data.in_memory:
-            yield from array_batches(self.data.train, self.batch_size, epoch, self.cfg.run.seed,
-                                     self.dist.rank, self.dist.world, start)
-            return
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        from ..data.shards import ShardStream
-
-        if isinstance(self.data.train, ShardStream):  # every rank the same number of whole batches
-            ds = self.data.train
-            ds.batch_size, ds.rank, ds.world, ds.seed = self.batch_size, self.dist.rank, self.dist.world, \
-                self.cfg.run.seed
-            ds.set_epoch(epoch)
-            loader = DataLoader(ds, batch_size=self.batch_size // self.dist.world,
-                                num_workers=self.cfg.data.workers, pin_memory=self.device.type == "cuda")
-            for i, batch in enumerate(loader):
-                if i >= start:
-                    yield batch
-            return
-        sampler = DistributedSampler(self.data.train, self.dist.world, self.dist.rank, shuffle=True,
-                                     seed=self.cfg.run.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(self.data.train, batch_size=self.batch_size // self.dist.world,
-                            sampler=sampler, num_workers=self.cfg.data.workers, drop_last=True,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for i, batch in enumerate(loader):
-            if i >= start:
-                yield batch
-
     def evaluate(self):
         model = self.eval_model()  # FSDP: every rank takes part in gathering it onto rank 0
         if model is None:
@@ -378,7 +256,8 @@ class Trainer:
                 pending_correct = torch.zeros((), device=self.device)
                 pending_n, last_t = 0, t0
                 interrupted = out_of_time = False
-                for x, y in self.batches(self.state.epoch, start):
+                for x, y in train_batches(self.data, self.batch_size, self.state.epoch, start, cfg.run.seed,
+                                          self.dist, cfg.data.workers, self.device):
                     lr = self.set_lr()
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
@@ -456,14 +335,14 @@ class Trainer:
                          + f"lr {row['lr']:.2e}  "
                          f"{row['images_per_s']:.0f} img/s  {self.state.elapsed:.0f}s")
                 self.save()
-                self.tensorboard(row)
+                if self.dist.main:
+                    self.tb.add(row)
                 barrier(self.dist)
                 if out_of_time:
                     status = "budget"
                     self.log(f"time budget of {cfg.run.time_budget} min reached")
                     break
-        if self.tb:
-            self.tb.close()
+        self.tb.close()
         st = self.state
         return RunResult(self.run_dir, status, st.epoch, st.step, val_acc, st.best_acc, st.metrics)
 

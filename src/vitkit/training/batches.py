@@ -1,0 +1,51 @@
+"""Training batches for one process: this rank's share of an epoch, from the in-memory
+uint8 cache, a streamed folder or WebDataset shards, resumable from any batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..data.pipeline import Data, array_batches
+from .distributed import Dist
+
+
+def batch_size_for(requested: int, n_train: int, dist: Dist, accumulate: int) -> tuple[int, str | None]:
+    """The global batch size to use, and a note when it had to be lowered for a small set."""
+    if requested % (dist.world * accumulate):
+        raise ValueError(f"batch size {requested} is not divisible by processes x accumulation "
+                         f"steps ({dist.world} x {accumulate})")
+    if n_train >= requested:
+        return requested, None
+    unit = dist.world * accumulate
+    size = max(unit, n_train // unit * unit)
+    return size, f"batch size lowered to {size}: only {n_train} training images"
+
+
+def train_batches(data: Data, batch_size: int, epoch: int, start: int, seed: int, dist: Dist,
+                  workers: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's (uint8 images, labels) batches of `epoch`, from batch `start` on; the order
+    depends on the seed and the epoch only, so a resumed run sees what it would have seen."""
+    if data.in_memory:
+        yield from array_batches(data.train, batch_size, epoch, seed, dist.rank, dist.world, start)
+        return
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from ..data.shards import ShardStream
+
+    pin = device.type == "cuda"
+    if isinstance(data.train, ShardStream):  # every rank the same number of whole batches
+        ds = data.train
+        ds.batch_size, ds.rank, ds.world, ds.seed = batch_size, dist.rank, dist.world, seed
+        ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=batch_size // dist.world, num_workers=workers, pin_memory=pin)
+    else:
+        sampler = DistributedSampler(data.train, dist.world, dist.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(data.train, batch_size=batch_size // dist.world, sampler=sampler,
+                            num_workers=workers, drop_last=True, pin_memory=pin, persistent_workers=False)
+    for i, batch in enumerate(loader):
+        if i >= start:
+            yield batch

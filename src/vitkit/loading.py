@@ -2,7 +2,7 @@
 
 ``open_model(source)`` takes a vitkit run or model folder, a Hugging Face folder (written by
 transformers or by vitkit), a timm / torchvision / official .npz file, an exported .onnx file
-or a Hugging Face Hub id (resolved in the local cache, never downloaded), and returns the
+or a Hugging Face Hub id (from the local cache, else downloaded: vitkit.hub), and returns the
 model with its class names, its input spec (size, channels, mean/std, resize rule) and the
 load report. What a file does not record (heads, classes, normalization) comes from
 LoadOptions, which every command takes as ``--load.KEY``; otherwise the report names the
@@ -44,6 +44,7 @@ class LoadOptions:
         mean: per-channel normalization mean (default: stored, else 0.5).
         std: per-channel normalization std (default: stored, else 0.5).
         strict: refuse missing, unexpected or mis-shaped keys; false loads what fits.
+        offline: open Hub ids from the local cache only, never downloading (as HF_HUB_OFFLINE=1).
     """
 
     num_heads: int | None = None
@@ -52,30 +53,23 @@ class LoadOptions:
     mean: list[float] | None = None
     std: list[float] | None = None
     strict: bool = True
+    offline: bool = False
 
     def overrides(self) -> dict:
         return {k: v for k, v in dict(num_heads=self.num_heads, pool=self.pool).items() if v is not None}
 
 
-def resolve(source: str | Path) -> Path:
-    """A local path, or the folder of a Hugging Face Hub id in the local cache (offline)."""
+def resolve(source: str | Path, offline: bool = False) -> Path:
+    """A local path, or the folder of a Hugging Face Hub id: from the local cache, else
+    downloaded into it (never with offline=True or HF_HUB_OFFLINE=1)."""
     path = Path(source)
     if path.exists() or not _HUB_ID.match(str(source)):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
         return path
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ValueError(f"{source}: no such path; reading Hub ids needs huggingface_hub "
-                         "(pip install huggingface_hub)") from None
-    try:
-        return Path(snapshot_download(str(source), local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError and relatives)
-        raise FileNotFoundError(
-            f"{source}: no such path, and not in the local Hugging Face cache; download it first "
-            f"(`hf download {source}` or huggingface_hub.snapshot_download('{source}')) or pass a "
-            "local folder") from None
+    from .hub import hub_folder
+
+    return hub_folder(str(source), offline)
 
 
 def load_with_report(path: str | Path, *, image_size: int | tuple[int, int] | None = None,
@@ -93,11 +87,11 @@ def load(path: str | Path, *, image_size: int | tuple[int, int] | None = None, n
          resize_mode: ResizeMode = "bicubic", strict: bool = True, keep_pre_logits: bool = False,
          drop_zero_head: bool = True, verbose: bool = False, **overrides: Any) -> ViT:
     """Load a ViT from an official .npz, a timm / torchvision / Hugging Face checkpoint, a
-    vitkit model folder or a cached Hub id, inferring the architecture from the tensors.
+    vitkit model folder or a Hub id, inferring the architecture from the tensors.
 
     Args:
         path: a file (.npz, .pth/.pt/.bin, .safetensors), a folder (vitkit, Hugging Face,
-            timm) or a Hub id such as "google/vit-base-patch16-224" in the local cache.
+            timm) or a Hub id such as "google/vit-base-patch16-224" (downloaded unless cached).
         image_size: build the model for this input size; learned position embeddings are
             2D-interpolated to the new patch grid (paper Section 3.2).
         num_classes: when it differs from the checkpoint's, the head is replaced by a
@@ -137,7 +131,7 @@ def open_model(source: str | Path, options: LoadOptions | None = None, *, device
     bad = sorted(set(overrides) - CONFIG_FIELDS)
     if bad:
         raise ValueError(f"unknown load option(s): {', '.join(bad)}")
-    path = resolve(source)
+    path = resolve(source, options.offline)
     model, report = load_checkpoint(ViT, path, image_size=image_size, num_classes=num_classes,
                                     resize_mode=resize_mode, strict=options.strict,
                                     **{**options.overrides(), **overrides})

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .geometry import hw
+
 
 @dataclass
 class InputSpec:
@@ -56,8 +58,7 @@ class InputSpec:
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean {mean} / std {std} do not have one value per channel ({c})")
         size = d.get("image_size", image_size)
-        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        return cls(size, c, [float(v) for v in mean], [float(v) for v in std],
+        return cls(hw(size), c, [float(v) for v in mean], [float(v) for v in std],
                    d.get("interpolation", "bicubic"), float(d.get("crop_pct", 1.0))), notes
 
 

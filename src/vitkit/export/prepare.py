@@ -16,6 +16,7 @@ import json
 import torch
 
 from ..config import ViTConfig
+from ..data.geometry import hw
 from ..data.preprocess import InputSpec
 from ..model import ViT
 from ..posemb import resample_pos_embed
@@ -23,10 +24,6 @@ from ..posemb import resample_pos_embed
 METADATA_KEY = "vitkit"  # ONNX metadata_props key, and the pt2 extra file's stem
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
-
-
-def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def export_ready(model: ViT, image_size: int | tuple[int, int] | None = None) -> tuple[ViT, list[str]]:
@@ -46,8 +43,8 @@ def export_ready(model: ViT, image_size: int | tuple[int, int] | None = None) ->
     if dtypes:
         notes.append(f"weights held as {', '.join(dtypes)}: exported as their fp32 values")
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    if image_size is not None and _hw(image_size) != config.image_hw:
-        target = config.replace(image_size=_hw(image_size))
+    if image_size is not None and hw(image_size) != config.image_hw:
+        target = config.replace(image_size=hw(image_size))
         old, new = config.grid_size, target.grid_size
         if config.pos_embed == "learn":
             sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], new, old, config.num_prefix_tokens)

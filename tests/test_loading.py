@@ -122,7 +122,8 @@ def test_timm_optional_parts_tolerated(tmp_path):
         assert_same(ours(x), theirs(x))
 
 
-@pytest.mark.parametrize("kw,part", [(dict(init_values=1e-5), "ls1."), (dict(reg_tokens=2), "reg_token"),
+@pytest.mark.parametrize("kw,part", [(dict(init_values=1e-5), "ls1."),
+                                     (dict(global_pool="avg", class_token=False), "fc_norm."),
                                      (dict(qk_norm=True), "q_norm.")])
 def test_timm_architecture_changes_refused_by_name(tmp_path, kw, part):
     theirs = timm_vit.VisionTransformer(img_size=64, **SMALL, **kw)

@@ -32,6 +32,9 @@ class ViTConfig:
     pos_embed: PosEmbed = "learn"  # learnable 1D (paper default), fixed 2D sin-cos, or none
     pool: Pool = "cls"  # class token, or global average of the patch tokens
     class_token: bool = True
+    # registers (Darcet et al., ICLR 2024): learnable tokens after the class token that the head
+    # ignores; they give attention a place to park global information instead of patch tokens
+    register_tokens: int = 0
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth at the last block; linear from 0 over depth
@@ -50,6 +53,8 @@ class ViTConfig:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
+        if self.register_tokens < 0:
+            raise ValueError(f"register_tokens must be 0 or more, got {self.register_tokens}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True")
         if self.pos_embed == "sincos2d" and self.hidden_size % 4:
@@ -80,7 +85,8 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens before the patches: the class token (if any), then the registers."""
+        return (1 if self.class_token else 0) + self.register_tokens
 
     @property
     def head_dim(self) -> int:

@@ -173,6 +173,8 @@ class ViT(nn.Module):
         d = config.hidden_size
         self.patch_embed = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.class_token else None
+        r = config.register_tokens
+        self.reg_token = nn.Parameter(torch.zeros(1, r, d)) if r else None  # registers: the head ignores them
         n_pos = config.num_patches + config.num_prefix_tokens
         if config.pos_embed == "learn":
             self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, d))
@@ -246,6 +248,8 @@ class ViT(nn.Module):
             nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
         if isinstance(self.head, nn.Linear):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -262,13 +266,19 @@ class ViT(nn.Module):
             self.pos_embed, grid, self.config.grid_size, self.config.num_prefix_tokens
         )
 
+    def prefix_tokens(self, batch: int) -> torch.Tensor | None:
+        """The tokens before the patches, (B, prefix, D): the class token, then the registers."""
+        parts = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        return torch.cat(parts, dim=1) if parts else None
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1: z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos."""
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         x = self.patch_embed(x)  # x_p^i E for every patch
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = self.prefix_tokens(x.shape[0])
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
         pos = self._pos_embed_for(grid)
         if pos is not None:
             x = x + pos

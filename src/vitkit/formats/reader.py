@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_checked, read_meta, read_weights
 from ..config import VARIANTS, ViTConfig, conv_stem_plan, variant_name
+from ..data.geometry import hw, patch_problem
 from ..files import read_json
 from ..posemb import ResizeMode, resample_pos_embed
 from .common import IMAGENET_MEAN, IMAGENET_STD, Source, read_state_dict, sniff
@@ -148,8 +149,8 @@ def _grid_for(count: int, patch: int, sizes: list) -> tuple[int, int] | None:
     for s in sizes:
         if s is None:
             continue
-        h, w = (s, s) if isinstance(s, int) else s
-        if h % patch == 0 and w % patch == 0 and (h // patch) * (w // patch) == count:
+        h, w = hw(s)
+        if not patch_problem((h, w), patch) and (h // patch) * (w // patch) == count:
             return h // patch, w // patch
     side = int(round(count**0.5))
     return (side, side) if side * side == count else None
@@ -195,6 +196,8 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
         f["mlp_size"] = fc1.shape[0]
         f["qkv_bias"] = "blocks.0.attn.qkv.bias" in sd
     f["class_token"] = "cls_token" in sd
+    if "reg_token" in sd:
+        f["register_tokens"] = sd["reg_token"].shape[1]
     f["pool"] = "cls" if f["class_token"] else "mean"
     f["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
     if "pre_logits.dense.weight" in sd:
@@ -208,7 +211,7 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
         notes.append(f"num_heads {heads} assumed from width {f['hidden_size']}; pass num_heads if it differs")
     p = f["patch_size"]
     if "pos_embed" in sd:
-        count = sd["pos_embed"].shape[1] - (1 if f["class_token"] else 0)
+        count = sd["pos_embed"].shape[1] - (1 if f["class_token"] else 0) - f.get("register_tokens", 0)
         grid = _grid_for(count, p, [known.get("image_size"), image_size])
         if grid is None:
             raise ValueError(f"cannot tell the patch grid of {count} position embeddings: not a square; "
@@ -225,15 +228,18 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
 
 
 def _add_class_row(sd: dict[str, torch.Tensor]) -> str | None:
-    """A position table without the class token's row (timm no_embed_class, big_vision) gets a zero
-    row: vitkit adds that row to the class token, so zero leaves the model unchanged."""
+    """A position table without rows for the class token and registers (timm no_embed_class,
+    big_vision) gets zero rows: vitkit adds those rows to the prefix tokens, so zeros leave
+    the model unchanged."""
     pos = sd.get("pos_embed")
-    if pos is None or "cls_token" not in sd:
+    prefix = int("cls_token" in sd) + (sd["reg_token"].shape[1] if "reg_token" in sd else 0)
+    if pos is None or not prefix:
         return None
     n = pos.shape[1]
-    if _is_square(n) and not _is_square(n - 1):
-        sd["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
-        return "position table had no class-token row; a zero row was added (same outputs)"
+    if _is_square(n) and not _is_square(n - prefix):
+        sd["pos_embed"] = torch.cat([pos.new_zeros(1, prefix, pos.shape[2]), pos], dim=1)
+        return (f"position table had no rows for the {prefix} prefix token(s); zero rows were added "
+                "(same outputs)")
     return None
 
 

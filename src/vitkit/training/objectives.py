@@ -140,9 +140,9 @@ class MaskedAutoencoder(nn.Module):
         if pos is not None:
             tokens = tokens + pos[:, c.num_prefix_tokens:]
         tokens = tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        if enc.cls_token is not None:
-            cls = enc.cls_token + (pos[:, :1] if pos is not None else 0)
-            tokens = torch.cat([cls.expand(b, -1, -1), tokens], dim=1)
+        prefix = enc.prefix_tokens(b)  # the class token and registers, with their positions
+        if prefix is not None:
+            tokens = torch.cat([prefix + (pos[:, :c.num_prefix_tokens] if pos is not None else 0), tokens], 1)
         tokens = enc.pos_drop(tokens)
         for block in enc.blocks:
             tokens, _ = block(tokens)
@@ -241,8 +241,9 @@ class MaskedPatchPrediction(nn.Module):
         """(loss, logits over colours (B, N, K), mask (B, N), 1 = corrupted)."""
         enc, c = self.encoder, self.config
         tokens, mask = self.corrupt(enc.patch_embed(x))
-        if enc.cls_token is not None:
-            tokens = torch.cat([enc.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        prefix = enc.prefix_tokens(len(x))
+        if prefix is not None:
+            tokens = torch.cat([prefix, tokens], dim=1)
         if enc.pos_embed is not None:
             tokens = tokens + enc.pos_embed
         tokens = enc.pos_drop(tokens)

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint docs setup clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,15 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	VITKIT_NATIVE_BF16=$(OTHER_BF16) $(BIN)/python -m pytest -q -m precision
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The documentation site (mkdocs.yml, docs/) into build/site; strict: a broken link, a missing
+# page or a docstring reference that does not resolve fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -99,16 +99,21 @@ def weights_autocast(model: torch.nn.Module):
     return torch.autocast(p.device.type, dtype=torch.bfloat16) if p is not None else contextlib.nullcontext()
 
 
-def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """Put a model in eval mode for inference at `precision` (in place; returns it).
+def for_inference(model: torch.nn.Module, precision: str, compile: bool | str = "auto") -> torch.nn.Module:
+    """Put a model in eval mode for inference at `precision` (in place; returns it): the one
+    preparation that prediction, evaluation and serving share.
 
     For bf16, linear and convolution weights are stored in bf16 once, instead of autocast
     casting them again on every forward; norms, embeddings and the residual stream stay fp32,
-    so under autocast the results are the same as with fp32 weights.
+    so under autocast the results are the same as with fp32 weights. `compile` ("auto", True,
+    False) is vitkit.compile's choice of torch.compile; calling this again changes nothing.
     """
+    from .compile import compile_model
+
     model.eval()
     if precision == "bf16":
         for m in model.modules():
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
                 m.to(torch.bfloat16)
+    compile_model(model, compile, label="model for inference")
     return model

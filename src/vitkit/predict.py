@@ -10,7 +10,7 @@ from PIL import Image
 from .data.folder import _DECODE_ERRORS, IMAGE_EXTENSIONS
 from .data.preprocess import prepare_image
 from .loading import OpenedModel
-from .precision import autocast, inference_precision
+from .precision import autocast, for_inference, inference_precision
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
@@ -30,14 +30,16 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_size: int = 64,
-                  precision: str = "auto") -> list[dict]:
+                  precision: str = "auto", compile: bool | str = "auto") -> list[dict]:
     """Top-k classes with probabilities for each file; unreadable files get an "error" entry.
 
     precision "auto" runs bf16 autocast where the hardware has native bf16 (norms and
-    softmax stay in fp32), else fp32.
+    softmax stay in fp32), else fp32; the model is prepared by for_inference (in place),
+    `compile` being vitkit.compile's choice.
     """
     device = opened.device
     precision = inference_precision(precision, device)
+    for_inference(opened.model, precision, compile)
     topk = min(topk, len(opened.classes))
     results: list[dict] = []
     batch, names = [], []

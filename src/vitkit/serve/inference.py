@@ -37,7 +37,7 @@ class Prepared:
 class Engine:
     """An OpenedModel (or anything with .model, .classes, .spec; .name and .source if known)."""
 
-    def __init__(self, opened: Any, precision: str = "auto"):
+    def __init__(self, opened: Any, precision: str = "auto", compile: bool | str = "auto"):
         self.model: torch.nn.Module = opened.model
         self.classes: list[str] = list(opened.classes)
         self.spec = opened.spec
@@ -47,7 +47,7 @@ class Engine:
         self.device = params[0].device if params else torch.device("cpu")
         self.num_params = sum(p.numel() for p in params)
         self.precision = inference_precision(precision, self.device)
-        for_inference(self.model, self.precision)
+        for_inference(self.model, self.precision, compile)
         config = getattr(self.model, "config", None)
         # Attention capture needs vitkit's own forward_features(return_attention=True) (an
         # ONNX model run by onnxruntime has no such thing).

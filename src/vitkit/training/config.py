@@ -87,6 +87,7 @@ class RunConfig:
     deterministic: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: Literal["auto"] | bool = "auto"  # torch.compile the model (vitkit.compile decides "auto")
     time_budget: float | None = None  # minutes; the schedule then ends at the deadline
     threads: int | None = None  # torch intra-op threads (default: all cores)
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)

@@ -1,0 +1,61 @@
+"""torch.compile for inference and training, decided in one place.
+
+- compile "auto": off. On a 2-core CPU (Zen 4 EPYC with native bf16) inductor compiled
+  the tiny test model in 10-140 s and S/16 in minutes, for inference within noise of
+  eager at batch 1 and 8 (benchmarks/README.md, `vitkit bench` compiled rows), so a
+  default that compiles would cost every prediction, evaluation and short run more than it
+  saves; no GPU was at hand to measure, so it is not switched on there either;
+- compile True: compile anyway (inductor, on any device); False: never.
+
+The model is compiled in place (nn.Module.compile): its state dict, its methods and
+everything that holds it stay as they are; only calling it goes through the compiled
+graph. Methods other than forward (forward_features with attention, used by attention
+capture) run eagerly. The first call compiles; its time is printed once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Literal
+
+import torch
+
+CompileChoice = Literal["auto"] | bool
+
+
+def compile_wanted(choice: CompileChoice | str, device: torch.device | str) -> bool:
+    """Whether `choice` ("auto", True/False or their spellings) compiles on `device`."""
+    if isinstance(choice, str):
+        spelled = {"auto": "auto", "true": True, "false": False, "1": True, "0": False}
+        choice = spelled.get(choice.lower(), choice)
+    if choice == "auto":
+        return False  # measured not to pay (module docstring)
+    if not isinstance(choice, bool):
+        raise ValueError(f"compile {choice!r}: expected auto, true or false")
+    return choice
+
+
+def compile_model(model: torch.nn.Module, choice: CompileChoice | str = "auto", *, backend: str = "inductor",
+                  label: str = "model") -> bool:
+    """Compile `model` in place when `choice` says so; returns whether it did. The first
+    call (the compilation) is timed and reported on stderr."""
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    if model._compiled_call_impl is not None:
+        return True  # compiled already
+    if not compile_wanted(choice, device):
+        return False
+    model.compile(backend=backend)
+    compiled = model._compiled_call_impl
+
+    def first_call(*args, **kwargs):
+        start = time.perf_counter()
+        out = compiled(*args, **kwargs)
+        model._compiled_call_impl = compiled
+        print(f"vitkit: compiled the {label} ({backend}) in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr, flush=True)
+        return out
+
+    model._compiled_call_impl = first_call
+    return True

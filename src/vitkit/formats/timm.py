@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import VARIANTS
+from ..config import VARIANTS, variant_name
 from .common import Source, read_state_dict
 
 _SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
+_GELUS = {"gelu": "exact", "gelu_tanh": "tanh"}  # timm's act_layer names
 
 # timm keys that change the architecture away from the paper's ViT.
 _UNSUPPORTED = ("ls1.", "ls2.", "q_norm.", "k_norm.", "norm_pre.", "reg_token", "attn_pool.",
@@ -55,7 +56,15 @@ def read_timm_folder(directory: Path, cfg: dict) -> Source:
     m = re.match(r"vit_(tiny|small|base|large|huge)_patch(\d+)", arch)
     if m:
         known["num_heads"] = VARIANTS[_SIZES[m.group(1)]][3]
-    if cfg.get("global_pool") == "avg":
+    args = cfg.get("model_args") or {}  # what the architecture's defaults are built with
+    if isinstance(args.get("num_heads"), int):
+        known["num_heads"] = args["num_heads"]
+    if args.get("act_layer") in _GELUS:
+        known["gelu"] = _GELUS[args["act_layer"]]
+    size = args.get("img_size")
+    if size is not None:
+        known["image_size"] = size if isinstance(size, int) else tuple(size)
+    if args.get("global_pool", cfg.get("global_pool")) == "avg":
         known["pool"] = "mean"
     pre = cfg.get("pretrained_cfg") or {}
     data: dict = {}
@@ -97,3 +106,42 @@ def timm_kwargs(config) -> dict:
         class_token=config.class_token, fc_norm=False, act_layer=act,
         no_embed_class=False, pos_embed="learn" if config.pos_embed == "learn" else "none",
     )
+
+
+def timm_architecture(config) -> str:
+    """A timm model name to build the folder's model with: the named variant's own when timm
+    has it, else a generic one (config.json's model_args set every size anyway)."""
+    name = variant_name(config)
+    if name:
+        size, patch = name.split("/")
+        timm_size = next(k for k, v in _SIZES.items() if v == size)
+        candidate = f"vit_{timm_size}_patch{patch}_{config.image_hw[0]}"
+        try:
+            import timm
+        except ImportError:
+            return "vit_base_patch16_224"
+        if timm.is_model(candidate):
+            return candidate
+    return "vit_base_patch16_224"
+
+
+def timm_folder_config(config, spec, classes: list[str] | None, pos_table: bool) -> dict:
+    """config.json of a folder that timm.create_model("local-dir:FOLDER", pretrained=True) opens:
+    architecture, model_args (JSON: act_layer by name) and pretrained_cfg (input size, mean,
+    std, resize rule, crop, label names)."""
+    args = timm_kwargs(config)
+    args.update(img_size=list(config.image_hw), act_layer="gelu" if config.gelu == "exact" else "gelu_tanh")
+    if pos_table:  # fixed sin-cos embeddings are written as a table
+        args["pos_embed"] = "learn"
+    pretrained = dict(
+        input_size=[config.num_channels, *config.image_hw], fixed_input_size=True,
+        interpolation=spec.interpolation, crop_pct=spec.crop_pct, crop_mode="center",
+        mean=list(spec.mean), std=list(spec.std), num_classes=config.num_classes,
+        first_conv="patch_embed.proj", classifier="head")
+    out = dict(architecture=timm_architecture(config), num_classes=config.num_classes,
+               num_features=config.hidden_size, global_pool=args["global_pool"], model_args=args,
+               pretrained_cfg=pretrained)
+    if classes and len(classes) == config.num_classes:
+        out["label_names"] = list(classes)
+    return out
+

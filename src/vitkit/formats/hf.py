@@ -10,15 +10,23 @@ Two namings exist: files on disk (and transformers 4 modules) say
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.preprocess import InputSpec
 from ..files import atomic_save_tensors, atomic_write_json, read_json
+from ..notices import VitkitWarning
 from .common import Source, read_state_dict
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+PREPROCESSOR_NAME = "preprocessor_config.json"
+_RESAMPLE_IDS = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling, as transformers stores it
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's RGB -> "L"
 _HF_GELU = {"gelu": "exact", "gelu_python": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 # vitkit block suffix -> (file naming, transformers 5 module naming)
@@ -175,21 +183,36 @@ def read_hf_folder(directory: Path, cfg: dict) -> Source:
         names = [labels.get(str(i), labels.get(i)) for i in range(n)]
         if all(names) and names != [f"LABEL_{i}" for i in range(n)]:
             src.extra["classes"] = names
-    pre = directory / "preprocessor_config.json"
+    pre = directory / PREPROCESSOR_NAME
     if pre.is_file():
         p = read_json(pre)
         if "image_mean" in p and "image_std" in p:
-            src.extra["data"] = dict(mean=list(p["image_mean"]), std=list(p["image_std"]))
+            src.extra["data"] = dict(mean=list(p["image_mean"]), std=list(p["image_std"]),
+                                     **_spec_from_processor(p))
     return src
 
 
 def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: list[str] | None,
-                    notes: list[str]) -> Path:
-    """ViTForImageClassification, or ViTModel (with its pooler) when the model is headless."""
+                    notes: list[str], spec: InputSpec | None = None) -> Path:
+    """ViTForImageClassification, or ViTModel (with its pooler) when the model is headless, with
+    the preprocessor_config.json that transformers' pipeline and AutoImageProcessor need.
+
+    transformers feeds every image as RGB: a grayscale model is written as a 3-channel one whose
+    patch embedding takes the luma of the RGB input (PIL's conversion to "L", which vitkit
+    applies), so the same images give the same inputs."""
     rep = config.representation_size
     if rep and config.num_classes:
         raise ValueError("Hugging Face's ViTForImageClassification has no pre-logits layer: drop it "
                          "(load with num_classes and without keep_pre_logits) or export to npz")
+    if spec is None:
+        spec = InputSpec.for_model(config.image_hw, config.num_channels)[0]
+    if config.num_channels == 1:
+        sd = dict(sd, **{"patch_embed.proj.weight": fold_luma(sd["patch_embed.proj.weight"])})
+        config = config.replace(num_channels=3)
+        spec = dataclasses.replace(spec, channels=3, mean=spec.mean * 3, std=spec.std * 3)
+        warnings.warn(f"{out}: the Hugging Face pipeline converts images to RGB; the grayscale model is "
+                      "written with 3 input channels that it turns into luma (0.299 R + 0.587 G + 0.114 B), "
+                      "as vitkit converts images to grayscale", VitkitWarning, stacklevel=3)
     hf = config_to_hf(config.replace(pos_embed="learn"))
     if config.num_classes:
         arch, prefix = "ViTForImageClassification", "vit."
@@ -204,4 +227,38 @@ def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: lis
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / HF_WEIGHTS[0], to_hf(sd, prefix=prefix))
     atomic_write_json(out / "config.json", {"architectures": [arch], "model_type": "vit", **hf})
+    atomic_write_json(out / PREPROCESSOR_NAME, processor_config(spec))
+    return out
+
+
+def fold_luma(weight: torch.Tensor) -> torch.Tensor:
+    """A 1-channel patch embedding (D, 1, P, P) as a 3-channel one applying it to the luma:
+    with the same mean and std on all three channels, sum_c w_c (x_c - m) / s = (L - m) / s."""
+    return weight * _LUMA.to(weight.dtype).view(1, 3, 1, 1)
+
+
+def processor_config(spec: InputSpec) -> dict:
+    """preprocessor_config.json for a transformers image processor preparing images as vitkit does:
+    ViTImageProcessor (resize the whole image) or, with crop_pct < 1, BitImageProcessor (shorter
+    side to size / crop_pct, then the centre crop, as timm's and vitkit's evaluation)."""
+    h, w = spec.image_size
+    common = dict(do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(spec.mean),
+                  image_std=list(spec.std), resample=_RESAMPLE_IDS[spec.interpolation], do_convert_rgb=True)
+    if spec.crop_pct >= 1.0:
+        return dict(image_processor_type="ViTImageProcessor", do_resize=True,
+                    size={"height": h, "width": w}, **common)
+    return dict(image_processor_type="BitImageProcessor", do_resize=True,
+                size={"shortest_edge": math.floor(max(h, w) / spec.crop_pct)}, do_center_crop=True,
+                crop_size={"height": h, "width": w}, **common)
+
+
+def _spec_from_processor(p: dict) -> dict:
+    """Resize rule and crop of a preprocessor_config.json, in vitkit's InputSpec terms."""
+    out: dict[str, Any] = {}
+    names = {v: k for k, v in _RESAMPLE_IDS.items()}
+    if p.get("resample") in names:
+        out["interpolation"] = names[p["resample"]]
+    size, crop = p.get("size") or {}, p.get("crop_size") or {}
+    if p.get("do_center_crop") and isinstance(size, dict) and "shortest_edge" in size and "height" in crop:
+        out["crop_pct"] = max(crop["height"], crop.get("width", 0)) / size["shortest_edge"]
     return out

@@ -9,12 +9,14 @@ import torch
 
 from ..checkpoint import save_pretrained
 from ..config import ViTConfig
-from ..files import atomic_save_tensors, atomic_torch_save, atomic_write
+from ..data.preprocess import InputSpec
+from ..files import atomic_save_tensors, atomic_torch_save, atomic_write, atomic_write_json
 from .hf import write_hf_folder
 from .npz import to_npz
-from .timm import to_timm
+from .timm import timm_folder_config, to_timm
 
 EXPORT_FORMATS = ("vitkit", "timm", "hf", "npz")
+TIMM_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")  # other names: a timm model folder
 
 
 def _export_state_dict(model: torch.nn.Module, notes: list[str]) -> dict[str, torch.Tensor]:
@@ -37,7 +39,11 @@ def _check_plain(config: ViTConfig, fmt: str, notes: list[str]) -> None:
 def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", naming: str = "vit_jax",
                 extra: dict | None = None) -> tuple[Path, list[str]]:
     """Write a model as vitkit, timm, Hugging Face or official .npz files; returns the path
-    written and notes on what a reader of that format should know."""
+    written and notes on what a reader of that format should know.
+
+    timm: a bare state dict when `out` ends in .pth/.pt/.bin/.safetensors, else a folder
+    timm.create_model("local-dir:OUT", pretrained=True) opens. hf: a folder with
+    preprocessor_config.json, so transformers.pipeline("image-classification", OUT) works."""
     out = Path(out)
     cfg = model.config
     notes: list[str] = []
@@ -46,14 +52,21 @@ def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", nam
     if to not in EXPORT_FORMATS:
         raise ValueError(f"unknown output format {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     sd = _export_state_dict(model, notes)
+    extra = extra or {}
     if to == "timm":
         _check_plain(cfg, "timm", notes)
         sd = to_timm(sd)
+        if out.suffix.lower() not in TIMM_FILE_SUFFIXES:  # a folder timm opens as "local-dir:OUT"
+            config = timm_folder_config(cfg, _spec(cfg, extra), extra.get("classes"), "pos_embed" in sd)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors(out / "model.safetensors", sd)
+            atomic_write_json(out / "config.json", config)
+            return out, notes
         if cfg.gelu == "tanh":
             notes.append("the model uses the tanh GELU: build timm's model with that act_layer")
         if cfg.pool == "mean":
             notes.append("build timm's model with global_pool='avg', fc_norm=False")
-        if out.suffix == ".safetensors":
+        if out.suffix.lower() == ".safetensors":
             atomic_save_tensors(out, sd)
         else:
             atomic_torch_save(out, sd)
@@ -68,4 +81,10 @@ def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", nam
         arrays = to_npz(sd, cfg.num_heads, naming)
         atomic_write(out, lambda f: np.savez(f, **arrays))
         return out, notes
-    return write_hf_folder(sd, cfg, out, (extra or {}).get("classes"), notes), notes
+    return write_hf_folder(sd, cfg, out, extra.get("classes"), notes, _spec(cfg, extra)), notes
+
+
+def _spec(config: ViTConfig, extra: dict) -> InputSpec:
+    """How the model's inputs are prepared: as stored beside it, else vitkit's defaults."""
+    stored = {k: v for k, v in (extra.get("data") or {}).items() if k != "image_size"}
+    return InputSpec.for_model(config.image_hw, config.num_channels, stored)[0]

@@ -328,8 +328,9 @@ def convert(
 
     Args:
         src: the checkpoint: a file (.npz, .pth, .bin, .safetensors), a model folder or a cached Hub id.
-        out: where to write: a directory for vitkit and hf, a file for timm (.pth or
-            .safetensors) and npz.
+        out: where to write: a directory for vitkit and hf (with preprocessor_config.json for
+            transformers' pipeline); for timm a directory that timm.create_model("local-dir:OUT")
+            opens, or a bare state dict when OUT ends in .pth, .pt, .bin or .safetensors; a file for npz.
         to: output format.
         naming: parameter names of an npz output: vit_jax (the paper's code) or big_vision.
         image_size: resize the position embeddings for this input size (2D interpolation).

@@ -107,6 +107,14 @@ def test_convert_errors_are_one_line_exit_2(tmp_path, capsys, src):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no pre-logits layer" in err
     assert not (tmp_path / "hf").exists()
+    (tmp_path / "taken").write_text("a file")
+    for to in ("timm", "hf"):
+        with pytest.raises(SystemExit) as e:
+            main(["convert", str(path), str(tmp_path / "taken"), "--to", to])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"vitkit: error: {tmp_path / 'taken'}: exists and is not a folder")
+        assert "\n" not in err
 
 
 # ---- folders the other libraries open through their own front doors -------------------------

@@ -58,6 +58,7 @@ def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", nam
         sd = to_timm(sd)
         if out.suffix.lower() not in TIMM_FILE_SUFFIXES:  # a folder timm opens as "local-dir:OUT"
             config = timm_folder_config(cfg, _spec(cfg, extra), extra.get("classes"), "pos_embed" in sd)
+            _check_folder(out, "timm")
             out.mkdir(parents=True, exist_ok=True)
             atomic_save_tensors(out / "model.safetensors", sd)
             atomic_write_json(out / "config.json", config)
@@ -81,7 +82,14 @@ def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", nam
         arrays = to_npz(sd, cfg.num_heads, naming)
         atomic_write(out, lambda f: np.savez(f, **arrays))
         return out, notes
+    _check_folder(out, "hf")
     return write_hf_folder(sd, cfg, out, extra.get("classes"), notes, _spec(cfg, extra)), notes
+
+
+def _check_folder(out: Path, fmt: str) -> None:
+    if out.exists() and not out.is_dir():
+        hint = " (or name a .pth / .safetensors file for a bare state dict)" if fmt == "timm" else ""
+        raise ValueError(f"{out}: exists and is not a folder; --to {fmt} writes a model folder{hint}")
 
 
 def _spec(config: ViTConfig, extra: dict) -> InputSpec:

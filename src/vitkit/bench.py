@@ -4,6 +4,8 @@
 For every workload the three libraries are timed interleaved (vitkit, timm, HF, then rotated)
 after warm-up, and the median of the repeats is reported with the ratios vitkit/timm and
 vitkit/HF, training peak memory, and MFU against a matmul ceiling measured in the same run.
+With compiled=True vitkit under torch.compile (inductor) is timed in the same rotation, its
+compile time (the warm-up's first call) printed by vitkit.compile.
 Timings on shared machines move from run to run; compare the ratios, which come from
 interleaved measurements in one process. timm and transformers must be installed.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .compile import compile_model
 from .config import ViTConfig, variant
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
@@ -28,6 +31,7 @@ from .model import ViT
 from .precision import autocast, for_inference, native_bf16
 
 LIBS = ("vitkit", "timm", "hf")
+COMPILED = "vitkit compiled"  # vitkit under torch.compile, timed beside the others when asked for
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CIFAR = ViTConfig(image_size=32, patch_size=4, hidden_size=192, num_layers=9, num_heads=12, mlp_size=384,
                   num_classes=10)
@@ -80,7 +84,7 @@ class HFLogits(torch.nn.Module):
 
 
 def build(lib: str, cfg: ViTConfig, device: str) -> torch.nn.Module:
-    if lib == "vitkit":
+    if lib in ("vitkit", COMPILED):
         m = ViT(cfg)
     elif lib == "timm":
         from timm.models.vision_transformer import VisionTransformer
@@ -94,7 +98,7 @@ def build(lib: str, cfg: ViTConfig, device: str) -> torch.nn.Module:
 def make_optimizer(lib: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Each library's AdamW as its users get it: vitkit's trainer builds its own (decay on
     matrices only, fused kernel); timm and HF users typically take torch's default AdamW."""
-    if lib == "vitkit":
+    if lib in ("vitkit", COMPILED):
         from .training.config import OptimConfig
         from .training.schedule import build_optimizer
 
@@ -107,7 +111,10 @@ def make_step(lib: str, model, w: Workload, device: str):
     x = torch.randn(w.batch, 3, h, wd, device=device)
     if w.mode == "infer":
         # vitkit's inference path stores bf16 weights once; the others run as their users do
-        model = for_inference(model, w.precision) if lib == "vitkit" else model.eval()
+        if lib in ("vitkit", COMPILED):
+            model = for_inference(model, w.precision, compile=lib == COMPILED)
+        else:
+            model.eval()
 
         @torch.inference_mode()
         def step():
@@ -115,6 +122,7 @@ def make_step(lib: str, model, w: Workload, device: str):
                 return model(x)
         return step
     model.train()
+    compile_model(model, lib == COMPILED, label="model for training")
     y = torch.randint(0, w.config.num_classes, (w.batch,), device=device)
     opt = make_optimizer(lib, model)
 
@@ -203,18 +211,18 @@ def peak_memory_mib(lib: str, w: Workload, device: str) -> float:
     return (max(m["Total Allocated"] for m in mem) - base) / 2**20
 
 
-def time_workload(w: Workload, device: str, repeats: int) -> dict[str, float]:
+def time_workload(w: Workload, device: str, repeats: int, libs: tuple[str, ...] = LIBS) -> dict[str, float]:
     """Median seconds per step for each library, measured interleaved."""
     steps = {}
-    for lib in LIBS:
+    for lib in libs:
         torch.manual_seed(0)
         steps[lib] = make_step(lib, build(lib, w.config, device), w, device)
         for _ in range(2):  # warm-up: allocator, kernels, optimizer state
             steps[lib]()
     sync(device)
-    times: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    times: dict[str, list[float]] = {lib: [] for lib in libs}
     for r in range(repeats):
-        order = LIBS[r % 3:] + LIBS[:r % 3]  # rotate who goes first
+        order = libs[r % len(libs):] + libs[:r % len(libs)]  # rotate who goes first
         for lib in order:
             sync(device)
             t = time.perf_counter()
@@ -251,7 +259,7 @@ def loader_speed() -> list[tuple[str, float]]:
 
 def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: bool = True,
         json_path: Path | None = None, selected: list[Workload] | None = None,
-        loader: bool = True) -> dict:
+        loader: bool = True, compiled: bool = False) -> dict:
     """Time every workload (or `selected`), print the table, return (and write) the results."""
     try:
         import timm  # noqa: F401
@@ -269,7 +277,7 @@ def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: 
     for w in selected or workloads(device):
         if only and w.mode != only:
             continue
-        sec = time_workload(w, device, repeats)
+        sec = time_workload(w, device, repeats, LIBS + (COMPILED,) if compiled else LIBS)
         ips = {lib: w.batch / s for lib, s in sec.items()}
         mfu = {lib: ips[lib] * w.flops_per_image / 1e9 / ceil[w.precision] for lib in LIBS}
         mem = None
@@ -278,11 +286,16 @@ def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: 
         row = dict(workload=w.name, mode=w.mode, precision=w.precision, batch=w.batch, images_per_s=ips,
                    vs_timm=ips["vitkit"] / ips["timm"], vs_hf=ips["vitkit"] / ips["hf"], mfu=mfu,
                    peak_mib=mem)
+        if compiled:
+            row["compiled_vs_eager"] = ips[COMPILED] / ips["vitkit"]
         rows.append(row)
         mem_s = " / ".join(f"{mem[lib]:.0f}" for lib in LIBS) if mem else "-"
         print(f"| {w.name} | {w.mode} | {w.precision} | {w.batch} | {ips['vitkit']:.1f} | {ips['timm']:.1f} "
               f"| {ips['hf']:.1f} | {row['vs_timm']:.2f}x | {row['vs_hf']:.2f}x | {mfu['vitkit']:.0%} "
               f"| {mfu['timm']:.0%} | {mem_s} |", flush=True)
+        if compiled:
+            print(f"| {w.name} | {w.mode} | {w.precision} | {w.batch} | compiled {ips[COMPILED]:.1f} | "
+                  f"{row['compiled_vs_eager']:.2f}x eager | | | | | | |", flush=True)
     # the bf16 fast path against the fp32 baselines
     print("\nvitkit bf16 against timm fp32 (same workload, same run):")
     for r in rows:

@@ -121,7 +121,7 @@ def pretrain(
 
 def _after_training(result, cfg) -> None:
     """The closing lines of a training command: the result and what to run next."""
-    from .checkpoint import CURVES_NAME
+    from .training.records import written_files
 
     if not _is_main_process():
         return
@@ -130,9 +130,8 @@ def _after_training(result, cfg) -> None:
         split = "test-split" if cfg.data.dataset != "folder" else "validation"
         print(f"final {split} accuracy {result.val_acc:.2%} (best {result.best_acc:.2%}) after "
               f"{result.epoch} epochs, {result.step} steps")
-    state = "state.pt" if (d / "state.pt").exists() else "state.dcp/"  # FSDP: a sharded checkpoint
-    print(f"wrote {d}/model.safetensors, config.json, train.yaml, {state}, metrics.csv"
-          + (f", {CURVES_NAME}" if (d / CURVES_NAME).exists() else ""))
+    names = written_files(d)
+    print(f"wrote {d}/{', '.join(names)}" if names else f"nothing written to {d}")
     if result.status == "interrupted":
         print(f"continue with: vitkit train --resume {d}")
         raise SystemExit(130)
@@ -266,13 +265,14 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
     results = predict_files(opened, list_images(images), topk, precision=precision)
     if json:
         print(_json.dumps(results, indent=2))
-        return
     for r in results:
         if "error" in r:
-            print(f"{r['file']}: {r['error']}")
-            continue
-        tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
-        print(f"{r['file']}: {tops}")
+            print(f"vitkit: warning: {r['file']}: {r['error']}", file=sys.stderr)
+        elif not json:
+            tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+            print(f"{r['file']}: {tops}")
+    if all("error" in r for r in results):
+        raise ValueError(f"none of the {len(results)} input(s) could be read as an image")
 
 
 def visualize(
@@ -637,13 +637,30 @@ COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": fine
 FILE_LISTS = {"visualize": "images", "predict": "images", "embed": "images"}
 
 
+_NEGATIVE = r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan"
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--optim.lr -1e-3` as `--optim.lr=-1e-3`: argparse takes a negative number in exponent
+    notation for an option, so a value that looks like a negative number is joined to its option."""
+    import re
+
+    out: list[str] = []
+    for a in argv:
+        if out and re.fullmatch(_NEGATIVE, a) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     from .notices import plain_warnings
     from .training.trainer import NonFiniteLoss
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
     plain_warnings()
     try:
         if argv and argv[0] in FILE_LISTS:

@@ -2,7 +2,8 @@
 
 Every file vitkit writes goes through `atomic_write`: to a temporary file in the same
 directory, flushed and fsynced, then renamed over the target. A crash or Ctrl-C leaves the
-old file or the new one, never a torn one. Nothing here knows about models.
+old file or the new one, never a torn one; the temporary file a killed writer leaves behind
+is removed by the next write into its directory. Nothing here knows about models.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     """Write a file through write(f) so that it appears whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_leftovers(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -46,6 +50,47 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     except OSError:
         pass
     return path
+
+
+# The temporary file of a write: ".NAME.PID-RANDOM.tmp"; without "PID-": made before writers named
+# themselves.
+_TEMPORARY = re.compile(r"\..+\.(?:(\d+)-)?[a-z0-9_]{8}\.tmp")
+UNNAMED_AGE_S = 3600  # a temporary file that names no writer is a leftover once this old
+
+
+def remove_leftovers(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted writes (kill -9, power loss) left in
+    directory: those whose writing process no longer runs. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMPORARY.fullmatch(e.name)
+        if m is None or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            stale = (not _running(int(m.group(1))) if m.group(1)
+                     else time.time() - e.stat().st_mtime > UNNAMED_AGE_S)
+            if stale:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -32,6 +32,10 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
     optim = replace(optim or FINETUNE_OPTIM, train_only="head" if linear_probe else "all")
     run = run or RunConfig(out="runs/finetune", epochs=10)
     augment = augment or AugmentConfig()
+    for section in (data, optim, augment, run):  # before anything is read
+        section.validate()
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image_size {image_size}: must be 1 or more pixels")
     source = open_model(weights, options)  # channels, resolution and normalization of the source
     c, spec = source.model.config, source.spec
     geo = decide(c.image_hw, c.num_channels, model=c, image_size=image_size or data.image_size,

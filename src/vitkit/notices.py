@@ -36,3 +36,18 @@ def plain_warnings() -> None:
 
     show.vitkit_plain = True
     warnings.showwarning = show
+
+
+def check_ranges(section: str, checks: list[tuple[str, object, bool, str]]) -> None:
+    """Refuse the first option out of its range with one line, "--SECTION.NAME VALUE: must be
+    RULE", so bad settings stop before any data are read. Each check is (name, value, ok, rule)."""
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"--{section}.{name} {value}: must be {rule}")
+
+
+def is_number(value: object) -> bool:
+    """A real number (bools are not), finite."""
+    import math
+
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from ..notices import check_ranges, is_number
+
 
 @dataclass
 class AugmentConfig:
@@ -34,6 +36,27 @@ class AugmentConfig:
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
     label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        """Refuse augmentation settings outside their range, naming the option."""
+        def count(name: str, low: int) -> tuple:
+            v = getattr(self, name)
+            return name, v, isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{low} or more"
+
+        def real(name: str, ok, rule: str) -> tuple:
+            v = getattr(self, name)
+            return name, v, is_number(v) and ok(v), rule
+
+        m = self.randaugment_magnitude
+        check_ranges("augment", [
+            count("pad", 0), count("randaugment", 0), count("randaugment_group", 1),
+            ("randaugment_magnitude", m, isinstance(m, int) and 0 <= m <= 30, "0 to 30"),
+            real("scale_min", lambda v: 0 < v <= 1, "in (0, 1]"),
+            real("erasing", lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
+            real("mixup", lambda v: v >= 0, ">= 0 (0: off)"),
+            real("cutmix", lambda v: v >= 0, ">= 0 (0: off)"),
+            real("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ])
 
 
 def random_crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:

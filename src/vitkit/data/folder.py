@@ -66,6 +66,25 @@ def _image_files(d: Path) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
+# Subfolders that name splits, not classes; the first validation name present is used.
+TRAIN_SPLIT = "train"
+VAL_SPLITS = ("val", "validation", "valid", "test")
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path | None] | None:
+    """(train, validation) when root is split into folders (root/train/<class>/..., beside it
+    root/val, validation, valid or test, or none) rather than holding class folders; else None.
+    A folder holding nothing but split names is read as splits: as classes "train" and "val"
+    would teach the model which split an image came from."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if TRAIN_SPLIT not in names or not set(names) <= {TRAIN_SPLIT, *VAL_SPLITS}:
+        return None
+    return names[TRAIN_SPLIT], next((names[n] for n in VAL_SPLITS if n in names), None)
+
+
 def scan_folder(root: str | Path, classes: list[str] | None = None,
                 classes_of: str = "the model") -> FolderIndex:
     """List root/<class>/<file>; classes are the sorted subdirectory names unless given.

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from ..notices import check_ranges, is_number, one_line
 from . import geometry
 from .arrays import (
     ImageArrays,
@@ -19,7 +20,7 @@ from .arrays import (
     stratified_split,
 )
 from .augment import AugmentConfig
-from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder
+from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder, split_folders
 from .geometry import CACHE_BUDGET_GB, Geometry, cache_bytes, cache_size, hw, should_cache
 from .preprocess import InputSpec
 
@@ -44,6 +45,33 @@ class DataConfig:
     seed: int = 0  # fixes the train/val split
     mean: list[float] | None = None  # normalization; default: measured on the training images
     std: list[float] | None = None
+
+    def validate(self) -> None:
+        """Refuse data settings outside their range, naming the option, before anything is read."""
+        def optional(name: str, ok, rule: str) -> tuple:
+            v = getattr(self, name)
+            return name, v, v is None or ok(v), rule
+
+        def positive_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        def stats(v) -> bool:
+            return len(v) in (1, 3) and all(is_number(x) for x in v)
+
+        check_ranges("data", [
+            ("val_split", self.val_split, is_number(self.val_split) and 0 < self.val_split < 1,
+             "in (0, 1) (a fraction of the training images)"),
+            optional("image_size", positive_int, "1 or more pixels"),
+            optional("channels", lambda v: v in (1, 3), "1 or 3"),
+            optional("per_class", positive_int, "1 or more"),
+            optional("val_per_class", positive_int, "1 or more"),
+            ("cache_gb", self.cache_gb, is_number(self.cache_gb) and self.cache_gb >= 0, ">= 0"),
+            ("workers", self.workers, isinstance(self.workers, int) and self.workers >= 0, "0 or more"),
+            ("seed", self.seed, isinstance(self.seed, int) and self.seed >= 0, "0 or more"),
+            optional("mean", stats, "one number per channel (1 or 3)"),
+            optional("std", lambda v: stats(v) and all(x > 0 for x in v),
+                     "one number > 0 per channel (1 or 3)"),
+        ])
 
 
 @dataclass
@@ -194,6 +222,13 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
     if not cfg.path:
         raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
     notes: list[str] = []
+    splits = None if cfg.val_path else split_folders(cfg.path)
+    if splits is not None:
+        train_dir, val_dir = splits
+        notes.append(f"{one_line(cfg.path)}: split folders: training images from {one_line(train_dir)}, "
+                     + (f"validation from {one_line(val_dir)}" if val_dir else
+                        f"validation split off ({cfg.val_split:.0%})"))
+        cfg = replace(cfg, path=str(train_dir), val_path=str(val_dir) if val_dir else None)
     index = scan_folder(cfg.path)
     val_index = scan_folder(cfg.val_path, index.classes, classes_of=str(cfg.path)) if cfg.val_path else None
     own, channels = probe(index)
@@ -306,7 +341,8 @@ def _onto_classes(a: ImageArrays, classes: list[str], source: str) -> ImageArray
 def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> EvalData:
     """The images to evaluate a trained model on, prepared to its InputSpec, all of them.
 
-    For "folder", every image under cfg.val_path (else cfg.path), with no split: each is
+    For "folder", every image under cfg.val_path (else cfg.path, or its val/ when it is split
+    into train/ and val/ folders), with no split: each is
     converted and resized to the spec exactly as for prediction, and class folders are
     matched to the model's classes by name (a folder the model does not know is an error;
     model classes without a folder are fine). Unreadable files are skipped with a warning
@@ -321,6 +357,9 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
         root = cfg.val_path or cfg.path
         if not root:
             raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
+        splits = None if cfg.val_path else split_folders(root)
+        if splits is not None and splits[1] is not None:  # split folders: the validation one
+            root = str(splits[1])
         index = scan_folder(root, classes)
         listed = len(index.paths)
         if should_cache(cfg.cache, cache_bytes(listed, channels, size), cfg.cache_gb):

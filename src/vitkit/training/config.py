@@ -12,6 +12,7 @@ from ..config import ViTConfig, variant
 from ..data.augment import AugmentConfig
 from ..data.geometry import hw, model_geometry
 from ..data.pipeline import DataConfig
+from ..notices import check_ranges, is_number
 
 # ViTConfig fields that the data decides, not the recipe.
 FROM_DATA = ("image_size", "num_channels", "num_classes")
@@ -36,6 +37,40 @@ def _build_config(self, image_size: tuple[int, int], channels: int, num_classes:
     return ViTConfig(**fields, **data)
 
 
+def _validate_model(self) -> None:
+    """Refuse architecture settings out of range (sizes, rates, the variant name) and widths the
+    heads do not divide, before any data are read."""
+    base = dict(SMALL_MODEL)
+    if self.variant:
+        try:
+            c = variant(self.variant)
+        except ValueError as e:
+            raise ValueError(f"--model.variant: {e}") from None
+        base = dict(hidden_size=c.hidden_size, num_heads=c.num_heads)
+
+    def positive(name: str) -> tuple:
+        v = getattr(self, name, None)
+        return name, v, v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "1 or more"
+
+    def rate(name: str) -> tuple:
+        v = getattr(self, name, None)
+        return name, v, v is None or (is_number(v) and 0 <= v < 1), "in [0, 1)"
+
+    eps = getattr(self, "layer_norm_eps", None)
+    registers = getattr(self, "register_tokens", None)
+    check_ranges("model", [
+        *(positive(n) for n in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_size",
+                                "representation_size", "stem_channels", "stem_stride")),
+        *(rate(n) for n in ("dropout", "attention_dropout", "drop_path")),
+        ("layer_norm_eps", eps, eps is None or (is_number(eps) and eps > 0), "> 0"),
+        ("register_tokens", registers, registers is None or registers >= 0, "0 or more"),
+    ])
+    hidden = self.hidden_size or base.get("hidden_size", 768)
+    heads = self.num_heads or base.get("num_heads", 12)
+    if hidden % heads:
+        raise ValueError(f"--model.hidden_size {hidden} is not divisible by --model.num_heads {heads}")
+
+
 def _model_spec() -> type:
     """ModelSpec: every ViTConfig field but those the data decides, each optional (unset: from
     the variant, else ViTConfig's default, SMALL_MODEL's sizes and the default patch rule),
@@ -48,7 +83,7 @@ def _model_spec() -> type:
         "__doc__": "Architecture: a variant (e.g. \"Ti/16\") and/or any ViTConfig field except "
                    "image_size, num_channels and num_classes, which come from the data; unset "
                    "fields: the variant's, else the small digits model (SMALL_MODEL).",
-        "build_config": _build_config})
+        "build_config": _build_config, "validate": _validate_model})
     cls.__module__ = __name__
     return cls
 
@@ -72,6 +107,27 @@ class OptimConfig:
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     ema: float = 0.0  # decay of an exponential moving average of weights (0: off)
     train_only: Literal["all", "head"] = "all"  # "head": linear probe on a frozen backbone
+
+    def validate(self) -> None:
+        """Refuse values the optimizer or schedule cannot use, naming the option."""
+        betas = tuple(self.betas)
+        check_ranges("optim", [
+            ("lr", self.lr, is_number(self.lr) and self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay, is_number(self.weight_decay) and self.weight_decay >= 0,
+             ">= 0"),
+            ("betas", list(betas), len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+             "two numbers in [0, 1)"),
+            ("momentum", self.momentum, is_number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("warmup", self.warmup, is_number(self.warmup) and 0 <= self.warmup <= 1,
+             "in [0, 1] (a fraction of training)"),
+            ("min_lr_ratio", self.min_lr_ratio, is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+             "in [0, 1]"),
+            ("clip_grad", self.clip_grad, self.clip_grad is None or (is_number(self.clip_grad)
+                                                                     and self.clip_grad >= 0),
+             ">= 0 (0 or null: no clipping)"),
+            ("accumulate", self.accumulate, self.accumulate >= 1, "1 or more"),
+            ("ema", self.ema, is_number(self.ema) and 0 <= self.ema < 1, "in [0, 1) (0: off)"),
+        ])
 
 
 @dataclass
@@ -100,6 +156,21 @@ class RunConfig:
     # gradients and optimizer state per encoder block (torch.distributed.fsdp.fully_shard)
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
+    def validate(self) -> None:
+        """Refuse run settings outside their range, naming the option."""
+        def at_least(name: str, low: int, optional: bool = False) -> tuple:
+            v = getattr(self, name)
+            ok = (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+            return name, v, ok, f"{low} or more"
+
+        check_ranges("run", [
+            at_least("epochs", 1), at_least("batch_size", 1), at_least("eval_batch_size", 1),
+            at_least("seed", 0), at_least("threads", 1, optional=True), at_least("eval_every", 1),
+            at_least("log_every", 1),
+            ("time_budget", self.time_budget, self.time_budget is None
+             or (is_number(self.time_budget) and self.time_budget > 0), "> 0 minutes"),
+        ])
+
 
 @dataclass
 class TrainConfig:
@@ -108,6 +179,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        """Check every section, so that a bad value stops the run before data are loaded."""
+        for section in (self.data, self.model, self.optim, self.augment, self.run):
+            section.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

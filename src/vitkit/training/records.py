@@ -34,6 +34,16 @@ def prepare_run_dir(d: Path, overwrite: bool) -> None:
                          f"another --run.out")
 
 
+def written_files(d: Path) -> list[str]:
+    """The run files that exist in d, in the order a closing line names them (directories with
+    a trailing slash), so that what is reported as written is what is there."""
+    from ..checkpoint import CONFIG_NAME, RECIPE_NAME, WEIGHTS_NAME
+    from .sharding import SHARDED_NAME
+
+    names = [WEIGHTS_NAME, CONFIG_NAME, RECIPE_NAME, STATE_NAME, SHARDED_NAME, METRICS_NAME, CURVES_NAME]
+    return [n + "/" if (d / n).is_dir() else n for n in names if (d / n).exists()]
+
+
 def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
     """metrics.csv (one row per epoch), and curves.png drawn from it."""
     lines = [",".join(METRIC_COLUMNS)]

@@ -12,6 +12,7 @@ The training loop calls the same methods whichever is in use.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -93,8 +94,11 @@ class Replicated:
             raise FileNotFoundError(f"{path}: no training state to resume from")
         try:
             st = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # never unpickle code from a file
+            raise ValueError(f"{path}: holds objects other than tensors (pickled code); not loaded") from None
         except Exception as e:
-            raise ValueError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"{path}: unreadable training state ({type(e).__name__}: {first})") from None
         load_state_dict_checked(self.model, st["model"], str(path))
         optimizer.load_state_dict(st["optimizer"])
         if ema is not None and st.get("ema") is not None:

@@ -33,7 +33,7 @@ from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
 from ..evaluation import evaluate_model
-from ..files import atomic_save_tensors, atomic_write_bytes
+from ..files import atomic_save_tensors, atomic_write_bytes, remove_leftovers
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, train_batches
@@ -356,8 +356,10 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
     """
     if resume is not None:
         cfg = stored_config(Path(resume))
+        remove_leftovers(Path(resume))  # of a save that was killed
     elif cfg is None:
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
+    cfg.validate()  # before any data are read or a model is built
     trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step,
                       objective=objective)
     try:

@@ -1,0 +1,178 @@
+"""Bad input from the command line: a one-line error naming the option or file, a non-zero
+exit, and nothing written (or the previous checkpoint intact)."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitkit.cli import main
+
+TINY = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
+        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
+        "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
+
+
+def _fail(argv, capsys) -> tuple[int, str, str]:
+    """Run the command, expecting it to stop; returns (exit code, stdout, the stderr line)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err.strip()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["train", *TINY, "--data.per_class", "20", "--run.epochs", "1", "--run.out", str(d)])
+    return d, printed.getvalue()
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--run.batch_size", "0"], "--run.batch_size 0: must be 1 or more"),
+    (["--run.batch_size=-4"], "--run.batch_size -4"),
+    (["--data.image_size=-5"], "--data.image_size -5"),
+    (["--data.image_size", "0"], "--data.image_size 0"),
+    (["--run.epochs", "0"], "--run.epochs 0: must be 1 or more"),
+    (["--optim.lr=-1e-3"], "--optim.lr -0.001: must be > 0"),
+    (["--optim.lr", "-1e-3"], "--optim.lr -0.001: must be > 0"),  # as typed: a value, not an option
+    (["--optim.weight_decay", "-0.1"], "--optim.weight_decay -0.1"),
+    (["--optim.warmup", "1.5"], "--optim.warmup 1.5"),
+    (["--model.hidden_size", "30", "--model.num_heads", "4"], "not divisible by --model.num_heads 4"),
+    (["--model.dropout", "1.0"], "--model.dropout 1.0"),
+    (["--augment.label_smoothing", "1"], "--augment.label_smoothing 1"),
+    (["--data.val_split", "0"], "--data.val_split 0"),
+])
+def test_bad_numbers_are_refused_before_loading(args, names, tmp_path, capsys, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("data were loaded before the options were checked")
+
+    monkeypatch.setattr("vitkit.training.trainer.load_data", no_loading)
+    out_dir = tmp_path / "run"
+    code, out, err = _fail(["train", *args, "--run.out", str(out_dir)], capsys)
+    assert code == 2
+    assert err.startswith("vitkit: error: ") and names in err and len(err.splitlines()) == 1
+    assert "usage" not in out + err
+    assert not out_dir.exists()
+
+
+def test_finetune_checks_options_before_opening_weights(tmp_path, capsys):
+    code, _, err = _fail(["finetune", str(tmp_path / "missing"), "--run.batch_size", "0",
+                          "--run.out", str(tmp_path / "ft")], capsys)
+    assert code == 2 and "--run.batch_size 0" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ft").exists()
+
+
+def test_closing_line_names_only_what_was_written(run):
+    d, printed = run
+    line = next(ln for ln in printed.splitlines() if ln.startswith("wrote "))
+    names = line.removeprefix(f"wrote {d}/").split(", ")
+    assert "state.pt" in names and "state.dcp/" not in names
+    assert all((d / n.rstrip("/")).exists() for n in names)
+
+
+def test_predict_with_no_readable_input_fails_on_stderr(run, tmp_path, capsys):
+    bad = tmp_path / "notanimage.png"
+    bad.write_bytes(b"this is text")
+    code, out, err = _fail(["predict", str(run[0]), str(bad)], capsys)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert str(bad) in lines[0] and lines[-1].startswith("vitkit: error: none of the 1 input(s)")
+
+
+def _killed_writer(path: Path) -> None:
+    """A process killed with SIGKILL in the middle of an atomic write of `path`."""
+    code = ("import os, signal, sys\nfrom vitkit.files import atomic_write\n"
+            "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), "
+            "os.kill(os.getpid(), signal.SIGKILL)))\n")
+    subprocess.run([sys.executable, "-c", code, str(path)], timeout=120)
+
+
+def test_killed_save_leaves_nothing_after_resume(run, tmp_path, capsys):
+    d = tmp_path / "run"
+    shutil.copytree(run[0], d)
+    _killed_writer(d / "train.yaml")
+    left = [p.name for p in d.iterdir() if p.name.startswith(".train.yaml.")]
+    assert len(left) == 1 and left[0].endswith(".tmp")
+    weights = (d / "model.safetensors").read_bytes()
+    main(["train", "--resume", str(d)])  # a finished run: nothing to train, nothing to save
+    capsys.readouterr()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert (d / "model.safetensors").read_bytes() == weights
+
+
+def test_next_write_removes_leftovers_but_not_live_writes(tmp_path):
+    from vitkit.files import atomic_write_bytes
+
+    _killed_writer(tmp_path / "curves.png")
+    live = tmp_path / f".metrics.csv.{os.getpid()}-abcd1234.tmp"  # a write in progress
+    live.write_bytes(b"")
+    atomic_write_bytes(tmp_path / "other.json", b"{}")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["other.json", live.name])
+
+
+class Payload:
+    """Any class: unpickling it would run code from the file."""
+
+
+def test_resume_refuses_state_holding_code(run, tmp_path, capsys):
+    d = tmp_path / "run"
+    shutil.copytree(run[0], d)
+    state = torch.load(d / "state.pt", weights_only=True)
+    state["extra"] = Payload()
+    torch.save(state, d / "state.pt")
+    before = (d / "state.pt").read_bytes()
+    code, _, err = _fail(["train", "--resume", str(d)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{d / 'state.pt'}: holds objects other than tensors" in err and "not loaded" in err
+    assert "weights_only" not in err
+    assert (d / "state.pt").read_bytes() == before
+
+
+def test_oversized_upload_names_the_configured_limit():
+    from vitkit.serve.images import UploadError, decode_image, set_pixel_limit
+
+    buf = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buf, format="PNG")
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        set_pixel_limit(40_000_000)
+        with pytest.raises(UploadError) as e:
+            decode_image(buf.getvalue(), 40_000_000)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    assert e.value.status == 413
+    assert "40,000,000" in e.value.message and "80000000" not in e.value.message
+    assert "81,000,000 pixels" in e.value.message
+
+
+def test_folder_of_splits_is_read_as_splits(tmp_path, capsys):
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c, level in (("cat", 40), ("dog", 200)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                px = np.clip(level + rng.integers(-20, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(root / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    main(["train", *TINY, "--data.dataset", "folder", "--data.path", str(root), "--run.epochs", "1",
+          "--run.out", str(out), "--data.cache_dir", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["classes"] == ["cat", "dog"]
+    notes = [ln for ln in printed.splitlines() if "split folders" in ln]
+    assert len(notes) == 1 and str(root / "train") in notes[0] and str(root / "val") in notes[0]
+    assert "16 training and 6 validation images" in printed

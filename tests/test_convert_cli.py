@@ -253,7 +253,7 @@ def test_grayscale_run_to_hf_and_timm(tmp_path, capsys):
     assert pipeline_top1(tmp_path / "hf", files) == ours
     want = vitkit_logits(r.run_dir, files)
     # vitkit rounds the luma to 8 bits before resizing; transformers weighs the channels after
-    assert (hf_logits(tmp_path / "hf", files, **pil_backend()) - want).abs().max() < 0.05
+    assert (hf_logits(tmp_path / "hf", files, **pil_backend()) - want).abs().max() < 5e-3
     assert vitkit_top1(capsys, tmp_path / "hf", files) == ours
     run(capsys, "convert", r.run_dir, tmp_path / "timm", "--to", "timm")
     theirs = timm.create_model("local-dir:" + str(tmp_path / "timm"), pretrained=True).eval()

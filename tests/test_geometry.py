@@ -52,11 +52,11 @@ def test_small_images_keep_their_size_and_full_resolution_stem(own, channels, na
 
 
 @pytest.mark.parametrize("own", [(512, 384), (100, 75), (4000, 3000)])
-def test_photos_train_small_with_a_strided_stem_and_photo_augmentation(own):
+def test_photos_train_small_on_the_patch_embedding_with_photo_augmentation(own):
     geo = decide(own, 3)
-    assert geo.photos and geo.image_size == (PHOTO_SIZE, PHOTO_SIZE)
+    assert geo.photos and geo.image_size == (PHOTO_SIZE, PHOTO_SIZE) == (64, 64)
     m = geo.model
-    assert m.stem == "conv" and m.stem_stride > 1 and m.patch_size % m.stem_stride == 0
+    assert (m.stem, m.patch_size, m.stem_stride) == ("patch", 8, 1)  # no conv at full resolution
     assert patch_problem(geo.image_size, m.patch_size) is None
     aug, reason = resolve_augment(AugmentConfig(), True)
     assert (aug.crop, aug.flip) == ("resized", True)
@@ -76,12 +76,14 @@ def test_given_values_win():
 
 
 def test_build_config_takes_the_geometry():
-    assert ModelSpec().build_config((32, 32), 3, 10).stem_stride == 1
-    photo = ModelSpec().build_config((PHOTO_SIZE, PHOTO_SIZE), 3, 3)
-    assert photo.stem_stride == model_geometry(PHOTO_SIZE).stem_stride > 1
-    assert photo.patch_size == model_geometry(PHOTO_SIZE).patch_size
-    big = ModelSpec().build_config((224, 224), 3, 3)
-    assert (big.patch_size, big.stem_stride) == (16, model_geometry(224).stem_stride)
+    small = ModelSpec().build_config((32, 32), 3, 10)
+    assert (small.stem, small.stem_stride) == ("conv", 1)
+    photos = model_geometry(PHOTO_SIZE, photos=True)
+    photo = ModelSpec().build_config((PHOTO_SIZE, PHOTO_SIZE), 3, 3, photos)
+    assert (photo.stem, photo.patch_size) == (photos.stem, photos.patch_size) == ("patch", 8)
+    big = ModelSpec().build_config((224, 224), 3, 3)  # a conv stem above 64 px is strided
+    assert (big.stem, big.patch_size, big.stem_stride) == ("conv", 16, model_geometry(224).stem_stride)
+    assert big.stem_stride > 1
 
 
 def test_one_size_normalizer_and_one_patch_check():
@@ -118,9 +120,8 @@ def test_a_folder_of_a_few_large_images_is_cached_with_the_defaults_line(tmp_pat
     assert tuple(data.val.images.shape[-2:]) == (PHOTO_SIZE, PHOTO_SIZE)
     assert len(data.train) + len(data.val) == 8 and len(data.val) == 2
     assert (data.augment.crop, data.augment.flip) == ("resized", True)
-    m = model_geometry(PHOTO_SIZE)
-    line = (f"photos 300x200 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch {m.patch_size}, stem conv stride "
-            f"{m.stem_stride}, crop resized + flip (natural images; set --augment.crop none to turn off)")
+    line = (f"photos 300x200 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch 8, stem patch, crop resized + flip "
+            "(natural images; set --augment.crop none to turn off)")
     assert line in data.notes
     assert list((tmp_path / "cache").glob("folder-*.safetensors"))  # decoded once, on disk
 
@@ -145,7 +146,7 @@ def test_small_folder_keeps_todays_behaviour(tmp_path):
     assert not any(n.startswith("photos") for n in data.notes)
 
 
-def test_training_on_photos_prints_the_defaults_and_builds_the_strided_model(tmp_path, capsys):
+def test_training_on_photos_prints_the_defaults_and_builds_the_photo_model(tmp_path, capsys):
     from vitkit.training import RunConfig, TrainConfig, fit
 
     root = _folder(tmp_path / "photos", [(160, 120)], per_class=6)
@@ -154,6 +155,6 @@ def test_training_on_photos_prints_the_defaults_and_builds_the_strided_model(tmp
                       run=RunConfig(epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False))
     result = fit(cfg)
     out = capsys.readouterr().out
-    m = model_geometry(PHOTO_SIZE)
-    assert f"photos 160x120 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch {m.patch_size}" in out
+    assert f"photos 160x120 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch 8, stem patch" in out
+    assert "stem patch" in out.split("model: ")[1].splitlines()[0]  # the model built is the one announced
     assert result.status == "finished" and result.val_acc is not None

@@ -4,9 +4,11 @@ decoded once into memory, and the augmentation defaults.
 
 Small images (up to SMALL_SIDE px: digits, MNIST, CIFAR) train at their own size (moved to the
 nearest size with a reasonable patch grid when a side is prime) on the small hybrid with its
-conv stem at full resolution. Photos (natural images larger than that) train at PHOTO_SIZE,
-with the stem downsampling by PHOTO_STEM_STRIDE so that no conv runs at full resolution above
-SMALL_SIDE, random resized crops and flips by default: measured in benchmarks/photos.py.
+conv stem at full resolution. Photos (natural images larger than that) train at PHOTO_SIZE
+on the plain patch embedding (the default patch rule's 8x8 grid: patch 8) with random resized
+crops and flips by default: in the sweep of benchmarks/photos.py that trained best in a fixed
+time on 2 CPU cores (a conv stem at 64 px costs more per step than it gives back). Above
+SMALL_SIDE px a conv stem, when asked for, downsamples by PHOTO_STEM_STRIDE.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ if TYPE_CHECKING:
     from .augment import AugmentConfig
 
 SMALL_SIDE = 64  # images up to this side train at their own size
-PHOTO_SIZE = 96  # the side photos train at unless --data.image_size is given
-PHOTO_PATCH = 12  # the small model's patch on photos: an 8x8 grid at PHOTO_SIZE
+PHOTO_SIZE = 64  # the side photos train at unless --data.image_size is given
 PHOTO_STEM_STRIDE = 4  # the small model's conv stem stride above SMALL_SIDE px
 CROP_MARGIN = 1.25  # random resized crops are cut from a cached copy this much larger
 CACHE_BUDGET_GB = 2.0  # decoded uint8 images up to this many GiB are kept in memory
@@ -65,21 +66,21 @@ class ModelGeometry:
     stem_stride: int
 
 
-def model_geometry(image_size: int | Sequence[int], given: dict | None = None) -> ModelGeometry:
+def model_geometry(image_size: int | Sequence[int], given: dict | None = None,
+                   photos: bool = False) -> ModelGeometry:
     """Patch and stem for a model built for image_size: the given fields (a ModelSpec's, or a
-    variant's) where set; else the small model's conv stem, at stride 1 up to SMALL_SIDE px and
-    PHOTO_STEM_STRIDE above, with the default patch rule (PHOTO_PATCH on photos when it divides)."""
+    variant's) where set; else, for photos, the plain patch embedding, and for small images the
+    small model's conv stem at full resolution; a conv stem above SMALL_SIDE px downsamples by
+    PHOTO_STEM_STRIDE; the patch from the default patch rule (config.default_patch_size)."""
     from ..config import default_patch_size
 
     given = {k: v for k, v in (given or {}).items() if v is not None}
     size = hw(image_size)
     named = given.get("variant")  # "Ti/16": a plain ViT whose name gives the patch
-    stem = given.get("stem", "patch" if named else "conv")
+    stem = given.get("stem", "patch" if named or photos else "conv")
     large = max(size) > SMALL_SIDE
     stride = given.get("stem_stride", PHOTO_STEM_STRIDE if large and stem == "conv" else 1)
     patch = given.get("patch_size", int(named.split("/")[1]) if named else None)
-    if patch is None and large and PHOTO_PATCH % stride == 0 and not patch_problem(size, PHOTO_PATCH):
-        patch = PHOTO_PATCH
     if patch is None:
         patch = default_patch_size(size, stride if stem == "conv" else 1)
     return ModelGeometry(int(patch), stem, int(stride))
@@ -140,7 +141,7 @@ def decide(own: Sequence[int], channels: int, natural: bool = True, *,
         return Geometry(size, c, None, mean, std, photos, notes)
     size, note = data_size(own, natural, image_size)
     notes += [note] if note else []
-    geo = model_geometry(size, model)
+    geo = model_geometry(size, model, photos)
     return Geometry(size, want_channels or channels, geo, mean, std if mean is not None else None, photos,
                     notes)
 

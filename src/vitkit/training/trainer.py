@@ -100,7 +100,8 @@ class Trainer:
                 model = ViT(read_config(self.run_dir))
             if model is None:
                 mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
-                                              len(self.data.classes) if self.supervised else 0)
+                                              len(self.data.classes) if self.supervised else 0,
+                                              self.data.geometry)
                 model = ViT(mcfg)
         self.check_model_fits_data(model)
         if cfg.optim.train_only == "head":

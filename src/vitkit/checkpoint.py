@@ -31,18 +31,6 @@ METRICS_NAME = "metrics.csv"
 CURVES_NAME = "curves.png"
 
 
-def is_model_folder(path: str | Path) -> bool:
-    """A directory whose config.json has vitkit's "model" section."""
-    cfg = Path(path) / CONFIG_NAME
-    if not cfg.is_file():
-        return False
-    try:
-        meta = read_json(cfg)
-    except ValueError:
-        return False
-    return isinstance(meta, dict) and isinstance(meta.get("model"), dict)
-
-
 def read_meta(directory: str | Path) -> dict:
     """config.json of a model folder, checked: it exists, is JSON and has a valid model section."""
     path = Path(directory) / CONFIG_NAME

@@ -17,6 +17,8 @@ from .training.objectives import PretrainConfig
 def info(image_size: int = 224) -> None:
     """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs.
 
+    Reads nothing, writes nothing. Example: vitkit info --image_size 384
+
     Args:
         image_size: square input resolution used for the parameter and FLOP counts.
     """
@@ -35,6 +37,8 @@ def bench(
     json: str | None = "speed.json",
 ) -> None:
     """Time vitkit, timm and Hugging Face transformers on the same ViTs, interleaved, in one run.
+
+    Prints a table per workload and writes the results to --json. Example: vitkit bench --only infer
 
     Args:
         device: where to run.
@@ -59,6 +63,9 @@ def train(
     resume: str | None = None,
 ) -> None:
     """Train a ViT; with no arguments, on the built-in digits set (recipes: configs/*.yaml).
+
+    Reads the data (--data.*), writes a run directory (--run.out): model.safetensors, config.json,
+    train.yaml, state.pt, metrics.csv, curves.png. Example: vitkit train --config configs/digits.yaml
 
     Args:
         data: where the images come from and how they are shaped.
@@ -189,6 +196,9 @@ def evaluate(
 ) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
+    Reads WEIGHTS and the data; prints the accuracies and writes confusion.png, confusion.csv
+    and eval.json. Example: vitkit evaluate runs/digits --out eval/
+
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
             .onnx file, or a cached Hub id.
@@ -199,50 +209,25 @@ def evaluate(
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
     """
-    import json
+    from .evaluation import evaluate_path
 
-    from .data.pipeline import load_data, load_eval_data
-    from .evaluation import evaluate_model, write_confusion
-    from .files import atomic_write_json
-    from .loading import open_model
-    from .precision import for_inference, inference_precision
-
-    opened = open_model(weights, load)
-    if data is None:
-        train = opened.extra.get("train")
-        if not train:
-            raise ValueError(f"{weights}: no stored training data; pass --data.dataset / --data.path")
-        stored = DataConfig(**{**train["data"], "per_class": None})
-        d = load_data(stored)  # the run's own validation split, as during training
-        if d.classes != opened.classes:
-            raise ValueError(f"the model's classes {opened.classes[:10]} differ from the data's "
-                             f"{d.classes[:10]}")
-        images, count, where = d.val, len(d.val), f"the validation split of {stored.path or stored.dataset}"
-    else:
-        ev = load_eval_data(data, opened.spec, opened.classes)
-        images, count, where = ev.images, ev.count, ev.description
-    print(f"evaluating on {count} images: {where}")
-    precision = inference_precision(precision, opened.device)
-    model = for_inference(opened.model, precision)
-    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
-                         (data or DataConfig()).workers)
-    out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
-    write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
-    summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
-               "per_class": res.per_class}
-    atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
-    print(f"{res.count} images ({precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
+    done = evaluate_path(weights, data, out, batch_size, precision, load)
+    res = done.result
+    print(f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
           f"loss {res.loss:.4f}")
     width = max(len(c) for c in res.classes)
     for c, acc in res.per_class.items():
         print(f"  {c:<{width}}  {acc:.2%}")
-    print(f"wrote {out_dir}/confusion.png, confusion.csv, eval.json")
+    print(f"wrote {done.out_dir}/confusion.png, confusion.csv, eval.json")
 
 
 def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
             precision: Literal["auto", "fp32", "bf16"] = "auto",
             load: LoadOptions = LoadOptions()) -> None:  # noqa: B008
     """Top-k classes with probabilities for image files or directories of images.
+
+    Prints one line per image (or JSON); unreadable files are named on stderr, and the command
+    fails when none could be read. Example: vitkit predict runs/digits photo.png more/ --topk 3
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
@@ -255,14 +240,9 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
     """
     import json as _json
 
-    from .loading import open_model
-    from .precision import for_inference, inference_precision
-    from .predict import list_images, predict_files
+    from .predict import predict_paths
 
-    opened = open_model(weights, load)
-    precision = inference_precision(precision, opened.device)
-    for_inference(opened.model, precision)
-    results = predict_files(opened, list_images(images), topk, precision=precision)
+    results = predict_paths(weights, images, topk, precision, load)
     if json:
         print(_json.dumps(results, indent=2))
     for r in results:
@@ -289,6 +269,8 @@ def visualize(
     """Attention maps, attention rollout and the paper's Figure 6 and 7 plots, plus report.html.
 
     Usage: vitkit visualize RUN_OR_WEIGHTS [IMAGES ...] --out DIR (options after the files).
+
+    Reads the model and images; writes PNG figures and report.html to --out.
 
     Args:
         path: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
@@ -325,6 +307,8 @@ def convert(
     """Convert a ViT checkpoint (official .npz, timm, Hugging Face, torchvision, vitkit) to another format.
 
     Usage: vitkit convert SRC OUT --to timm|hf|npz|vitkit. Prints what was found and done.
+
+    Example: vitkit convert vit_base.npz runs/b16 --to vitkit
 
     Args:
         src: the checkpoint: a file (.npz, .pth, .bin, .safetensors), a model folder or a cached Hub id.
@@ -367,6 +351,8 @@ def serve(
     and the page at /. Usage: vitkit serve MODEL [--port 8000]; needs the serve extra
     (pip install 'vitkit[serve]'). Stop with Ctrl-C or SIGTERM: requests in flight are finished.
 
+    Example: vitkit serve runs/digits --port 8080
+
     Args:
         model: a run directory, a vitkit model directory, another library's checkpoint, or
             an exported .onnx file.
@@ -407,7 +393,8 @@ def export(
     """Export a model to ONNX (for onnxruntime, optionally int8) or a torch.export .pt2 file
     that holds the class names, input spec and config; then check it against eager fp32.
 
-    Usage: vitkit export MODEL OUT.onnx [--image_size 384] [--int8 true --calibration DIR].
+    Reads MODEL (a vitkit model); writes OUT and prints notes, its size and the check.
+    Example: vitkit export runs/digits digits.onnx --int8 true --calibration images/
 
     Args:
         model: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
@@ -422,53 +409,22 @@ def export(
         verify: run the written file on a few inputs and compare it with eager fp32.
         load: what the checkpoint may not record (heads, classes, normalization).
     """
-    from pathlib import Path
+    from .export import export_file
 
-    from . import loading
-    from .export import calibration_batch, export_model
-    from .export.verify import check_file
-    from .model import ViT
-
-    if hasattr(loading, "open_model"):
-        opened = loading.open_model(model, load)
-    else:
-        from .predict import load_for_inference
-
-        opened = load_for_inference(model)
-    if not isinstance(opened.model, ViT):
-        raise ValueError(f"{model}: exporting needs a vitkit model (a run, model folder or checkpoint), "
-                         f"not {type(opened.model).__name__}")
-    images = None
-    if calibration:
-        from .predict import list_images
-
-        images = list_images([calibration])[:calibration_limit]
-    path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
-                               int8, images)
-    for note in notes:
+    done = export_file(model, out, format, image_size, int8, calibration, calibration_limit, verify, load)
+    for note in done.notes:
         print(f"note: {note}")
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB, {format}{', int8' if int8 else ''})")
-    if not verify:
-        return
-    spec = opened.spec
-    if image_size is not None:
-        import dataclasses
-
-        spec = dataclasses.replace(spec, image_size=(image_size, image_size))
-    if images:
-        x = calibration_batch(images, spec)
-        what = "calibration images"
-    else:
-        import torch
-
-        x = torch.randn(4, spec.channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
-        what = "random inputs"
-    check = check_file(path, opened.model, x)
-    print(f"check against eager fp32 on {what}: {check}")
+    size = done.path.stat().st_size / 2**20
+    print(f"wrote {done.path} ({size:.2f} MiB, {format}{', int8' if int8 else ''})")
+    if done.check is not None:
+        print(f"check against eager fp32 on {done.checked_on}: {done.check}")
 
 
 def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
     """Write an image folder (root/<class>/<image>) as WebDataset-style tar shards for streaming.
+
+    Writes OUT/shard-NNNNNN.tar and OUT/index.json.
+    Example: vitkit shards photos/ photo-shards/ --shard_size 500
 
     Args:
         src: the image folder (any folder vitkit trains on).
@@ -488,6 +444,8 @@ def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
 
 def consolidate(run: str, out: str, ema: bool | None = None) -> None:
     """Write a model folder (config.json + model.safetensors) from an FSDP run's sharded checkpoint.
+
+    Example: vitkit consolidate runs/fsdp runs/fsdp-model
 
     Args:
         run: the run directory (holding state.dcp/).
@@ -620,7 +578,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
 
     params = inspect.signature(func).parameters
     required = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p != files]
-    parser = ArgumentParser(prog=f"vitkit {name}", description=doc.split("\n\n")[0])
+    parser = ArgumentParser(prog=f"vitkit {name}", description=doc.split("\nArgs:")[0].strip())
     for p in required:
         parser.add_argument(p, help=arg_help(p))
     parser.add_argument(files, nargs="*", default=[], help=arg_help(files))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,3 +106,62 @@ def write_confusion(result: EvalResult, csv_path, png_path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+@dataclass
+class Evaluated:
+    """What evaluate_path did: the result, on which images, in which precision, and where
+    confusion.png, confusion.csv and eval.json were written."""
+
+    result: EvalResult
+    where: str
+    precision: str
+    out_dir: Path
+
+
+def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[object, int, str]:
+    """(images, count, description) to evaluate an opened model on: all of `data` (a DataConfig),
+    or else the validation split its training run used, re-made from its stored config."""
+    from .data.pipeline import DataConfig, load_data, load_eval_data
+
+    if data is not None:
+        data.validate()
+        ev = load_eval_data(data, opened.spec, opened.classes)
+        return ev.images, ev.count, ev.description
+    train = opened.extra.get("train")
+    if not train:
+        raise ValueError(f"{opened.source}: no stored training data; pass --data.dataset / --data.path")
+    stored = DataConfig(**{**train["data"], "per_class": None})
+    d = load_data(stored)  # the run's own validation split, as during training
+    if d.classes != opened.classes:
+        raise ValueError(f"the model's classes {opened.classes[:10]} differ from the data's {d.classes[:10]}")
+    return d.val, len(d.val), f"the validation split of {stored.path or stored.dataset}"
+
+
+def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None, batch_size: int = 500,
+                  precision: str = "auto", options=None, log=print) -> Evaluated:
+    """Evaluate `weights` (anything vitkit.open_model opens) on `data` (a DataConfig; default: the
+    run's validation split) and write confusion.png, confusion.csv and eval.json to `out`
+    (default: the run directory when weights is one, else the current directory)."""
+    import json
+
+    from .files import atomic_write_json
+    from .loading import open_model
+    from .precision import for_inference, inference_precision
+
+    if batch_size < 1:
+        raise ValueError(f"--batch_size {batch_size}: must be 1 or more")
+    opened = open_model(weights, options)
+    images, count, where = evaluation_images(opened, data)
+    if log:
+        log(f"evaluating on {count} images: {where}")
+    precision = inference_precision(precision, opened.device)
+    model = for_inference(opened.model, precision)
+    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
+                         data.workers if data is not None else 2)
+    out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
+    write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
+    summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
+               "per_class": res.per_class}
+    atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
+    return Evaluated(res, where, precision, out_dir)

@@ -71,3 +71,14 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
             flush()
     flush()
     return results
+
+
+def predict_paths(weights: str | Path, inputs: list[str | Path], topk: int = 5, precision: str = "auto",
+                  options=None) -> list[dict]:
+    """Open `weights` (anything vitkit.open_model opens) and predict for image files and folders
+    of images; files that cannot be read get an "error" entry instead of "top"."""
+    from .loading import open_model
+
+    if topk < 1:
+        raise ValueError(f"--topk {topk}: must be 1 or more")
+    return predict_files(open_model(weights, options), list_images(inputs), topk, precision=precision)

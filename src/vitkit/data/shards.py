@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import random
 import subprocess
 import tarfile
@@ -184,10 +183,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         """How many samples the whole set holds (every rank's and the unused tail)."""
         return self.shards.total
-
-    def batches_per_rank(self) -> int:
-        n = self.shards.total
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def part(self, worker: int, workers: int) -> tuple[list[int], int, int]:
         """The shard order and the sample range [start, stop) one worker reads this epoch."""

@@ -4,6 +4,7 @@ ViTConfig), with the image size fixed at export."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -63,4 +64,51 @@ def export_model(
     return quantize_export(ready, meta, out, calibration, notes)
 
 
-__all__ = ["export_model", "calibration_batch", "export_ready", "metadata"]
+@dataclass
+class Exported:
+    """What export_file did: the file, notes on the conversion, and the check against eager fp32
+    (None when not verified) with what it was run on."""
+
+    path: Path
+    notes: list[str]
+    check: object | None = None
+    checked_on: str = ""
+
+
+def export_file(model: str | Path, out: str | Path, format: Format = "onnx", image_size: int | None = None,
+                int8: bool = False, calibration: str | Path | None = None, calibration_limit: int = 256,
+                verify: bool = True, options=None) -> Exported:
+    """Open `model` (anything vitkit.open_model opens that holds a vitkit ViT), write it with
+    export_model and, with verify, run the written file on calibration images (else four random
+    inputs) and compare it with the eager fp32 model."""
+    import dataclasses
+
+    import torch
+
+    from ..loading import open_model
+    from ..predict import list_images
+    from .verify import check_file
+
+    opened = open_model(model, options)
+    if not isinstance(opened.model, ViT):
+        raise ValueError(f"{model}: exporting needs a vitkit model (a run, model folder or checkpoint), "
+                         f"not {type(opened.model).__name__}")
+    images = list_images([calibration])[:calibration_limit] if calibration else None
+    path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
+                               int8, images)
+    done = Exported(path, notes)
+    if not verify:
+        return done
+    spec = opened.spec
+    if image_size is not None:
+        spec = dataclasses.replace(spec, image_size=(image_size, image_size))
+    if images:
+        x, done.checked_on = calibration_batch(images, spec), "calibration images"
+    else:
+        x = torch.randn(4, spec.channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
+        done.checked_on = "random inputs"
+    done.check = check_file(path, opened.model, x)
+    return done
+
+
+__all__ = ["Exported", "export_file", "export_model", "calibration_batch", "export_ready", "metadata"]

@@ -5,9 +5,10 @@ import json
 
 import torch
 from helpers import tiny_train_config
+from safetensors.torch import load_file
 
 from vitkit.data.pipeline import DataConfig
-from vitkit.finetune import finetune
+from vitkit.finetune import LinearOptions, finetune
 from vitkit.training import OptimConfig, RunConfig, fit
 
 
@@ -34,10 +35,11 @@ def test_finetune_new_resolution_beats_scratch(tmp_path, capsys):
 
 def test_linear_probe_trains_only_the_head(tmp_path):
     fit(tiny_train_config(tmp_path / "pre", epochs=1))
-    before = torch.load(tmp_path / "pre" / "state.pt", weights_only=True)["model"]
+    before = load_file(tmp_path / "pre" / "model.safetensors")
     run = RunConfig(out=str(tmp_path / "lp"), epochs=1, batch_size=64, progress=False, precision="fp32")
-    finetune(tmp_path / "pre", DataConfig(dataset="digits"), run=run, linear_probe=True)
-    after = torch.load(tmp_path / "lp" / "state.pt", weights_only=True)["model"]
+    finetune(tmp_path / "pre", DataConfig(dataset="digits"), run=run, linear_probe=True,
+             linear=LinearOptions(epochs=20))
+    after = load_file(tmp_path / "lp" / "model.safetensors")
     for k in before:
         if not k.startswith("head."):
             assert torch.equal(before[k], after[k]), k

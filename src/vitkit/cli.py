@@ -9,6 +9,8 @@ from typing import Literal
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
 from .features import FeatureOptions
+from .finetune.linear import LinearOptions
+from .finetune.lora import LoraOptions
 from .loading import LoadOptions
 from .training.config import ModelSpec, OptimConfig, RunConfig
 from .training.objectives import PretrainConfig
@@ -160,6 +162,10 @@ def finetune(
     optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, warmup=0.1),  # noqa: B008
     augment: AugmentConfig = AugmentConfig(),  # noqa: B008
     run: RunConfig = RunConfig(out="runs/finetune", epochs=10),  # noqa: B008
+    mode: Literal["full", "linear", "lora"] = "full",
+    views: int = 1,
+    linear: LinearOptions = LinearOptions(),  # noqa: B008
+    lora: LoraOptions = LoraOptions(),  # noqa: B008
     linear_probe: bool = False,
     resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
     load: LoadOptions = LoadOptions(),  # noqa: B008
@@ -169,20 +175,27 @@ def finetune(
     --image_size, SGD with momentum 0.9 and no weight decay, clipping at 1, warmup + cosine.
 
     Args:
-        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        weights: a run or model folder, another library's checkpoint or folder, or a Hub id
+            (downloaded unless cached).
         data: the data to fine-tune on.
         image_size: the new square resolution (default: the data's, else the model's).
-        optim: optimizer and schedule (default: the paper's fine-tuning recipe).
-        augment: augmentation and label smoothing.
+        optim: optimizer and schedule for full and lora (default: the paper's fine-tuning recipe).
+        augment: augmentation and label smoothing (linear: for views 2..K).
         run: epochs, batch size, output directory, precision, device.
-        linear_probe: train only the new head on a frozen backbone.
+        mode: full (every weight), linear (the head on features of the frozen backbone,
+            computed once) or lora (low-rank adapters and the head, merged when saved).
+        views: linear: passes over the training images (the first plain, the rest augmented).
+        linear: linear: how the head is trained on the cached features.
+        lora: lora: rank, alpha, dropout and which linear layers get adapters.
+        linear_probe: the same as --mode linear.
         resize_mode: position-embedding interpolation: bicubic, bilinear or jax.
         load: what the checkpoint may not record (heads, classes, normalization).
     """
     from .finetune import finetune as run_finetune
     from .training import TrainConfig
 
-    result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode, load)
+    result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode, load,
+                          mode=mode, views=views, linear=linear, lora=lora)
     _after_training(result, TrainConfig(data=data, optim=optim, augment=augment, run=run))
 
 

@@ -1,0 +1,90 @@
+"""Fine-tuning as in the paper (Section 3.2, Appendix B.1.1): take a pre-trained model, drop
+its pre-logits layer, attach a zero-initialized head for the new classes, interpolate the
+position embeddings to the new resolution, and train with SGD (momentum 0.9, no weight
+decay), gradient clipping at 1, warmup then cosine decay.
+
+Three modes share that start: "full" trains every weight; "linear" trains the head alone on
+features of the frozen backbone computed once (finetune/linear.py); "lora" trains low-rank
+adapters and the head, and publishes them merged into plain weights (finetune/lora.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from ..data.augment import AugmentConfig
+from ..data.geometry import decide, hw
+from ..data.pipeline import DataConfig, load_data
+from ..loading import LoadOptions, open_model
+from ..training import OptimConfig, RunConfig, TrainConfig, fit
+from ..training.trainer import RunResult
+from .linear import LinearOptions, linear_finetune
+from .lora import LoraClassification, LoraOptions
+
+__all__ = ["FINETUNE_OPTIM", "MODES", "LinearOptions", "LoraOptions", "finetune"]
+
+Mode = Literal["full", "linear", "lora"]
+MODES = ("full", "linear", "lora")
+
+FINETUNE_OPTIM = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, momentum=0.9, warmup=0.1,
+                             schedule="cosine", clip_grad=1.0)
+
+
+def finetune(weights: str | Path, data: DataConfig, image_size: int | None = None,
+             optim: OptimConfig | None = None, augment: AugmentConfig | None = None,
+             run: RunConfig | None = None, linear_probe: bool = False,
+             resize_mode: str = "bicubic", options: LoadOptions | None = None, mode: Mode = "full",
+             views: int = 1, linear: LinearOptions | None = None, lora: LoraOptions | None = None
+             ) -> RunResult:
+    """Fine-tune `weights` (anything vitkit.open_model opens) on `data`; returns the run result.
+
+    The new data is normalized as the source model's inputs were (its stored mean and std,
+    else 0.5) unless data.mean is set. `mode` full, linear (`views` passes over the training
+    images, `linear` for the head's training) or lora (`lora` for the adapters);
+    linear_probe=True is mode="linear".
+    """
+    mode = "linear" if linear_probe else mode
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    linear, lora = linear or LinearOptions(), lora or LoraOptions()
+    linear.validate()
+    lora.validate()
+    if mode == "linear" and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+        raise ValueError(f"--views {views}: must be 1 or more")
+    optim = replace(optim or FINETUNE_OPTIM, train_only="all")
+    run = run or RunConfig(out="runs/finetune", epochs=10)
+    augment = augment or AugmentConfig()
+    for section in (data, optim, augment, run):  # before anything is read
+        section.validate()
+    if mode == "lora" and run.strategy == "fsdp":
+        raise ValueError("--mode lora: not available with --run.strategy fsdp (use ddp)")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image_size {image_size}: must be 1 or more pixels")
+    source = open_model(weights, options)  # channels, resolution and normalization of the source
+    c, spec = source.model.config, source.spec
+    geo = decide(c.image_hw, c.num_channels, model=c, image_size=image_size or data.image_size,
+                 want_channels=data.channels, mean=data.mean, std=data.std, model_mean=spec.mean,
+                 model_std=spec.std)
+    data = replace(data, channels=geo.channels, image_size=geo.image_size[0], mean=geo.mean, std=geo.std)
+    classes = load_data(data).classes
+    size = hw(data.image_size)  # DataConfig sizes are square
+    model = open_model(weights, options, image_size=size, num_classes=len(classes),
+                       resize_mode=resize_mode).model
+    if model.config.representation_size:  # the paper removes the whole pre-training head
+        model.drop_pre_logits()
+    model.reset_classifier(len(classes))
+    print(f"fine-tuning {weights}: {c.image_hw[0]}x{c.image_hw[1]} -> {size[0]}x{size[1]}, "
+          f"{c.num_classes} -> {len(classes)} classes, new zero-initialized head"
+          + {"full": "", "linear": ", backbone frozen (linear probe on cached features)",
+             "lora": f", LoRA rank {lora.rank} on {', '.join(lora.targets)}"}[mode])
+    cfg = TrainConfig(data=data, optim=optim, augment=augment, run=run)
+    meta = {"finetuned_from": str(weights), "finetune": {"mode": mode}}
+    if mode == "linear":
+        meta["finetune"].update(views=views, linear=vars(linear))
+        return linear_finetune(model, cfg, views, linear, meta)
+    if mode == "full":
+        return fit(cfg, model=model.train(), extra_meta=meta)
+    meta["finetune"].update(lora=vars(lora))
+    return fit(cfg, model=model.train(), extra_meta=meta, objective=LoraClassification(lora))

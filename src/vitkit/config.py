@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -165,66 +164,3 @@ def conv_stem_plan(channels: int, stride: int) -> list[tuple[int, int]]:
     if k == 0:
         return [(channels, 1), (channels, 1)]
     return [(max(channels >> k, 1), 1)] + [(max(channels >> (k - i), 1), 2) for i in range(1, k + 1)]
-
-
-# ---- default patch size for data of any size ------------------------------------------------
-def _target_patch(h: int, w: int) -> float:
-    """The patch side of the default grid: about 4x4 up to 16 px, 8x8 up to 64 px, else 16 px patches."""
-    side = min(h, w)
-    if side <= 16:
-        return side / 4
-    if max(h, w) <= 64:
-        return side / 8
-    return 16.0
-
-
-def _reasonable(patch: int, target: float) -> bool:
-    """Within a factor 2 of the target patch side (a factor 4 in tokens)."""
-    return 0.5 <= patch / max(target, 1.0) <= 2.0
-
-
-def default_patch_size(image_size: int | tuple[int, int], stem_stride: int = 1) -> int:
-    """The patch side used when none is given: one that divides both height and width (and is
-    a multiple of stem_stride), with the grid closest to about 4x4 for images up to 16 px,
-    8x8 up to 64 px, and 16 px patches beyond.
-
-    Where it divides the image, the side rounded down from that target is kept (8x8 -> 2,
-    32x32 -> 4, 224x224 -> 16); otherwise the nearest divisor in ratio wins (28x28 -> 4,
-    30x20 -> 2). A prime side leaves only patch 1 or the whole side: default_image_size
-    gives the nearest size with a reasonable grid.
-    """
-    h, w = hw(image_size)
-    if h < 1 or w < 1 or stem_stride < 1:
-        raise ValueError(f"image size {h}x{w} and stem stride {stem_stride} must be positive")
-    target = _target_patch(h, w)
-    g = math.gcd(h, w)
-    candidates = [p for p in range(stem_stride, g + 1, stem_stride) if g % p == 0]
-    if not candidates:
-        raise ValueError(f"image size {h}x{w}: no patch size divides it that is a multiple of stem stride "
-                         f"{stem_stride}; set --model.patch_size or --data.image_size")
-    rounded = max(1, int(target))
-    if rounded in candidates:
-        return rounded
-    return min(candidates, key=lambda p: (abs(math.log(p / target)), p))
-
-
-def default_image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    """The image size itself when default_patch_size finds a reasonable grid for it, else the
-    nearest size that the target patch side divides and that gets a reasonable grid
-    (31x31 -> 30x30, patch 3; 17x17 -> 18x18, patch 2)."""
-    h, w = hw(image_size)
-    target = _target_patch(h, w)
-    if _reasonable(default_patch_size((h, w)), target):
-        return h, w
-    q = max(1, int(target))
-
-    def near(n: int) -> list[int]:  # multiples of q around n
-        lo = max(q, n // q * q)
-        return sorted({max(q, lo - q), lo, lo + q, lo + 2 * q})
-
-    sizes = sorted(((a, b) for a in near(h) for b in near(w)),
-                   key=lambda s: (abs(s[0] - h) + abs(s[1] - w), -s[0] - s[1]))
-    for a, b in sizes:
-        if _reasonable(default_patch_size((a, b)), _target_patch(a, b)):
-            return a, b
-    return sizes[0]

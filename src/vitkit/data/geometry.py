@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import ViTConfig
     from .augment import AugmentConfig
 
 SMALL_SIDE = 64  # images up to this side train at their own size
@@ -71,9 +70,7 @@ def model_geometry(image_size: int | Sequence[int], given: dict | None = None,
     """Patch and stem for a model built for image_size: the given fields (a ModelSpec's, or a
     variant's) where set; else, for photos, the plain patch embedding, and for small images the
     small model's conv stem at full resolution; a conv stem above SMALL_SIDE px downsamples by
-    PHOTO_STEM_STRIDE; the patch from the default patch rule (config.default_patch_size)."""
-    from ..config import default_patch_size
-
+    PHOTO_STEM_STRIDE; the patch from the default patch rule (default_patch_size)."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     size = hw(image_size)
     named = given.get("variant")  # "Ti/16": a plain ViT whose name gives the patch
@@ -102,8 +99,6 @@ class Geometry:
 def data_size(own: Sequence[int], natural: bool = True, image_size: int | Sequence[int] | None = None
               ) -> tuple[tuple[int, int], str | None]:
     """The size images are fed at when no model fixes it, and a note saying why."""
-    from ..config import default_image_size
-
     h, w = hw(own)
     if image_size:
         return hw(image_size), None
@@ -118,7 +113,7 @@ def data_size(own: Sequence[int], natural: bool = True, image_size: int | Sequen
 
 def decide(own: Sequence[int], channels: int, natural: bool = True, *,
            image_size: int | Sequence[int] | None = None, want_channels: int | None = None,
-           model: ViTConfig | dict | None = None, mean: list[float] | None = None,
+           model: Any = None, mean: list[float] | None = None,
            std: list[float] | None = None, model_mean: list[float] | None = None,
            model_std: list[float] | None = None) -> Geometry:
     """The input geometry for data of `own` size and `channels` (natural images or not).
@@ -128,11 +123,9 @@ def decide(own: Sequence[int], channels: int, natural: bool = True, *,
     unless mean / std are given) or the given fields of a ModelSpec (training: the rest is
     model_geometry's). Given image_size, channels and normalization always win.
     """
-    from ..config import ViTConfig
-
     photos = is_photo(own, natural)
     notes: list[str] = []
-    if isinstance(model, ViTConfig):
+    if model is not None and not isinstance(model, dict):  # a built model's ViTConfig
         size = hw(image_size or model.image_hw)
         check_patch(size, model.patch_size)
         c = want_channels or model.num_channels
@@ -194,3 +187,66 @@ def defaults_line(own: Sequence[int], geo: Geometry, augment_reason: str | None)
     if geo.model and geo.model.stem == "conv":
         patch += f" stride {geo.model.stem_stride}"
     return f"photos {h}x{w} -> {s[0]}x{s[1]}{patch}" + (f", {augment_reason}" if augment_reason else "")
+
+
+# ---- default patch size for data of any size ------------------------------------------------
+def _target_patch(h: int, w: int) -> float:
+    """The patch side of the default grid: about 4x4 up to 16 px, 8x8 up to 64 px, else 16 px patches."""
+    side = min(h, w)
+    if side <= 16:
+        return side / 4
+    if max(h, w) <= 64:
+        return side / 8
+    return 16.0
+
+
+def _reasonable(patch: int, target: float) -> bool:
+    """Within a factor 2 of the target patch side (a factor 4 in tokens)."""
+    return 0.5 <= patch / max(target, 1.0) <= 2.0
+
+
+def default_patch_size(image_size: int | tuple[int, int], stem_stride: int = 1) -> int:
+    """The patch side used when none is given: one that divides both height and width (and is
+    a multiple of stem_stride), with the grid closest to about 4x4 for images up to 16 px,
+    8x8 up to 64 px, and 16 px patches beyond.
+
+    Where it divides the image, the side rounded down from that target is kept (8x8 -> 2,
+    32x32 -> 4, 224x224 -> 16); otherwise the nearest divisor in ratio wins (28x28 -> 4,
+    30x20 -> 2). A prime side leaves only patch 1 or the whole side: default_image_size
+    gives the nearest size with a reasonable grid.
+    """
+    h, w = hw(image_size)
+    if h < 1 or w < 1 or stem_stride < 1:
+        raise ValueError(f"image size {h}x{w} and stem stride {stem_stride} must be positive")
+    target = _target_patch(h, w)
+    g = math.gcd(h, w)
+    candidates = [p for p in range(stem_stride, g + 1, stem_stride) if g % p == 0]
+    if not candidates:
+        raise ValueError(f"image size {h}x{w}: no patch size divides it that is a multiple of stem stride "
+                         f"{stem_stride}; set --model.patch_size or --data.image_size")
+    rounded = max(1, int(target))
+    if rounded in candidates:
+        return rounded
+    return min(candidates, key=lambda p: (abs(math.log(p / target)), p))
+
+
+def default_image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """The image size itself when default_patch_size finds a reasonable grid for it, else the
+    nearest size that the target patch side divides and that gets a reasonable grid
+    (31x31 -> 30x30, patch 3; 17x17 -> 18x18, patch 2)."""
+    h, w = hw(image_size)
+    target = _target_patch(h, w)
+    if _reasonable(default_patch_size((h, w)), target):
+        return h, w
+    q = max(1, int(target))
+
+    def near(n: int) -> list[int]:  # multiples of q around n
+        lo = max(q, n // q * q)
+        return sorted({max(q, lo - q), lo, lo + q, lo + 2 * q})
+
+    sizes = sorted(((a, b) for a in near(h) for b in near(w)),
+                   key=lambda s: (abs(s[0] - h) + abs(s[1] - w), -s[0] - s[1]))
+    for a, b in sizes:
+        if _reasonable(default_patch_size((a, b)), _target_patch(a, b)):
+            return a, b
+    return sizes[0]

@@ -83,6 +83,7 @@ class Data:
     notes: list[str]
     cropped: bool = False  # streamed training images got their random resized crop on decoding
     augment: AugmentConfig | None = None  # the augmentation with its "auto" values settled
+    geometry: geometry.ModelGeometry | None = None  # patch and stem a model built for the data takes
 
     @property
     def in_memory(self) -> bool:
@@ -149,7 +150,7 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None)
     channels, size = geo.channels, geo.image_size
     aug, _ = _settle(own, geo, augment, notes)
     train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
-    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug)
+    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug, geometry=geo.model)
 
 
 def _given_model(model) -> dict | None:
@@ -254,7 +255,7 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
         data = _finish(cfg, train, val, channels, size, notes)
         if train_size != size:
             notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
-        return replace(data, augment=aug)
+        return replace(data, augment=aug, geometry=geo.model)
     # too many to keep decoded: images stream through DataLoader workers
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
@@ -267,7 +268,7 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(StreamingFolder(index, channels, st.train_tf, st.train_size),
                 StreamingFolder(val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
-                aug)
+                aug, geo.model)
 
 
 def _split_index(cfg: DataConfig, index, notes: list[str] | None):
@@ -300,7 +301,7 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
                 ShardStream(val, channels, size, train=False), train.classes, st.spec,
-                notes, st.cropped, aug)
+                notes, st.cropped, aug, geo.model)
 
 
 def _sub_index(index, keep):

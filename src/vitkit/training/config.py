@@ -10,7 +10,7 @@ from typing import Literal
 
 from ..config import ViTConfig, variant
 from ..data.augment import AugmentConfig
-from ..data.geometry import hw, model_geometry
+from ..data.geometry import ModelGeometry, hw, model_geometry
 from ..data.pipeline import DataConfig
 from ..notices import check_ranges, is_number
 
@@ -21,19 +21,21 @@ FROM_DATA = ("image_size", "num_channels", "num_classes")
 SMALL_MODEL = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_size=128, stem="conv", stem_channels=32)
 
 
-def _build_config(self, image_size: tuple[int, int], channels: int, num_classes: int) -> ViTConfig:
+def _build_config(self, image_size: tuple[int, int], channels: int, num_classes: int,
+                  geometry: ModelGeometry | None = None) -> ViTConfig:
     """The ViTConfig for data of this size, channel count and class count: the variant (or
-    SMALL_MODEL) with every field that is set on top; patch and stem stride, when unset, from
-    the variant's name or else the data geometry (vitkit.data.geometry.model_geometry)."""
+    SMALL_MODEL) with every field that is set on top; patch, stem and stem stride, when unset,
+    from the variant's name or else the data's geometry (Data.geometry, as
+    vitkit.data.geometry.model_geometry decided it for these data)."""
     given = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
     data = dict(image_size=hw(image_size), num_channels=channels, num_classes=num_classes)
     if self.variant:
         patch = given.pop("patch_size", None)
         name = self.variant if patch is None else f"{self.variant.split('/')[0]}/{patch}"
         return variant(name, **given, **data)
-    fields = {**SMALL_MODEL, **given}
-    geo = model_geometry(image_size, fields)
-    fields.update(patch_size=geo.patch_size, stem_stride=geo.stem_stride)
+    geo = geometry or model_geometry(image_size, given)
+    fields = {**SMALL_MODEL, **given, "patch_size": geo.patch_size, "stem": geo.stem,
+              "stem_stride": geo.stem_stride}
     return ViTConfig(**fields, **data)
 
 

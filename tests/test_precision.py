@@ -14,7 +14,39 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     with pytest.warns(VitkitWarning, match="no native bf16.*training in fp32"):
         assert precision.training_precision("bf16", torch.device("cpu")) == "fp32"
-    assert precision.training_precision("auto", torch.device("cpu")) == "fp32"
+    for width in (None, 64, precision.BF16_TRAINING_MIN_WIDTH, 1024):
+        assert precision.training_precision("auto", torch.device("cpu"), width) == "fp32"
+
+
+def test_auto_on_a_cpu_with_native_bf16_depends_on_the_width(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    wide = precision.BF16_TRAINING_MIN_WIDTH
+    cpu = torch.device("cpu")
+    assert [precision.training_precision("auto", cpu, w) for w in (None, 64, 384, wide - 1)] == ["fp32"] * 4
+    assert [precision.training_precision("auto", cpu, w) for w in (wide, 2 * wide)] == ["bf16"] * 2
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_on_cuda_follows_bf16_support_whatever_the_width(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    want = "bf16" if supported else "fp32"
+    for width in (None, 64, 1024):
+        assert precision.training_precision("auto", torch.device("cuda"), width) == want
+
+
+def test_trainer_width_is_the_model_s_hidden_size():
+    from helpers import tiny_train_config
+
+    from vitkit.config import variant
+    from vitkit.training.config import SMALL_MODEL
+    from vitkit.training.trainer import model_width
+
+    cfg = tiny_train_config("unused")
+    assert model_width(cfg, None) == 32
+    cfg.model.hidden_size = None
+    assert model_width(cfg, None) == SMALL_MODEL["hidden_size"]
+    cfg.model.variant = "B/16"
+    assert model_width(cfg, None) == variant("B/16").hidden_size == 768
 
 
 def test_bf16_on_a_cpu_with_native_bf16_is_kept(monkeypatch, recwarn):

@@ -1,8 +1,8 @@
 """Device and precision, decided in one place for training, evaluation and prediction.
 
 - device "auto": CUDA when available, else the CPU;
-- training precision "auto": bf16 autocast on GPUs with bf16, else fp32 (on CPUs bf16 pays
-  off only for wide layers, so it is asked for explicitly there);
+- training precision "auto": bf16 autocast on GPUs with bf16; on CPUs with native bf16 for
+  models of width (hidden size) BF16_TRAINING_MIN_WIDTH and up; else fp32;
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
   CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once.
 
@@ -32,10 +32,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def training_precision(name: str, device: torch.device) -> str:
-    """"auto" for training: bf16 on GPUs that have it, else fp32. bf16 asked for on a CPU that
-    only emulates it becomes fp32, with a warning: emulated bf16 trains the CIFAR-10 recipe
-    14x slower than fp32 (7 against 100 img/s on a 2-core Zen 3 EPYC)."""
+# Narrower models train slower under bf16 autocast on a CPU with native bf16 (casts and norms
+# outweigh the faster products): a 2-core Zen 4 EPYC took 0.55x the fp32 speed at width 64
+# (digits recipe), 0.66x at 192 (CIFAR-10 recipe), 0.98x at 384 (S/16), interleaved in one process.
+BF16_TRAINING_MIN_WIDTH = 768
+
+
+def training_precision(name: str, device: torch.device, width: int | None = None) -> str:
+    """"auto" for training: bf16 on GPUs that have it, and on CPUs with native bf16 for models
+    at least BF16_TRAINING_MIN_WIDTH wide (`width`: the hidden size; unknown: fp32); else fp32.
+    bf16 asked for on a CPU that only emulates it becomes fp32, with a warning: emulated bf16
+    trains the CIFAR-10 recipe 14x slower than fp32 (7 against 100 img/s on a 2-core Zen 3 EPYC)."""
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX) and would emulate "
                       "it, about 10x slower than fp32; training in fp32", VitkitWarning, stacklevel=2)
@@ -44,9 +51,8 @@ def training_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # On CPUs bf16 autocast pays off only for wide layers (casts and norms dominate small
-    # models), so training defaults to fp32 there; ask for bf16 explicitly where it helps.
-    return "fp32"
+    wide = width is not None and width >= BF16_TRAINING_MIN_WIDTH
+    return "bf16" if wide and native_bf16(device) else "fp32"
 
 
 NATIVE_BF16_ENV = "VITKIT_NATIVE_BF16"

@@ -29,6 +29,7 @@ from ..checkpoint import (
     write_meta,
 )
 from ..compile import compile_model
+from ..config import variant
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
@@ -37,7 +38,7 @@ from ..files import atomic_save_tensors, atomic_write_bytes, remove_leftovers
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, train_batches
-from .config import TrainConfig
+from .config import SMALL_MODEL, TrainConfig
 from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
 from .records import TensorBoard, prepare_run_dir, write_metrics
@@ -60,6 +61,16 @@ class RunResult:
 
 # ---- the run ----------------------------------------------------------------------------------
 
+def model_width(cfg: TrainConfig, model: ViT | None) -> int:
+    """The hidden size the run trains at (training_precision's "auto" depends on it)."""
+    if model is not None:
+        return model.config.hidden_size
+    spec = cfg.model
+    if spec.hidden_size:
+        return spec.hidden_size
+    return variant(spec.variant).hidden_size if spec.variant else SMALL_MODEL["hidden_size"]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
                  extra_meta: dict | None = None, on_step=None, objective=None):
@@ -74,7 +85,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.precision = training_precision(cfg.run.precision, self.device)
+        self.precision = training_precision(cfg.run.precision, self.device, model_width(cfg, model))
         self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)

@@ -1,10 +1,11 @@
 """torch.compile for inference and training, decided in one place.
 
-- compile "auto": off. On a 2-core CPU (Zen 4 EPYC with native bf16) inductor compiled
-  the tiny test model in 10-140 s and S/16 in minutes, for inference within noise of
-  eager at batch 1 and 8 (benchmarks/README.md, `vitkit bench` compiled rows), so a
-  default that compiles would cost every prediction, evaluation and short run more than it
-  saves; no GPU was at hand to measure, so it is not switched on there either;
+- compile "auto": off. On a 2-core Zen 5 EPYC (native bf16) inductor took 10 s (warm
+  cache) to 140 s (cold) for a 2-layer test model and 3-6 minutes for S/16, again for each
+  new batch size; compiled S/16 bf16 inference ran 1.8-2.1x eager at batch 1 and 1.08x at
+  batch 8. Minutes of compilation cost every prediction, evaluation and short run more than
+  the milliseconds saved, so only long-lived serving or long runs gain: ask for it there.
+  On GPUs it is unmeasured, so off there too;
 - compile True: compile anyway (inductor, on any device); False: never.
 
 The model is compiled in place (nn.Module.compile): its state dict, its methods and

@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     from .notices import plain_warnings
-    from .training.trainer import NonFiniteLoss
+    from .training.stop import NonFiniteLoss
 
     argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
     plain_warnings()

@@ -75,7 +75,10 @@ def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def uses_class_token_path(model: nn.Module) -> bool:
-    return model.config.pool == "cls" and len(model.blocks) > 0
+    """Class-token pooling, and a last block whose qkv is a plain Linear (class_token_block
+    reads its weight; a wrapped one, such as a LoRA adapter, must run its own forward)."""
+    return (model.config.pool == "cls" and len(model.blocks) > 0
+            and isinstance(model.blocks[-1].attn.qkv, nn.Linear))
 
 
 def forward_class_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

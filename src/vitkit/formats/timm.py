@@ -1,8 +1,8 @@
 """timm's VisionTransformer state dicts.
 
 timm names the same modules vitkit does, except for the optional parts it has and the
-paper's ViT does not (layer scale, q/k norm, register tokens, ...): those are refused by
-name instead of being silently dropped.
+paper's ViT does not (layer scale, q/k norm, ...): those are refused by name instead of
+being silently dropped. Register tokens (reg_token) are read as vitkit's registers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 _GELUS = {"gelu": "exact", "gelu_tanh": "tanh"}  # timm's act_layer names
 
 # timm keys that change the architecture away from the paper's ViT.
-_UNSUPPORTED = ("ls1.", "ls2.", "q_norm.", "k_norm.", "norm_pre.", "reg_token", "attn_pool.",
+_UNSUPPORTED = ("ls1.", "ls2.", "q_norm.", "k_norm.", "norm_pre.", "attn_pool.",
                 "fc_norm.", "norm1_post", "norm2_post", "head_drop", "dist_token", "head_dist.",
                 "patch_embed.norm.", "patch_embed.backbone.", "mask_token")
 
@@ -103,7 +103,7 @@ def timm_kwargs(config) -> dict:
         num_classes=config.num_classes, global_pool="token" if config.pool == "cls" else "avg",
         embed_dim=config.hidden_size, depth=config.num_layers, num_heads=config.num_heads,
         mlp_ratio=config.mlp_size / config.hidden_size, qkv_bias=config.qkv_bias,
-        class_token=config.class_token, fc_norm=False, act_layer=act,
+        class_token=config.class_token, reg_tokens=config.register_tokens, fc_norm=False, act_layer=act,
         no_embed_class=False, pos_embed="learn" if config.pos_embed == "learn" else "none",
     )
 

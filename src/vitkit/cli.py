@@ -214,7 +214,7 @@ def evaluate(
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
-            .onnx file, or a cached Hub id.
+            .onnx file, or a Hub id.
         data: the data to evaluate on, all of it (a folder: every image in it); default: the
             validation split the run was trained with.
         out: where to write confusion.png / confusion.csv / eval.json (default: the run directory).
@@ -244,7 +244,7 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
-            .onnx file, or a cached Hub id.
+            .onnx file, or a Hub id.
         images: image files and/or directories.
         topk: how many classes to show per image.
         json: print JSON instead of a table.
@@ -286,7 +286,7 @@ def visualize(
     Reads the model and images; writes PNG figures and report.html to --out.
 
     Args:
-        path: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        path: a run or model folder, another library's checkpoint or folder, or a Hub id.
         images: image files to look at; without them, a sample of --data, else random noise.
         out: directory for the PNG figures and report.html.
         data: an image folder to sample from when no images are given, or "digits" for the
@@ -324,7 +324,7 @@ def convert(
     Example: vitkit convert vit_base.npz runs/b16 --to vitkit
 
     Args:
-        src: the checkpoint: a file (.npz, .pth, .bin, .safetensors), a model folder or a cached Hub id.
+        src: the checkpoint: a file (.npz, .pth, .bin, .safetensors), a model folder or a Hub id.
         out: where to write: a directory for vitkit and hf (with preprocessor_config.json for
             transformers' pipeline); for timm a directory that timm.create_model("local-dir:OUT")
             opens, or a bare state dict when OUT ends in .pth, .pt, .bin or .safetensors; a file for npz.
@@ -410,7 +410,7 @@ def export(
     Example: vitkit export runs/digits digits.onnx --int8 true --calibration images/
 
     Args:
-        model: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        model: a run or model folder, another library's checkpoint or folder, or a Hub id.
         out: the file to write (.onnx or .pt2).
         format: onnx (onnxruntime, dynamic batch) or pt2 (torch.export.load, dynamic batch).
         image_size: the input size the file is fixed to (default: the model's); learned position
@@ -491,7 +491,7 @@ def probe(
     Features are computed once and cached, so probing the same model and data again reads them.
 
     Args:
-        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        weights: a run or model folder, another library's checkpoint or folder, or a Hub id.
         data: the data: fitted on its training split, measured on its test (validation) split.
         features: which block and token are read, batch size and precision.
         shots: training images per class of the few-shot fits (default 1, 5, 10, 25; [] for none).
@@ -536,7 +536,7 @@ def embed(
     Usage: vitkit embed MODEL IMAGES_OR_FOLDER --out FILE.npy|.safetensors, or --query IMG.
 
     Args:
-        weights: a run or model folder, another library's checkpoint or folder, or a cached Hub id.
+        weights: a run or model folder, another library's checkpoint or folder, or a Hub id.
         images: image files and/or folders (searched recursively).
         out: where to write: .npy (with FILE.names.json) or .safetensors (names in its metadata).
         query: an image whose nearest neighbours among the images are printed.

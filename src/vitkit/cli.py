@@ -37,6 +37,7 @@ def bench(
     only: Literal["infer", "train"] | None = None,
     memory: bool = True,
     json: str | None = "speed.json",
+    compiled: bool = False,
 ) -> None:
     """Time vitkit, timm and Hugging Face transformers on the same ViTs, interleaved, in one run.
 
@@ -48,12 +49,13 @@ def bench(
         only: just the inference or just the training workloads.
         memory: also measure training peak memory (the most tensor memory one step holds).
         json: where to write the results as JSON.
+        compiled: also time vitkit under torch.compile (inductor; compiling takes minutes on a CPU).
     """
     from pathlib import Path
 
     from .bench import run
 
-    run(device, repeats, only, memory, Path(json) if json else None)
+    run(device, repeats, only, memory, Path(json) if json else None, compiled=compiled)
 
 
 def train(

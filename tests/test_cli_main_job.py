@@ -113,3 +113,16 @@ def test_warnings_are_plain_lines(tmp_path):
     assert any(f"{root / 'empty'}: no images; skipped, not a class" in w for w in warned)
     assert any("notes.txt" in w for w in warned)
     assert not any("warnings.warn" in line or "VitkitWarning" in line for line in err)
+
+
+@pytest.mark.parametrize("command", ["info", "train", "pretrain", "finetune", "evaluate", "predict",
+                                     "visualize", "convert", "bench", "serve", "export", "shards",
+                                     "consolidate", "probe", "embed"])
+def test_every_command_help_states_an_example(command, capsys):
+    from vitkit.cli import COMMANDS
+
+    assert command in COMMANDS
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal
+    assert e.value.code == 0 and "Example" in out and f"vitkit {command}" in out.split("Example", 1)[1]

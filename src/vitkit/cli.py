@@ -176,6 +176,10 @@ def finetune(
     a new zero-initialized head, pre-logits dropped, position embeddings interpolated to
     --image_size, SGD with momentum 0.9 and no weight decay, clipping at 1, warmup + cosine.
 
+    Reads WEIGHTS and the data; writes a run directory (--run.out) whose model folder every
+    command opens. Example: vitkit finetune google/vit-base-patch16-224 --data.dataset folder
+    --data.path photos/ --mode lora
+
     Args:
         weights: a run or model folder, another library's checkpoint or folder, or a Hub id
             (downloaded unless cached).
@@ -286,6 +290,7 @@ def visualize(
     Usage: vitkit visualize RUN_OR_WEIGHTS [IMAGES ...] --out DIR (options after the files).
 
     Reads the model and images; writes PNG figures and report.html to --out.
+    Example: vitkit visualize runs/digits --data digits --out runs/digits/figures
 
     Args:
         path: a run or model folder, another library's checkpoint or folder, or a Hub id.
@@ -491,6 +496,8 @@ def probe(
     ridge to {-1,1}^K targets), a logistic-regression probe and weighted k-NN, on the test split.
 
     Features are computed once and cached, so probing the same model and data again reads them.
+    Reads WEIGHTS and the data; prints one table (and writes it as JSON with --out).
+    Example: vitkit probe runs/pretrain --data.dataset digits --out probe.json
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, or a Hub id.
@@ -536,6 +543,7 @@ def embed(
     most similar to a query image (cosine).
 
     Usage: vitkit embed MODEL IMAGES_OR_FOLDER --out FILE.npy|.safetensors, or --query IMG.
+    Example: vitkit embed runs/digits photos/ --out photos.npy
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, or a Hub id.
@@ -627,6 +635,28 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _described(description: str | None) -> str | None:
+    """A command's whole docstring before its Args (inputs, outputs, an example) for its --help,
+    where jsonargparse gives only the first line."""
+    import inspect
+
+    for func in COMMANDS.values():
+        doc = inspect.getdoc(func) or ""
+        if description and doc.startswith(description.strip()):
+            return doc.split("\nArgs:")[0].strip()
+    return description
+
+
+def _parser_class():
+    from jsonargparse import ArgumentParser
+
+    class Parser(ArgumentParser):
+        def __init__(self, *args, description: str | None = None, **kwargs):
+            super().__init__(*args, description=_described(description), **kwargs)
+
+    return Parser
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
@@ -639,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] in FILE_LISTS:
             _run_with_file_list(argv[0], argv[1:])
         else:
-            CLI(COMMANDS, args=argv)
+            CLI(COMMANDS, args=argv, parser_class=_parser_class())
     except (ValueError, FileNotFoundError, PermissionError, NonFiniteLoss) as e:
         print(f"vitkit: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

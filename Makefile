@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(BIN)/vitkit train --config configs/digits.yaml --run.overwrite true
 
 # The precision-sensitive tests run a second time as on a CPU of the other kind: without
-# native bf16 where this one has it, with it (emulated) where it has not.
-OTHER_BF16 = $(shell $(BIN)/python -c "from vitkit.precision import cpu_has_native_bf16 as f; print(0 if f() else 1)")
+# native bf16 where this one has it (or where VITKIT_NATIVE_BF16=1 says so), with it where not.
+OTHER_BF16 = $(shell $(BIN)/python -c "from vitkit.precision import native_bf16 as f; print(0 if f('cpu') else 1)")
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -126,3 +126,19 @@ def test_every_command_help_states_an_example(command, capsys):
         main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal
     assert e.value.code == 0 and "Example" in out and f"vitkit {command}" in out.split("Example", 1)[1]
+
+
+def test_a_small_labelled_folder_ends_with_a_finetune_suggestion(trained, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+    main(["train", *TINY, "--run.epochs", "1", "--run.batch_size", "8", "--data.dataset", "folder",
+          "--data.path", str(tmp_path / "imgs"), "--data.workers", "0", "--run.out", str(tmp_path / "run")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("with 21 labelled images a pre-trained ViT usually does better: vitkit finetune ")
+    assert f"--data.path {tmp_path / 'imgs'}" in last and "--mode linear" in last
+    main(["evaluate", str(trained)])  # digits (not a folder): no suggestion
+    assert "pre-trained ViT" not in capsys.readouterr().out

@@ -57,6 +57,7 @@ class RunResult:
     val_acc: float | None
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
+    train_images: int | None = None  # images in the training split
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -356,7 +357,8 @@ class Trainer:
                     break
         self.tb.close()
         st = self.state
-        return RunResult(self.run_dir, status, st.epoch, st.step, val_acc, st.best_acc, st.metrics)
+        return RunResult(self.run_dir, status, st.epoch, st.step, val_acc, st.best_acc, st.metrics,
+                         len(self.data.train))
 
 
 def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,

@@ -114,7 +114,6 @@ class Sharded(Replicated):
     def __init__(self, dist: Dist, device: torch.device, precision: str):
         super().__init__(dist, device, precision)
         self._gathered: tuple[int, dict] | None = None  # (step, full weights on rank 0)
-        self.ema = None
 
     def build_on_meta(self, resume: bool) -> bool:
         # only rank 0 builds the initial weights (on the CPU); a resumed run's come from its

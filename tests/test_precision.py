@@ -38,8 +38,7 @@ def test_trainer_width_is_the_model_s_hidden_size():
     from helpers import tiny_train_config
 
     from vitkit.config import variant
-    from vitkit.training.config import SMALL_MODEL
-    from vitkit.training.trainer import model_width
+    from vitkit.training.config import SMALL_MODEL, model_width
 
     cfg = tiny_train_config("unused")
     assert model_width(cfg, None) == 32

@@ -1,13 +1,20 @@
 """A run directory's own files: claiming the directory, metrics.csv with curves.png beside
-it, and TensorBoard events when tensorboard is installed."""
+it, and TensorBoard events when tensorboard is installed; and how one epoch's row of
+metrics.csv is tallied while the epoch runs."""
 
 from __future__ import annotations
 
 import shutil
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import CURVES_NAME, METRICS_NAME, STATE_NAME
 from ..files import atomic_write_bytes
+from .distributed import Dist, all_mean
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
@@ -83,3 +90,77 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+class EpochTally:
+    """One epoch's training loss, accuracy and speed, shown on a progress bar as it runs and
+    closed into its metrics.csv row. Steps add up on the device; only a flush (every
+    --run.log_every steps) waits for it and averages over the processes."""
+
+    def __init__(self, dist: Dist, device: torch.device, total: int, initial: int, desc: str, show: bool):
+        from tqdm import tqdm
+
+        self.dist = dist
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=False,
+                        dynamic_ncols=True, unit="step", file=sys.stderr)
+        self.t0 = self.last_t = time.perf_counter()
+        self.epoch_time = 0.0
+        self.seen, self.batch = 0, 0  # images of all processes; one process's last batch
+        self.loss, self.correct, self.steps = 0.0, 0.0, 0  # the flushed steps
+        self.pending_loss = torch.zeros((), device=device)
+        self.pending_correct = torch.zeros((), device=device)
+        self.pending = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, batch: int) -> float:
+        """Count one step of `batch` images per process; returns the seconds since the last."""
+        self.pending_loss += loss
+        self.pending_correct += correct
+        self.pending += 1
+        self.batch = batch
+        self.seen += batch * self.dist.world
+        now = time.perf_counter()
+        elapsed, self.last_t = now - self.last_t, now
+        return elapsed
+
+    def flush(self, check: Callable[[float], None] | None = None, lr: float | None = None) -> None:
+        """Average the pending steps over the processes into the sums; check(mean loss) may
+        stop the run first; with lr, the bar shows the running figures."""
+        n = self.pending
+        if not n:
+            return
+        mean_loss = all_mean(self.pending_loss / n, self.dist).item()
+        if check is not None:
+            check(mean_loss)
+        self.loss += mean_loss * n
+        self.correct += all_mean(self.pending_correct, self.dist).item() * self.dist.world
+        self.steps += n
+        if lr is not None:
+            acc = self.correct / max(self.steps * self.batch * self.dist.world, 1)
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}",
+                                 img_s=f"{self.seen / (self.last_t - self.t0):.0f}")
+        self.pending_loss.zero_()
+        self.pending_correct.zero_()
+        self.pending = 0
+
+    def close(self) -> None:
+        """End of the epoch's steps: the bar goes, the epoch's training time is taken."""
+        self.bar.close()
+        self.epoch_time = time.perf_counter() - self.t0
+
+    def row(self, epoch: int, step: int, res, lr: float, elapsed: float) -> dict:
+        """The epoch's metrics.csv row (res: the validation result, or None)."""
+        self.flush()
+        return {"epoch": epoch, "step": step, "train_loss": self.loss / max(self.steps, 1),
+                "train_acc": self.correct / max(self.seen, 1),
+                "val_loss": res.loss if res else None, "val_acc": res.top1 if res else None,
+                "lr": lr, "images_per_s": self.seen / max(self.epoch_time, 1e-9), "elapsed_s": elapsed}
+
+
+def epoch_line(row: dict, epochs: int, supervised: bool) -> str:
+    """The line the run prints after each epoch."""
+    return (f"epoch {row['epoch']:3d}/{epochs}  loss {row['train_loss']:.4f}  "
+            + (f"train acc {row['train_acc']:.2%}  " if supervised else "")
+            + (f"val loss {row['val_loss']:.4f}  " if row["val_loss"] is not None else "")
+            + (f"val acc {row['val_acc']:.2%}  " if row["val_acc"] is not None else "")
+            + f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s")

@@ -3,13 +3,23 @@ is no longer finite (stop, keep the last good checkpoint)."""
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_finite(loss: float, step: int, epoch: int, run_dir: Path) -> None:
+    """Stop at a NaN or infinite mean loss (`epoch` counted from 0), naming what to try."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"loss became {loss} at step {step} (epoch {epoch + 1}); the last good "
+                            f"checkpoint in {run_dir} is kept. Try a lower --optim.lr or "
+                            "--run.precision fp32")
 
 
 class StopFlag:

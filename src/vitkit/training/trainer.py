@@ -13,23 +13,13 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import (
-    RECIPE_NAME,
-    WEIGHTS_NAME,
-    read_config,
-    read_meta,
-    write_meta,
-)
+from ..checkpoint import RECIPE_NAME, WEIGHTS_NAME, read_config, read_meta, write_meta
 from ..compile import compile_model
-from ..config import variant
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
@@ -38,13 +28,13 @@ from ..files import atomic_save_tensors, atomic_write_bytes, remove_leftovers
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, train_batches
-from .config import SMALL_MODEL, TrainConfig
-from .distributed import Dist, all_mean, any_rank, barrier, init_distributed, shutdown
+from .config import TrainConfig, model_width
+from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
-from .records import TensorBoard, prepare_run_dir, write_metrics
+from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
 from .schedule import build_optimizer, lr_factor
 from .state import RunState, rng_state, seed_everything, set_rng_state
-from .stop import NonFiniteLoss, StopFlag
+from .stop import StopFlag, check_finite
 from .strategies import make_strategy
 
 
@@ -58,18 +48,6 @@ class RunResult:
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
     train_images: int | None = None  # images in the training split
-
-
-# ---- the run ----------------------------------------------------------------------------------
-
-def model_width(cfg: TrainConfig, model: ViT | None) -> int:
-    """The hidden size the run trains at (training_precision's "auto" depends on it)."""
-    if model is not None:
-        return model.config.hidden_size
-    spec = cfg.model
-    if spec.hidden_size:
-        return spec.hidden_size
-    return variant(spec.variant).hidden_size if spec.variant else SMALL_MODEL["hidden_size"]
 
 
 class Trainer:
@@ -86,7 +64,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.precision = training_precision(cfg.run.precision, self.device, model_width(cfg, model))
+        width = model_width(cfg, model.config if model is not None else None)
+        self.precision = training_precision(cfg.run.precision, self.device, width)
         self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
@@ -251,9 +230,11 @@ class Trainer:
                               self.cfg.run.eval_batch_size, self.device, self.precision,
                               self.cfg.data.workers if not self.data.in_memory else 0)
 
-    def run(self) -> RunResult:
-        from tqdm import tqdm
+    def check_loss(self, loss: float) -> None:
+        """Stop at a mean loss that is no longer finite, naming this step."""
+        check_finite(loss, self.state.step, self.state.epoch, self.run_dir)
 
+    def run(self) -> RunResult:
         cfg = self.cfg
         status = "finished"
         val_acc = self.state.metrics[-1]["val_acc"] if self.state.metrics else None
@@ -261,13 +242,9 @@ class Trainer:
             while self.state.epoch < cfg.run.epochs:
                 self.model.train()
                 start = self.state.batch_in_epoch
-                bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.state.epoch + 1}/"
-                           f"{cfg.run.epochs}", disable=not (self.dist.main and cfg.run.progress),
-                           leave=False, dynamic_ncols=True, unit="step", file=sys.stderr)
-                t0, seen, loss_acc, correct_acc, n_acc = time.perf_counter(), 0, 0.0, 0.0, 0
-                pending_loss = torch.zeros((), device=self.device)
-                pending_correct = torch.zeros((), device=self.device)
-                pending_n, last_t = 0, t0
+                tally = EpochTally(self.dist, self.device, self.steps_per_epoch, start,
+                                   f"epoch {self.state.epoch + 1}/{cfg.run.epochs}",
+                                   show=self.dist.main and cfg.run.progress)
                 interrupted = out_of_time = False
                 for x, y in train_batches(self.data, self.batch_size, self.state.epoch, start, cfg.run.seed,
                                           self.dist, cfg.data.workers, self.device):
@@ -278,43 +255,19 @@ class Trainer:
                     loss, correct = self.train_step(x, y)
                     self.state.step += 1
                     self.state.batch_in_epoch += 1
-                    pending_loss += loss
-                    pending_correct += correct
-                    pending_n += 1
-                    seen += len(x) * self.dist.world
-                    now = time.perf_counter()
-                    self.state.elapsed += now - last_t
-                    last_t = now
+                    self.state.elapsed += tally.add(loss, correct, len(x))
                     if self.on_step is not None:
                         self.on_step(self)
-                    if pending_n >= cfg.run.log_every or self.state.batch_in_epoch == self.steps_per_epoch:
-                        mean_loss = all_mean(pending_loss / pending_n, self.dist).item()
-                        if not math.isfinite(mean_loss):
-                            raise NonFiniteLoss(
-                                f"loss became {mean_loss} at step {self.state.step} "
-                                f"(epoch {self.state.epoch + 1}); "
-                                f"the last good checkpoint in {self.run_dir} is kept. Try a lower "
-                                f"--optim.lr or --run.precision fp32")
-                        loss_acc += mean_loss * pending_n
-                        correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
-                        n_acc += pending_n
-                        bar.update(pending_n)
-                        bar.set_postfix(loss=f"{mean_loss:.3f}",
-                                        acc=f"{correct_acc / max(n_acc * len(x) * self.dist.world, 1):.3f}",
-                                        lr=f"{lr:.2e}", img_s=f"{seen / (now - t0):.0f}")
-                        pending_loss.zero_()
-                        pending_correct.zero_()
-                        pending_n = 0
+                    epoch_end = self.state.batch_in_epoch == self.steps_per_epoch
+                    if tally.pending >= cfg.run.log_every or epoch_end:
+                        tally.flush(self.check_loss, lr)
                     if cfg.run.time_budget and self.progress() >= 1.0:
                         out_of_time = True
                     if any_rank(stop.set or out_of_time, self.dist, self.device):
                         interrupted = not out_of_time
                         break
-                bar.close()
-                epoch_time = time.perf_counter() - t0
+                tally.close()
                 if interrupted:
-                    if pending_n:
-                        loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
                     self.save()
                     barrier(self.dist)
                     status = "interrupted"
@@ -324,29 +277,15 @@ class Trainer:
                 last = self.state.epoch + 1 == cfg.run.epochs or out_of_time
                 due = last or (self.state.epoch + 1) % max(cfg.run.eval_every, 1) == 0
                 res = self.evaluate() if due and (self.dist.main or self.strategy.sharded) else None
-                if pending_n:
-                    loss_acc += all_mean(pending_loss / pending_n, self.dist).item() * pending_n
-                    correct_acc += all_mean(pending_correct, self.dist).item() * self.dist.world
-                    n_acc += pending_n
-                steps_done = max(n_acc, 1)
-                row = {"epoch": self.state.epoch + 1, "step": self.state.step,
-                       "train_loss": loss_acc / steps_done,
-                       "train_acc": correct_acc / max(seen, 1),
-                       "val_loss": res.loss if res else None, "val_acc": res.top1 if res else None,
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "images_per_s": seen / max(epoch_time, 1e-9), "elapsed_s": self.state.elapsed}
+                row = tally.row(self.state.epoch + 1, self.state.step, res,
+                                self.optimizer.param_groups[0]["lr"], self.state.elapsed)
                 self.state.metrics.append(row)
                 if res is not None and res.top1 is not None:
                     val_acc = res.top1
                     self.state.best_acc = max(self.state.best_acc or 0.0, res.top1)
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self.log(f"epoch {row['epoch']:3d}/{cfg.run.epochs}  loss {row['train_loss']:.4f}  "
-                         + (f"train acc {row['train_acc']:.2%}  " if self.supervised else "")
-                         + (f"val loss {res.loss:.4f}  " if res else "")
-                         + (f"val acc {res.top1:.2%}  " if res and res.top1 is not None else "")
-                         + f"lr {row['lr']:.2e}  "
-                         f"{row['images_per_s']:.0f} img/s  {self.state.elapsed:.0f}s")
+                self.log(epoch_line(row, cfg.run.epochs, self.supervised))
                 self.save()
                 if self.dist.main:
                     self.tb.add(row)
@@ -380,6 +319,7 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         return trainer.run()
     finally:
         shutdown(trainer.dist)
+
 
 
 def stored_config(run_dir: Path) -> TrainConfig:

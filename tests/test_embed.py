@@ -1,7 +1,8 @@
-"""`vitkit embed`: features of image files with their names (.npy, .safetensors), and nearest
+"""`vitkit embed`: features of image files with their names (.npy, .safetensors, .parquet), and nearest
 neighbours of a query image by cosine similarity."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +89,49 @@ def test_embed_command_errors(setup, capsys):
         with pytest.raises(SystemExit):
             main(["embed", str(tmp / "m"), str(folder), "--cache_dir", str(tmp / "cache"), *args])
         assert message in capsys.readouterr().err
+
+
+def test_embed_parquet_equals_npy(setup, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    _, folder, tmp = setup
+    common = ["--features.precision", "fp32", "--cache_dir", str(tmp / "cache")]
+    main(["embed", str(tmp / "m"), str(folder), "--out", str(tmp / "e.npy"), *common])
+    main(["embed", str(tmp / "m"), str(folder), "--out", str(tmp / "e.parquet"), *common])
+    assert f"wrote {tmp / 'e.parquet'}" in capsys.readouterr().out
+    feats, names = read_embeddings(tmp / "e.npy")
+    got, got_names = read_embeddings(tmp / "e.parquet")
+    np.testing.assert_array_equal(got, feats)
+    assert got.dtype == np.float32 and got_names == names
+    schema = pq.read_schema(tmp / "e.parquet")
+    assert schema.field("name").type == pa.string()
+    assert schema.field("features").type == pa.list_(pa.float32(), 32)  # fixed size: D = 32
+    assert pq.read_metadata(tmp / "e.parquet").num_rows == 12
+    assert not [p for p in tmp.iterdir() if p.name.endswith(".tmp")]  # written through a temporary file
+
+
+def test_parquet_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"file": ["a"], "features": pa.array([[1.0, 2.0]], pa.list_(pa.float32(), 2))}),
+                   other)
+    variable = tmp_path / "variable.parquet"
+    pq.write_table(pa.table({"name": ["a"], "features": [[1.0, 2.0]]}), variable)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    for path, why in ((other, "no column name"), (variable, "expected a fixed-size list of float32"),
+                      (broken, "not a readable parquet file")):
+        with pytest.raises(ValueError) as err:
+            read_embeddings(path)
+        assert str(err.value).startswith(str(path)) and why in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"needs pyarrow: pip install 'vitkit\[parquet\]'"):
+        write_embeddings(tmp_path / "e.parquet", np.zeros((1, 2)), ["a"])
+    with pytest.raises(SystemExit):  # refused before the model is opened
+        main(["embed", "no-model", "no-images", "--out", str(tmp_path / "e.parquet")])
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vitkit: error: {tmp_path / 'e.parquet'}: .parquet needs pyarrow: "
+                   "pip install 'vitkit[parquet]'")

@@ -250,3 +250,91 @@ def test_int8_export_from_the_command_line(model, onnx_file, files, tmp_path, ca
     x = prepared(files, SPEC)
     agree = (opened.model(x).argmax(-1) == eager(model, x).argmax(-1)).float().mean().item()
     assert agree >= 12 / 14
+
+
+def _encoder(tmp_path: Path, registers: int, num_classes: int, class_token: bool = True) -> Path:
+    """A small random ViT (with registers: tokens between the class token and the patches)
+    saved as a model folder with SPEC."""
+    from vitkit.checkpoint import save_pretrained
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_layers=3, num_heads=3, mlp_size=96,
+                    num_classes=num_classes, register_tokens=registers, class_token=class_token,
+                    pool="cls" if class_token else "mean")
+    model = randomize_(ViT(cfg), seed=registers).eval()
+    return save_pretrained(model, tmp_path / f"enc{registers}",
+                           {"classes": CLASSES[:num_classes], "data": SPEC.to_dict()})
+
+
+@pytest.mark.parametrize("registers, options", [
+    (2, {"layer": 1, "token": "cls", "norm": False}),  # a middle block, registers skipped
+    (0, {"layer": -1, "token": "mean", "norm": True}),
+])
+def test_features_export_equals_feature_model(files, tmp_path, registers, options):
+    from vitkit.export import export_file
+    from vitkit.features import FeatureModel, FeatureOptions
+    from vitkit.loading import open_model
+
+    folder = _encoder(tmp_path, registers, num_classes=len(CLASSES))
+    opts = FeatureOptions(**options, precision="fp32")
+    done = export_file(folder, tmp_path / "features.onnx", features=opts)
+    assert done.check.features_max_abs_diff < 1e-4 and done.check.tokens_max_abs_diff < 1e-4
+    ran = open_onnx(done.path, features=True)
+    assert ran.model.meta["features"] == {"layer": options["layer"] % 3, "token": options["token"],
+                                          "norm": options["norm"]}
+    assert [o.name for o in ran.model.session.get_outputs()] == ["features", "tokens"]
+    opened = open_model(folder)
+    fm = FeatureModel(opened, opts)
+    x = prepared(files, SPEC)
+    for xb in batches(x):
+        feats, tokens = ran.model(xb)
+        assert feats.shape == (len(xb), 48) and tokens.shape == (len(xb), 48, 4, 4)
+        assert (feats - fm(xb)).abs().max().item() < 1e-4, len(xb)
+        with torch.no_grad():
+            grid = opened.model.forward_intermediates(xb, layers=[options["layer"]], output="grid",
+                                                      norm=options["norm"]).patches[0]
+        assert (tokens - grid).abs().max().item() < 1e-4, len(xb)
+
+
+def test_features_export_from_the_command_line_is_refused_by_predict(onnx_file, files, tmp_path, capsys):
+    from vitkit.cli import main
+    from vitkit.loading import open_model
+
+    folder = _encoder(tmp_path, registers=1, num_classes=0)  # a pre-trained encoder: no head
+    with pytest.raises(SystemExit):
+        main(["export", str(folder), str(tmp_path / "logits.onnx")])
+    assert "--features true" in capsys.readouterr().err
+    out = tmp_path / "int8-features.onnx"
+    main(["export", str(folder), str(out), "--features", "true", "--features.token", "mean", "--int8", "true",
+          "--calibration", str(files[0].parent)])
+    printed = capsys.readouterr().out
+    assert "features export: the mean token of block 2" in printed and "(tokens)" in printed
+    ran = open_onnx(out, features=True)
+    assert ran.model.int8 and ran.model.meta["features"] == {"layer": 2, "token": "mean", "norm": True}
+    feats, _ = ran.model(prepared(files, SPEC))
+    ref = open_model(folder).model.forward_intermediates(prepared(files, SPEC), layers=[2], norm=True)
+    cos = torch.nn.functional.cosine_similarity(feats, ref.patches[0].mean(1).detach(), dim=1)
+    assert cos.min().item() > 0.98
+    for args in (["predict", str(out), str(files[0])], ["evaluate", str(out)]):
+        with pytest.raises(SystemExit) as code:
+            main(args)
+        err = capsys.readouterr().err.strip()
+        assert code.value.code == 2 and "\n" not in err
+        assert err.startswith(f"vitkit: error: {out}: a features export (no classifier head)")
+    with pytest.raises(ValueError, match="features export"):  # what serve opens through
+        open_model(out)
+    with pytest.raises(ValueError, match="a classifier export, not a features export"):
+        open_onnx(onnx_file, features=True)
+
+
+def test_features_export_options_are_checked(tmp_path):
+    from vitkit.export import export_file
+    from vitkit.features import FeatureOptions
+
+    folder = _encoder(tmp_path, registers=2, num_classes=0, class_token=False)
+    for opts, why in ((FeatureOptions(token="cls"), "has no class token"),  # registers are not one
+                      (FeatureOptions(layer=3), "the model has 3 blocks")):
+        with pytest.raises(ValueError, match=why):
+            export_file(folder, tmp_path / "f.onnx", features=opts, verify=False)
+    with pytest.raises(ValueError, match="a features export is an ONNX file"):
+        export_file(folder, tmp_path / "f.pt2", format="pt2", features=True, verify=False)
+    assert not (tmp_path / "f.onnx").exists()

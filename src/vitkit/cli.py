@@ -419,12 +419,15 @@ def export(
     calibration_limit: int = 256,
     verify: bool = True,
     load: LoadOptions = LoadOptions(),  # noqa: B008
+    features: FeatureOptions | bool = False,
 ) -> None:
     """Export a model to ONNX (for onnxruntime, optionally int8) or a torch.export .pt2 file
     that holds the class names, input spec and config; then check it against eager fp32.
+    With --features true: an ONNX file of the feature extractor instead of the classifier.
 
     Reads MODEL (a vitkit model); writes OUT and prints notes, its size and the check.
-    Example: vitkit export runs/digits digits.onnx --int8 true --calibration images/
+    Example: vitkit export runs/digits digits.onnx --int8 true --calibration images/; features:
+    vitkit export runs/pretrain encoder.onnx --features true --features.token mean
 
     Args:
         model: a run or model folder, another library's checkpoint or folder, or a Hub id.
@@ -438,14 +441,19 @@ def export(
         calibration_limit: most calibration images read.
         verify: run the written file on a few inputs and compare it with eager fp32.
         load: what the checkpoint may not record (heads, classes, normalization).
+        features: true: export the features vitkit embed computes (output features, B x D) and
+            that block's patch tokens (output tokens, B x D x h x w) instead of the logits;
+            --features.layer, --features.token and --features.norm choose them (and imply true).
     """
     from .export import export_file
 
-    done = export_file(model, out, format, image_size, int8, calibration, calibration_limit, verify, load)
+    done = export_file(model, out, format, image_size, int8, calibration, calibration_limit, verify, load,
+                       features)
     for note in done.notes:
         print(f"note: {note}")
     size = done.path.stat().st_size / 2**20
-    print(f"wrote {done.path} ({size:.2f} MiB, {format}{', int8' if int8 else ''})")
+    print(f"wrote {done.path} ({size:.2f} MiB, {format}{', int8' if int8 else ''}"
+          f"{', features' if features else ''})")
     if done.check is not None:
         print(f"check against eager fp32 on {done.checked_on}: {done.check}")
 
@@ -552,13 +560,14 @@ def embed(
     """Embeddings of image files (frozen features), written with the file names, or the images
     most similar to a query image (cosine).
 
-    Usage: vitkit embed MODEL IMAGES_OR_FOLDER --out FILE.npy|.safetensors, or --query IMG.
+    Usage: vitkit embed MODEL IMAGES_OR_FOLDER --out FILE.npy|.safetensors|.parquet, or --query IMG.
     Example: vitkit embed runs/digits photos/ --out photos.npy
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, or a Hub id.
         images: image files and/or folders (searched recursively).
-        out: where to write: .npy (with FILE.names.json) or .safetensors (names in its metadata).
+        out: where to write: .npy (with FILE.names.json), .safetensors (names in its metadata) or
+            .parquet (columns name and features, one row per image; pip install 'vitkit[parquet]').
         query: an image whose nearest neighbours among the images are printed.
         top: how many neighbours to print.
         features: which block and token are read, batch size and precision.
@@ -571,7 +580,8 @@ def embed(
     from .predict import list_images
 
     if not out and not query:
-        raise ValueError("nothing to do: give --out FILE (.npy or .safetensors) and/or --query IMAGE")
+        raise ValueError("nothing to do: give --out FILE (.npy, .safetensors or .parquet) and/or "
+                         "--query IMAGE")
     if query and not Path(query).is_file():
         raise FileNotFoundError(f"--query {query}: no such file")
     if out:

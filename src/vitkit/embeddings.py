@@ -1,8 +1,10 @@
 """Embeddings of image files written for other tools, and nearest neighbours by cosine similarity.
 
 Formats, chosen by the output's extension: .npy (float32 (N, D)) with the file names beside
-it in <name>.names.json, or .safetensors (tensor "features", the names in its metadata).
-Neither holds pickled objects.
+it in <name>.names.json, .safetensors (tensor "features", the names in its metadata), or
+.parquet (one row per image: string column "name", column "features" a fixed-size list of D
+float32; needs pyarrow, the parquet extra), which data-frame and SQL tools read directly.
+None holds pickled objects.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write, atomic_write_bytes
 
-FORMATS = (".npy", ".safetensors")
+FORMATS = (".npy", ".safetensors", ".parquet")
+PARQUET_FIX = "pip install 'vitkit[parquet]'"
 
 
 def names_path(npy: str | Path) -> Path:
@@ -30,7 +33,19 @@ def check_format(path: str | Path) -> str:
     if suffix not in FORMATS:
         raise ValueError(f"--out {path}: unknown format {suffix or '(no extension)'}; use "
                          f"{' or '.join(FORMATS)}")
+    if suffix == ".parquet":
+        _pyarrow(path)
     return suffix
+
+
+def _pyarrow(path: str | Path):
+    """pyarrow, or a one-line error naming the fix (it is an optional dependency)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ValueError(f"{path}: .parquet needs pyarrow: {PARQUET_FIX}") from None
+    return pyarrow
 
 
 def write_embeddings(path: str | Path, features: np.ndarray, names: list[str]) -> list[Path]:
@@ -46,6 +61,8 @@ def write_embeddings(path: str | Path, features: np.ndarray, names: list[str]) -
         atomic_write_bytes(path, buf.getvalue())
         side = atomic_write_bytes(names_path(path), (json.dumps(names, indent=0) + "\n").encode())
         return [path, side]
+    if suffix == ".parquet":
+        return [_write_parquet(path, features, names)]
     from safetensors.numpy import save
 
     atomic_write_bytes(path, save({"features": features}, metadata={"names": json.dumps(names)}))
@@ -67,7 +84,41 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
         with safe_open(str(path), framework="numpy") as f:
             return f.get_tensor("features"), json.loads((f.metadata() or {}).get("names", "[]"))
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path)
     raise ValueError(f"{path}: unknown format {path.suffix}; expected {' or '.join(FORMATS)}")
+
+
+def _write_parquet(path: Path, features: np.ndarray, names: list[str]) -> Path:
+    """One row per image: name (string) and features (fixed-size list of float32)."""
+    pa = _pyarrow(path)
+    if features.ndim != 2 or features.shape[1] < 1:
+        raise ValueError(f"{path}: embeddings must be (N, D) with D >= 1, got {features.shape}")
+    d = features.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1), pa.float32()), d)
+    table = pa.table({"name": pa.array([str(x) for x in names], pa.string()), "features": column})
+    return atomic_write(path, lambda f: pa.parquet.write_table(table, f))
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+    pa = _pyarrow(path)
+    try:
+        schema = pa.parquet.read_schema(path)
+        missing = [c for c in ("name", "features") if c not in schema.names]
+        if missing:
+            raise ValueError(f"{path}: no column {' or '.join(missing)} (expected name and features)")
+        table = pa.parquet.read_table(path, columns=["name", "features"])
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a readable parquet file ({first})") from None
+    ftype = table.schema.field("features").type
+    if not (pa.types.is_fixed_size_list(ftype) and pa.types.is_floating(ftype.value_type)):
+        raise ValueError(f"{path}: column features is {ftype}; expected a fixed-size list of float32")
+    column = table.column("features").combine_chunks()
+    if column.null_count or column.flatten().null_count:
+        raise ValueError(f"{path}: column features has missing values")
+    features = column.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(table), ftype.list_size)
+    return features, [str(x) for x in table.column("name").to_pylist()]
 
 
 def nearest(query: np.ndarray, features: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:

@@ -70,13 +70,7 @@ class FeatureModel:
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"{opened.source}: features need a PyTorch ViT (an exported .onnx file holds "
                              "the classifier only); open the model folder or checkpoint instead")
-        depth = len(model.blocks)
-        if not -depth <= options.layer < depth:
-            raise ValueError(f"layer {options.layer} (--features.layer): the model has {depth} blocks "
-                             f"(0..{depth - 1}, or negative from the end)")
-        token = options.token or model.config.pool
-        if token == "cls" and model.config.num_prefix_tokens == 0:
-            raise ValueError(f"token cls (--features.token): {opened.source} has no class token; use mean")
+        layer, token = resolve_options(model, options, opened.source)
         self.options, self.token, self.spec = options, token, opened.spec
         self.device = opened.device
         self.precision = inference_precision(options.precision, self.device)
@@ -84,7 +78,7 @@ class FeatureModel:
         if self.precision == "bf16":
             model = copy.deepcopy(model)
         self.model = for_inference(model, self.precision)
-        self.layer = options.layer % depth
+        self.layer = layer
 
     def key(self, data_key: str) -> str:
         opts = {**asdict(self.options), "token": self.token, "layer": self.layer, "precision": self.precision}
@@ -96,10 +90,33 @@ class FeatureModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images (B, C, H, W) -> features (B, D) float32."""
         with autocast(self.device, self.precision):
-            out = self.model.forward_intermediates(x.to(self.device), layers=[self.layer],
-                                                   norm=self.options.norm)
-        tokens = out.prefix[0][:, 0] if self.token == "cls" else out.patches[0].mean(dim=1)
-        return tokens.float().cpu()
+            features, _ = read_features(self.model, x.to(self.device), self.layer, self.token,
+                                        self.options.norm)
+        return features.float().cpu()
+
+
+def resolve_options(model: torch.nn.Module, options: FeatureOptions, source: str) -> tuple[int, str]:
+    """The block index (0-based) and the token that `options` name for `model`, checked once
+    for embed, probe and a features export alike; one-line errors naming the option."""
+    depth = len(model.blocks)
+    if not -depth <= options.layer < depth:
+        raise ValueError(f"layer {options.layer} (--features.layer): the model has {depth} blocks "
+                         f"(0..{depth - 1}, or negative from the end)")
+    token = options.token or model.config.pool
+    if token not in ("cls", "mean"):
+        raise ValueError(f"token {token!r} (--features.token): expected cls or mean")
+    if token == "cls" and not model.config.class_token:  # registers alone are no class token
+        raise ValueError(f"token cls (--features.token): {source} has no class token; use mean")
+    return options.layer % depth, token
+
+
+def read_features(model: torch.nn.Module, x: torch.Tensor, layer: int, token: str, norm: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (B, D), patch tokens (B, N, D)) of block `layer` for normalized images x: the
+    one definition FeatureModel and the features export both compute."""
+    out = model.forward_intermediates(x, layers=[layer], norm=norm)
+    patches = out.patches[0]
+    return (out.prefix[0][:, 0] if token == "cls" else patches.mean(dim=1)), patches
 
 
 def _model_fingerprint(model: torch.nn.Module, spec: InputSpec) -> str:

@@ -1,6 +1,7 @@
 """Taking a model out of vitkit: ONNX (onnxruntime, optionally int8) and torch.export files
 that hold the weights, the graph and everything needed to predict (classes, input spec,
-ViTConfig), with the image size fixed at export."""
+ViTConfig), with the image size fixed at export; or, with `features`, an ONNX file of the
+feature extractor (vitkit.export.features) for tools that need embeddings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..data.preprocess import InputSpec
+from ..features import FeatureOptions
 from ..model import ViT
 from .prepare import calibration_batch, export_ready, metadata
 
@@ -24,6 +26,7 @@ def export_model(
     image_size: int | tuple[int, int] | None = None,
     int8: bool = False,
     calibration=None,
+    features: FeatureOptions | None = None,
 ) -> tuple[Path, list[str]]:
     """Write `model` as an ONNX or .pt2 file; returns the path and notes on what was done.
 
@@ -39,14 +42,29 @@ def export_model(
         int8: ONNX only: quantize to int8 for CPUs (see vitkit.export.quantize).
         calibration: real images for int8 calibration: a uint8 tensor (N, C, H, W), or a list
             of PIL images or image paths; they are prepared with `spec`.
+        features: ONNX only: export the feature extractor with these options (block, token,
+            final norm; batch_size and precision do not apply: the graph is fp32) instead of
+            the classifier. Outputs `features` (B, D), as vitkit embed computes them, and
+            `tokens` (B, D, h, w), the patch tokens of that block; no head is needed.
     """
     out = Path(out)
     if format not in ("onnx", "pt2"):
         raise ValueError(f"unknown export format {format!r}: expected onnx or pt2")
     if int8 and format != "onnx":
         raise ValueError("int8 export is for ONNX files (onnxruntime quantization)")
-    ready, notes = export_ready(model, image_size)
+    if features is not None and format != "onnx":
+        raise ValueError(f"{out}: a features export is an ONNX file (--format onnx), not {format}")
+    ready, notes = export_ready(model, image_size, head=features is None)
     meta = metadata(ready.config, classes, spec, notes=notes)
+    if features is not None:
+        from .features import OUTPUT_NAMES, feature_graph
+
+        ready, stored = feature_graph(ready, features)
+        meta.update(features=stored, outputs=list(OUTPUT_NAMES), output_name=OUTPUT_NAMES[0])
+        notes.append(f"features export: the {stored['token']} token of block {stored['layer']}"
+                     f"{' after the final norm' if stored['norm'] else ''} as features (B, "
+                     f"{ready.config.hidden_size}) and that block's patch tokens as tokens (B, "
+                     f"{ready.config.hidden_size}, {ready.config.grid_size[0]}, {ready.config.grid_size[1]})")
     if format == "pt2":
         from .pt2 import export_pt2
 
@@ -77,25 +95,33 @@ class Exported:
 
 def export_file(model: str | Path, out: str | Path, format: Format = "onnx", image_size: int | None = None,
                 int8: bool = False, calibration: str | Path | None = None, calibration_limit: int = 256,
-                verify: bool = True, options=None) -> Exported:
+                verify: bool = True, options=None, features: FeatureOptions | bool = False) -> Exported:
     """Open `model` (anything vitkit.open_model opens that holds a vitkit ViT), write it with
     export_model and, with verify, run the written file on calibration images (else four random
-    inputs) and compare it with the eager fp32 model."""
+    inputs) and compare it with the eager fp32 model. features: True or FeatureOptions for a
+    features export (see export_model)."""
     import dataclasses
 
     import torch
 
     from ..loading import open_model
     from ..predict import list_images
-    from .verify import check_file
+    from .verify import check_features_file, check_file
 
     opened = open_model(model, options)
     if not isinstance(opened.model, ViT):
         raise ValueError(f"{model}: exporting needs a vitkit model (a run, model folder or checkpoint), "
                          f"not {type(opened.model).__name__}")
     images = list_images([calibration])[:calibration_limit] if calibration else None
+    if features is True:
+        features = FeatureOptions()
+    features = features or None
+    if features is not None:  # checked here too, so that the error names the model
+        from ..features import resolve_options
+
+        resolve_options(opened.model, features, str(model))
     path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
-                               int8, images)
+                               int8, images, features)
     done = Exported(path, notes)
     if not verify:
         return done
@@ -107,7 +133,8 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
     else:
         x = torch.randn(4, spec.channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
         done.checked_on = "random inputs"
-    done.check = check_file(path, opened.model, x)
+    done.check = (check_file(path, opened.model, x) if features is None
+                  else check_features_file(path, opened.model, features, x))
     return done
 
 

@@ -1,9 +1,10 @@
 """ONNX export through torch's current exporter (torch.export + onnxscript, `dynamo=True`).
 
 The graph takes the normalized float batch (B, C, H, W) with a dynamic batch axis and a
-fixed image size, and returns fp32 logits (B, classes). The vitkit metadata (classes, input
-spec, ViTConfig) is stored as JSON in the model's metadata_props, so the file alone is
-enough to predict.
+fixed image size, and returns fp32 logits (B, classes), or for a features export the outputs
+the metadata names (vitkit.export.features). The vitkit metadata (classes, input spec,
+ViTConfig) is stored as JSON in the model's metadata_props, so the file alone is enough to
+predict.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ def batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=65536)
 
 
-def export_onnx(model: ViT, meta: dict, out: Path, opset: int = OPSET) -> Path:
-    """Trace the eager fp32 model (eval mode, from prepare.export_ready) into an ONNX file."""
+def export_onnx(model: ViT | torch.nn.Module, meta: dict, out: Path, opset: int = OPSET) -> Path:
+    """Trace the eager fp32 model (eval mode, from prepare.export_ready, or a FeatureGraph of
+    it) into an ONNX file whose outputs are named as in meta["outputs"] (default: logits)."""
     x = torch.zeros(2, model.config.num_channels, *model.config.image_hw)
+    outputs = list(meta.get("outputs", [OUTPUT_NAME]))
     with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
         program = torch.onnx.export(
             model, (x,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch_dim()},), optimize=True,
+            output_names=outputs, dynamic_shapes=({0: batch_dim()},), optimize=True,
             verbose=False, report=False)
     # Fold every weight-only computation (e.g. the slices of the last block's qkv weight that
     # the class-token path takes) into initializers: no per-call work on weights, and each

@@ -26,17 +26,20 @@ FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
 
-def export_ready(model: ViT, image_size: int | tuple[int, int] | None = None) -> tuple[ViT, list[str]]:
+def export_ready(model: ViT, image_size: int | tuple[int, int] | None = None, head: bool = True
+                 ) -> tuple[ViT, list[str]]:
     """An fp32, eval-mode copy of `model` built for `image_size` (default: its own).
 
     Learned position embeddings are resampled once (bicubic, the class-token row kept, as
     vitkit.load(..., image_size=...) does); fixed sin-cos ones are rebuilt for the new grid.
+    head=False: for a features export, which needs no classifier head.
     """
     if not isinstance(model, ViT):
         raise TypeError(f"expected a vitkit ViT, got {type(model).__name__}")
     config = model.config
-    if not config.num_classes:
-        raise ValueError("the model has no classifier head (num_classes=0): an export outputs logits")
+    if head and not config.num_classes:
+        raise ValueError("the model has no classifier head (num_classes=0): an export outputs logits; "
+                         "export its features with --features true")
     notes: list[str] = []
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in model.state_dict().values()
                      if v.is_floating_point()} - {"float32"})
@@ -70,6 +73,11 @@ def metadata(config: ViTConfig, classes: list[str], spec: InputSpec, **extra) ->
     return {"format": "vitkit", "version": FORMAT_VERSION, "classes": [str(c) for c in classes],
             "input": spec.to_dict(), "model": config.to_dict(), "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAME, **extra}
+
+
+def is_features_export(meta: dict) -> bool:
+    """Whether vitkit metadata describes a features export (vitkit.export.features: no head)."""
+    return meta.get("features") is not None
 
 
 def dumps(meta: dict) -> str:

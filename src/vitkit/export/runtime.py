@@ -2,7 +2,9 @@
 
 `open_onnx(path)` reads the vitkit metadata from the file itself and returns the model as
 a parameter-free torch module, so code written for vitkit's ViT (eval, forward on the
-normalized batch, predict_proba, config) runs the file unchanged.
+normalized batch, predict_proba, config) runs the file unchanged. A features export (no
+classifier head) is refused there, so predict, evaluate and serve cannot mistake its
+features for logits; `open_onnx(path, features=True)` opens it, as an OnnxFeatures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from ..config import ViTConfig
 from ..opened import OpenedModel
-from .prepare import METADATA_KEY, parse
+from .prepare import METADATA_KEY, is_features_export, parse
 
 
 class OnnxViT(nn.Module):
@@ -32,18 +34,21 @@ class OnnxViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 logits (B, classes) for a normalized float batch (B, C, H, W)."""
+        return self._run(x)[0]
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph for a normalized float batch, after checking its shape."""
         h, w = self.config.image_hw
         if x.ndim != 4 or tuple(x.shape[1:]) != (self.config.num_channels, h, w):
             raise ValueError(f"{self.path.name} takes (B, {self.config.num_channels}, {h}, {w}) inputs "
                              f"(the image size is fixed at export), got {tuple(x.shape)}")
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        out = self.session.run(None, {self.input_name: arr})[0]
-        return torch.from_numpy(out).to(x.device)
+        return [torch.from_numpy(o).to(x.device) for o in self.session.run(None, {self.input_name: arr})]
 
     def __deepcopy__(self, memo: dict) -> OnnxViT:
         """A copy with its own session (onnxruntime sessions cannot be copied)."""
         threads = self.session.get_session_options().intra_op_num_threads or None
-        copied = OnnxViT(session(self.path, threads), self.config, dict(self.meta), self.path)
+        copied = type(self)(session(self.path, threads), self.config, dict(self.meta), self.path)
         return copied.train(self.training)
 
     @torch.no_grad()
@@ -55,6 +60,27 @@ class OnnxViT(nn.Module):
         c = self.config
         kind = "int8" if self.int8 else "fp32"
         return f"{self.path.name}, onnxruntime {kind}, D={c.hidden_size} L={c.num_layers}, {c.image_hw}"
+
+
+class OnnxFeatures(OnnxViT):
+    """A features export run by onnxruntime: forward gives (features (B, D), tokens (B, D, h, w))."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, tokens = self._run(x)
+        return features, tokens
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError(refusal(self.path))
+
+    def extra_repr(self) -> str:
+        f = self.meta["features"]
+        return f"{super().extra_repr()}, features: {f['token']} token of block {f['layer']}"
+
+
+def refusal(path: Path) -> str:
+    """The one line that turns a features export away from what needs a classifier."""
+    return (f"{path}: a features export (no classifier head); use it for embeddings "
+            "(vitkit.export.runtime.open_onnx(path, features=True)), or export without --features")
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -85,11 +111,12 @@ def _report(path: Path, meta: dict, config: ViTConfig):
     return report
 
 
-def open_onnx(path: str | Path, threads: int | None = None):
+def open_onnx(path: str | Path, threads: int | None = None, features: bool = False):
     """Open a vitkit ONNX export: model (OnnxViT), classes, spec, report, source, name.
 
     A missing file raises FileNotFoundError; a corrupt or non-ONNX file, or an ONNX model
-    without vitkit metadata, raises a one-line ValueError naming the path.
+    without vitkit metadata, raises a one-line ValueError naming the path. A features export
+    is refused (one line) unless features=True, which opens only those (model: OnnxFeatures).
     """
     path = Path(path)
     if not path.is_file():
@@ -107,7 +134,10 @@ def open_onnx(path: str | Path, threads: int | None = None):
     if text is None:
         raise ValueError(f"{path}: an ONNX model without vitkit metadata (not exported by vitkit export)")
     meta, config, spec = parse(text, str(path))
-    model = OnnxViT(sess, config, meta, path).eval()
+    if is_features_export(meta) != features:
+        raise ValueError(refusal(path) if not features else f"{path}: a classifier export, not a "
+                         "features export (vitkit export --features true)")
+    model = (OnnxFeatures if features else OnnxViT)(sess, config, meta, path).eval()
     classes = list(meta["classes"])
     opened = dict(model=model, classes=classes, spec=spec, report=_report(path, meta, config),
                   source=str(path), name=path.stem)

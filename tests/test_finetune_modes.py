@@ -3,6 +3,8 @@ batch and view), and LoRA adapters through peft, published merged into plain wei
 every command opens as any other vitkit model."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.cli import main
 from vitkit.config import ViTConfig
+from vitkit.data.augment import AugmentConfig
 from vitkit.data.pipeline import DataConfig, load_data
 from vitkit.evaluation import evaluate_model
 from vitkit.finetune import LinearOptions, LoraOptions, finetune
@@ -145,3 +148,53 @@ def test_lora_run_opens_predicts_and_exports(pretrained, tmp_path, capsys):
 
     done = export_file(out, tmp_path / "lora.onnx")
     assert done.check.max_abs_diff < 1e-4 and done.check.top1_agreement == 1.0
+
+
+def _interrupt_at(step):
+    def hook(trainer):
+        if trainer.state.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_interrupted_finetuning_resumes_exactly(mode, pretrained, tmp_path, monkeypatch, capsys):
+    # "auto" precision: the resumed run must train at the source model's width (32: fp32 here),
+    # not at the width of the default --model section it never used (64: bf16 here)
+    monkeypatch.setattr("vitkit.precision.BF16_TRAINING_MIN_WIDTH", 48)
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")
+
+    def run(name, on_step=None):
+        return finetune(pretrained, DataConfig(dataset="digits", per_class=30),
+                        augment=AugmentConfig(crop="pad", flip=True), mode=mode,
+                        run=RunConfig(out=str(tmp_path / name), epochs=3, batch_size=64, progress=False),
+                        optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=0.0, ema=0.9),
+                        lora=LoraOptions(rank=4, alpha=8, dropout=0.1), on_step=on_step)
+
+    full = run("full")
+    cut = run("cut", on_step=_interrupt_at(6))  # 4 steps per epoch: within the second
+    assert cut.status == "interrupted" and cut.step == 6
+    capsys.readouterr()
+    main(["train", "--resume", str(tmp_path / "cut")])  # what the interrupted command prints
+    out = capsys.readouterr().out
+    assert "resuming" in out and "cpu, fp32" in out and ("LoRA rank 4:" in out) == (mode == "lora")
+    a = torch.load(tmp_path / "full" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    assert b["step"] == a["step"] == full.step
+    assert any(".lora_A." in k for k in a["model"]) == (mode == "lora")  # LoRA: the adapters resume
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    wa = load_file(tmp_path / "full" / "model.safetensors")
+    wb = load_file(tmp_path / "cut" / "model.safetensors")
+    assert wa.keys() == wb.keys() and not any("lora" in k for k in wb)  # published merged
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("full", "cut"))
+    assert mb["finetune"] == ma["finetune"] and mb["finetuned_from"] == ma["finetuned_from"]
+    assert type(vitkit.open_model(tmp_path / "cut").model) is ViT
+
+    if mode == "full":
+        return
+    mb["finetune"]["lora"]["bogus"] = 1
+    (tmp_path / "cut" / "config.json").write_text(json.dumps(mb))
+    with pytest.raises(ValueError, match=r"config.json: bad 'finetune.lora' entry \("):
+        fit(None, resume=tmp_path / "cut")

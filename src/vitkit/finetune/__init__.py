@@ -36,14 +36,16 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
              optim: OptimConfig | None = None, augment: AugmentConfig | None = None,
              run: RunConfig | None = None, linear_probe: bool = False,
              resize_mode: str = "bicubic", options: LoadOptions | None = None, mode: Mode = "full",
-             views: int = 1, linear: LinearOptions | None = None, lora: LoraOptions | None = None
-             ) -> RunResult:
+             views: int = 1, linear: LinearOptions | None = None, lora: LoraOptions | None = None,
+             on_step=None) -> RunResult:
     """Fine-tune `weights` (anything vitkit.open_model opens) on `data`; returns the run result.
 
     The new data is normalized as the source model's inputs were (its stored mean and std,
     else 0.5) unless data.mean is set. `mode` full, linear (`views` passes over the training
     images, `linear` for the head's training) or lora (`lora` for the adapters);
-    linear_probe=True is mode="linear".
+    linear_probe=True is mode="linear". Full and lora runs continue with
+    vitkit.training.fit(None, resume=RUN_DIR); on_step is called as on_step(trainer) after
+    every optimizer step of those.
     """
     mode = "linear" if linear_probe else mode
     if mode not in MODES:
@@ -85,6 +87,7 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
         meta["finetune"].update(views=views, linear=vars(linear))
         return linear_finetune(model, cfg, views, linear, meta)
     if mode == "full":
-        return fit(cfg, model=model.train(), extra_meta=meta)
-    meta["finetune"].update(lora=vars(lora))
-    return fit(cfg, model=model.train(), extra_meta=meta, objective=LoraClassification(lora))
+        return fit(cfg, model=model.train(), extra_meta=meta, on_step=on_step)
+    meta["finetune"].update(lora=vars(lora))  # what a resumed run rebuilds its adapters from
+    return fit(cfg, model=model.train(), extra_meta=meta, objective=LoraClassification(lora),
+               on_step=on_step)

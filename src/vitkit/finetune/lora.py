@@ -6,7 +6,9 @@ parameters (AdamW keeps two numbers per trained parameter).
 
 The run trains through vitkit's normal Trainer, with LoRA as its objective: the weights it
 publishes (model.safetensors, every save) are the adapters merged into plain weights, so
-predict, evaluate, export and serve open the result like any vitkit model.
+predict, evaluate, export and serve open the result like any vitkit model. state.pt holds
+the adapted model itself and config.json the options, so an interrupted run continues
+exactly (vitkit train --resume RUN rebuilds the adapters: vitkit.training.resume).
 """
 
 from __future__ import annotations

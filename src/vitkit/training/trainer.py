@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import RECIPE_NAME, WEIGHTS_NAME, read_config, read_meta, write_meta
+from ..checkpoint import RECIPE_NAME, WEIGHTS_NAME, read_config, write_meta
 from ..compile import compile_model
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
 from ..evaluation import evaluate_model
-from ..files import atomic_save_tensors, atomic_write_bytes, remove_leftovers
+from ..files import atomic_save_tensors, atomic_write_bytes
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, train_batches
@@ -32,10 +32,13 @@ from .config import TrainConfig, model_width
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
+from .resume import resumed, stored_config
 from .schedule import build_optimizer, lr_factor
 from .state import RunState, rng_state, seed_everything, set_rng_state
 from .stop import StopFlag, check_finite
 from .strategies import make_strategy
+
+__all__ = ["RunResult", "Trainer", "fit", "stored_config"]
 
 
 @dataclass
@@ -64,11 +67,13 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        width = model_width(cfg, model.config if model is not None else None)
+        self.run_dir = Path(resume) if resume else Path(cfg.run.out)
+        # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
+        stored = read_config(self.run_dir) if resume and model is None else None
+        width = model_width(cfg, model.config if model is not None else stored)
         self.precision = training_precision(cfg.run.precision, self.device, width)
         self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
-        self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         self.extra_meta = extra_meta or {}
 
         # the decoded-image cache is per host (~/.cache/vitkit): the first process of each host
@@ -87,8 +92,8 @@ class Trainer:
                              "images)")
         on_meta = self.strategy.build_on_meta(bool(resume))
         with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
-            if model is None and resume:  # the run's own architecture, whatever built it
-                model = ViT(read_config(self.run_dir))
+            if stored is not None:
+                model = ViT(stored)
             if model is None:
                 mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
                                               len(self.data.classes) if self.supervised else 0,
@@ -304,12 +309,12 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         extra_meta: dict | None = None, on_step=None, objective=None) -> RunResult:
     """Train (or continue) a run and return where it went and how well it did.
 
-    With resume=RUN_DIR the configuration stored in that run is used and the run continues
-    from the exact step it stopped at.
+    With resume=RUN_DIR the configuration (and, unless given, the objective and config.json
+    entries) stored in that run are used and the run continues from the exact step it
+    stopped at; a LoRA fine-tuning run trains its adapters again.
     """
     if resume is not None:
-        cfg = stored_config(Path(resume))
-        remove_leftovers(Path(resume))  # of a save that was killed
+        cfg, objective, extra_meta = resumed(Path(resume), objective, extra_meta)
     elif cfg is None:
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
     cfg.validate()  # before any data are read or a model is built
@@ -319,12 +324,3 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         return trainer.run()
     finally:
         shutdown(trainer.dist)
-
-
-
-def stored_config(run_dir: Path) -> TrainConfig:
-    """The training config a run directory was made with."""
-    meta = read_meta(run_dir)
-    if "train" not in meta:
-        raise ValueError(f"{run_dir}: a model folder, not a training run (no 'train' in config.json)")
-    return TrainConfig.from_dict(meta["train"])

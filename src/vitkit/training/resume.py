@@ -1,0 +1,52 @@
+"""What a run directory says about continuing it: the training config it was made with, what
+its maker added to config.json, and the objective it trains, so that a resumed run is the run
+it continues (a LoRA fine-tuning run trains its adapters again, not the merged weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..checkpoint import read_meta
+from ..files import remove_leftovers
+from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .objectives import Classification
+
+RUN_KEYS = ("model", "classes", "data", "train")  # what the Trainer itself writes into config.json
+
+
+def stored_config(run_dir: Path) -> TrainConfig:
+    """The training config a run directory was made with."""
+    meta = read_meta(run_dir)
+    if "train" not in meta:
+        raise ValueError(f"{run_dir}: a model folder, not a training run (no 'train' in config.json)")
+    return TrainConfig.from_dict(meta["train"])
+
+
+def stored_objective(run_dir: Path, meta: dict) -> Classification | None:
+    """The objective the run trains when the caller names none: LoRA adapters for a LoRA
+    fine-tuning run (state.pt holds the adapted model), else None (classification)."""
+    finetune = meta.get("finetune")
+    if not isinstance(finetune, dict) or finetune.get("mode") != "lora":
+        return None
+    from ..finetune.lora import LoraClassification, LoraOptions
+
+    try:
+        opts = LoraOptions(**finetune.get("lora", {}))
+    except TypeError as e:
+        raise ValueError(f"{run_dir}/config.json: bad 'finetune.lora' entry ({e})") from None
+    return LoraClassification(opts)
+
+
+def resumed(run_dir: Path, objective=None, extra_meta: dict | None = None
+            ) -> tuple[TrainConfig, object | None, dict]:
+    """(config, objective, config.json entries to keep) for continuing run_dir, given
+    arguments winning, so that every later save writes the config.json an uninterrupted run
+    would have; the leftovers of a save that was killed are removed."""
+    cfg = stored_config(run_dir)
+    meta = read_meta(run_dir)
+    remove_leftovers(run_dir)
+    kept = {k: v for k, v in meta.items() if k not in RUN_KEYS}
+    return cfg, objective or stored_objective(run_dir, meta), {**kept, **(extra_meta or {})}

@@ -13,7 +13,8 @@ from vitkit.data.augment import AugmentConfig
 from vitkit.data.pipeline import DataConfig
 from vitkit.training import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from vitkit.training.distributed import shutdown
-from vitkit.training.trainer import Trainer, stored_config
+from vitkit.training.resume import stored_config
+from vitkit.training.trainer import Trainer
 
 
 def config(out: str, strategy: str = "fsdp", checkpointing: str = "selective") -> TrainConfig:

@@ -80,7 +80,7 @@ def train(
         resume: a run directory to continue exactly where it stopped (its stored config is used).
     """
     from .training import TrainConfig, fit
-    from .training.trainer import stored_config
+    from .training.resume import stored_config
 
     cfg = stored_config(Path(resume)) if resume else TrainConfig(data=data, model=model, optim=optim,
                                                                    augment=augment, run=run)

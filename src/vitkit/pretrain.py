@@ -14,7 +14,8 @@ from pathlib import Path
 from .checkpoint import read_meta
 from .training import TrainConfig, fit
 from .training.objectives import PretrainConfig, SelfSupervised
-from .training.trainer import RunResult, stored_config
+from .training.resume import stored_config
+from .training.trainer import RunResult
 
 META_KEY = "pretrain"  # config.json: the objective a run was pre-trained with
 

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 RUN_KEYS = ("model", "classes", "data", "train")  # what the Trainer itself writes into config.json
 
 
-def stored_config(run_dir: Path) -> TrainConfig:
-    """The training config a run directory was made with."""
-    meta = read_meta(run_dir)
+def stored_config(run_dir: Path, meta: dict | None = None) -> TrainConfig:
+    """The training config a run directory was made with (`meta`: its config.json, if read)."""
+    meta = read_meta(run_dir) if meta is None else meta
     if "train" not in meta:
         raise ValueError(f"{run_dir}: a model folder, not a training run (no 'train' in config.json)")
     return TrainConfig.from_dict(meta["train"])
@@ -45,8 +45,8 @@ def resumed(run_dir: Path, objective=None, extra_meta: dict | None = None
     """(config, objective, config.json entries to keep) for continuing run_dir, given
     arguments winning, so that every later save writes the config.json an uninterrupted run
     would have; the leftovers of a save that was killed are removed."""
-    cfg = stored_config(run_dir)
     meta = read_meta(run_dir)
+    cfg = stored_config(run_dir, meta)
     remove_leftovers(run_dir)
     kept = {k: v for k, v in meta.items() if k not in RUN_KEYS}
     return cfg, objective or stored_objective(run_dir, meta), {**kept, **(extra_meta or {})}

@@ -32,13 +32,11 @@ from .config import TrainConfig, model_width
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
-from .resume import resumed, stored_config
+from .resume import resumed
 from .schedule import build_optimizer, lr_factor
 from .state import RunState, rng_state, seed_everything, set_rng_state
 from .stop import StopFlag, check_finite
 from .strategies import make_strategy
-
-__all__ = ["RunResult", "Trainer", "fit", "stored_config"]
 
 
 @dataclass

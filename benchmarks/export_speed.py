@@ -1,11 +1,13 @@
 """Exported files against vitkit itself: speed, size and accuracy.
 
-    python benchmarks/export_speed.py                 # speed table (S/16 at 224, the CIFAR-10 model)
+    python benchmarks/export_speed.py                 # speed table (S/16, B/16 at 224, the CIFAR-10 model)
     python benchmarks/export_speed.py --accuracy      # CIFAR-10 test set: fp32 / int8 against eager
     python benchmarks/export_speed.py --variants      # the int8 alternatives: accuracy, speed, size
 
 Speed: vitkit eager fp32, vitkit's default inference path (inference precision "auto": bf16
-where the CPU has native bf16, else fp32), ONNX Runtime fp32 and ONNX Runtime int8 run the same
+where the CPU has native bf16, else fp32, which on a CPU is the ONNX route of
+vitkit.export.route; VITKIT_NATIVE_BF16=0 runs it as such a CPU would), ONNX Runtime fp32 and
+ONNX Runtime int8 run the same
 model, interleaved (the order rotates each round) at batch 1 and 8; medians of the rounds.
 The CIFAR-10 model is the trained run at --run (model.safetensors + config.json) when it is
 there, else an untrained model of configs/cifar10.yaml (speed does not depend on the weights).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -34,8 +37,8 @@ from vitkit.export import export_model  # noqa: E402
 from vitkit.export.onnx import export_onnx  # noqa: E402
 from vitkit.export.prepare import export_ready, metadata  # noqa: E402
 from vitkit.export.quantize import quantize_onnx  # noqa: E402
-from vitkit.export.runtime import session  # noqa: E402
-from vitkit.precision import autocast, for_inference, inference_precision  # noqa: E402
+from vitkit.export.runtime import OnnxViT, session  # noqa: E402
+from vitkit.precision import autocast, for_inference, inference_precision, native_bf16  # noqa: E402
 
 RUN, DATA = Path("/tmp/vitkit-cifar/run"), Path("/tmp/vitkit-cifar/cifar10")
 
@@ -55,11 +58,15 @@ def cifar_model(run: Path) -> tuple[ViT, list[str], InputSpec, str]:
     return ViT(cfg).eval(), [str(i) for i in range(10)], spec, "CIFAR-10 hybrid (untrained: no run found)"
 
 
-def s16_model() -> tuple[ViT, list[str], InputSpec, str]:
+def imagenet_model(name: str) -> tuple[ViT, list[str], InputSpec, str]:
     torch.manual_seed(0)
-    model = ViT(variant("S/16", num_classes=1000)).eval()
+    model = ViT(variant(name, num_classes=1000)).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would make int8 trivially exact
-    return model, [str(i) for i in range(1000)], InputSpec(), "S/16 at 224 (random weights)"
+    return model, [str(i) for i in range(1000)], InputSpec(), f"{name} at 224 (random weights)"
+
+
+def s16_model() -> tuple[ViT, list[str], InputSpec, str]:
+    return imagenet_model("S/16")
 
 
 def write_files(model: ViT, classes, spec, folder: Path) -> dict[str, Path]:
@@ -97,10 +104,13 @@ def ort_runner(path: Path):
 
 
 def torch_runners(model: ViT) -> tuple[dict, str]:
+    """Eager fp32, and vitkit's default inference path: for_inference at precision "auto", as
+    a server runs it (which in fp32 is the ONNX route, vitkit.export.route)."""
     eager = export_ready(model)[0]
     precision = inference_precision("auto", "cpu")
-    default = for_inference(copy.deepcopy(eager), precision)
+    default = for_inference(copy.deepcopy(eager), precision, engine="auto", images=None)
     device = torch.device("cpu")
+    route = ", ONNX route" if isinstance(default, OnnxViT) else ""
 
     def run_eager(x):
         with torch.inference_mode():
@@ -110,21 +120,24 @@ def torch_runners(model: ViT) -> tuple[dict, str]:
         with torch.inference_mode(), autocast(device, precision):
             return default(x)
 
-    return {"vitkit eager fp32": run_eager, f"vitkit default ({precision})": run_default}, precision
+    return {"vitkit eager fp32": run_eager, f"vitkit default ({precision}{route})": run_default}, precision
 
 
 def speed(args) -> None:
     import onnxruntime
 
     ort_threads = THREADS or "default"
-    print(f"CPU: {cpu_name()}; torch {torch.__version__} "
+    bf16 = "native" if native_bf16("cpu") else "no native"
+    print(f"CPU: {cpu_name()}, {bf16} bf16; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); onnxruntime {onnxruntime.__version__} "
           f"({ort_threads} threads)")
     rows = []
-    models = [s16_model, lambda: cifar_model(args.run)]
-    for build in models:
+    builders = {"S/16": s16_model, "B/16": lambda: imagenet_model("B/16"),
+                "cifar": lambda: cifar_model(args.run)}
+    for build in [builders[m] for m in args.models]:
         model, classes, spec, label = build()
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ["VITKIT_CACHE_DIR"] = tmp  # the ONNX route's graph, exported afresh
             files = write_files(model, classes, spec, Path(tmp))
             sizes = {k: p.stat().st_size for k, p in files.items()}
             runners, _ = torch_runners(model)
@@ -273,6 +286,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 JPEG root (train/, test/)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per path (medians reported)")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per path per round")
+    ap.add_argument("--models", nargs="+", default=["S/16", "B/16", "cifar"],
+                    choices=["S/16", "B/16", "cifar"], help="speed: the models to time")
     ap.add_argument("--threads", type=int, default=0,
                     help="intra-op threads for torch and onnxruntime (0: each library's default)")
     args = ap.parse_args()

@@ -3,6 +3,7 @@ a supervised step, and (--cifar) what MAE pre-training on CIFAR-10 gives a repre
 
     python benchmarks/pretrain.py                      # step times only (a minute)
     python benchmarks/pretrain.py --cifar --minutes 5  # + the CIFAR-10 experiment
+    python benchmarks/pretrain.py --cifar --reuse      # again, taking the arms already trained
 
 The CIFAR-10 experiment (shared JPEG archive, extracted under /tmp), one encoder (patch 4 on
 32x32, D 192, 6 layers, 3 heads, MLP 384), each arm given the same wall-clock budget:
@@ -77,7 +78,18 @@ def step_times(batch: int, rounds: int, steps: int, precision: str) -> list[tupl
     return [(k, 1000 * statistics.median(v), base / statistics.median(v)) for k, v in times.items()]
 
 
-def cifar(minutes: float, dest: Path, archive: Path, out: Path) -> None:
+def finished_run(d: Path) -> tuple[Path, float | None] | None:
+    """(run dir, last test accuracy) of an arm already trained under d, or None."""
+    import csv
+
+    if not (d / "model.safetensors").is_file() or not (d / "metrics.csv").is_file():
+        return None
+    with open(d / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return (d, float(rows[-1]["val_acc"]) if rows and rows[-1]["val_acc"] else None) if rows else None
+
+
+def cifar(minutes: float, dest: Path, archive: Path, out: Path, reuse: bool = False) -> None:
     from vitkit.finetune import finetune
     from vitkit.loading import open_model
     from vitkit.pretrain import pretrain
@@ -92,27 +104,37 @@ def cifar(minutes: float, dest: Path, archive: Path, out: Path) -> None:
         return RunConfig(out=str(out / name), epochs=1000, time_budget=budget, eval_every=1000,
                          batch_size=128, overwrite=True, progress=False)
 
+    def arm(name: str, train, budget: float = minutes) -> tuple[Path, float | None]:
+        """Train one arm, or with --reuse take the finished run already under --out."""
+        done = finished_run(out / name) if reuse else None
+        if done:
+            print(f"reusing {done[0]}", flush=True)
+            return done
+        result = train(run(name, budget))
+        return result.run_dir, result.val_acc
+
     t0 = time.perf_counter()
     mae_optim = replace(optim, lr=1.5e-3, betas=(0.9, 0.95))  # MAE's betas
-    mae_cfg = TrainConfig(data=data, model=ModelSpec(**ENCODER), optim=mae_optim, augment=augment,
-                          run=run("mae", minutes))
-    mae = pretrain(mae_cfg, PretrainConfig("mae"))
-    sup = fit(TrainConfig(data=data, model=ModelSpec(**ENCODER), optim=optim, augment=augment,
-                          run=run("supervised", minutes)))
+
+    def config(r: RunConfig, o: OptimConfig = optim) -> TrainConfig:
+        return TrainConfig(data=data, model=ModelSpec(**ENCODER), optim=o, augment=augment, run=r)
+
+    mae_dir, _ = arm("mae", lambda r: pretrain(config(r, mae_optim), PretrainConfig("mae")))
+    sup_dir, _ = arm("supervised", lambda r: fit(config(r)))
     torch.manual_seed(0)
     random_dir = out / "random"
     ViT(ViTConfig(image_size=32, num_classes=0, **ENCODER)).save_pretrained(
         random_dir, data={"image_size": [32, 32], "channels": 3, "mean": Spec.mean, "std": Spec.std})
     probes = {}
-    for name, path in [("random init", random_dir), (f"MAE, {minutes:g} min", mae.run_dir),
-                       (f"supervised, {minutes:g} min", sup.run_dir)]:
+    for name, path in [("random init", random_dir), (f"MAE, {minutes:g} min", mae_dir),
+                       (f"supervised, {minutes:g} min", sup_dir)]:
         r = probe_model(open_model(path), data, shots=(10,), draws=3, linear=True)
         probes[name] = r
-    ft = finetune(str(mae.run_dir), data, optim=optim, augment=augment, run=run("mae-finetuned", minutes))
-    scratch = fit(TrainConfig(data=data, model=ModelSpec(**ENCODER), optim=optim, augment=augment,
-                              run=run("scratch", 2 * minutes)))
-    rows = [(f"MAE {minutes:g} min + fine-tune {minutes:g} min", ft.val_acc),
-            (f"from scratch {2 * minutes:g} min", scratch.val_acc)]
+    _, ft_acc = arm("mae-finetuned", lambda r: finetune(str(mae_dir), data, optim=optim, augment=augment,
+                                                       run=r))
+    _, scratch_acc = arm("scratch", lambda r: fit(config(r)), 2 * minutes)
+    rows = [(f"MAE {minutes:g} min + fine-tune {minutes:g} min", ft_acc),
+            (f"from scratch {2 * minutes:g} min", scratch_acc)]
     print(f"\nCIFAR-10 ({cpu_name()}, {'native' if native_bf16('cpu') else 'no native'} bf16), "
           f"{(time.perf_counter() - t0) / 60:.0f} min in all\n")
     print("| weights | 10-shot (mean of 3 draws) | linear probe | 20-NN |\n|---|---|---|---|")
@@ -140,6 +162,8 @@ def main() -> None:
     ap.add_argument("--archive", type=Path, default=ROOT.parent / "shared/datasets/cifar10-jpg.tar.gz")
     ap.add_argument("--dest", type=Path, default=Path("/tmp/vitkit-cifar10"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/vitkit-pretrain-bench"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="--cifar: take the arms already trained under --out")
     a = ap.parse_args()
     precision = training_precision("auto", torch.device("cpu"))
     print(f"Training step, batch {a.batch}, 32x32, encoder patch 4 / D 192 / 6 layers ({cpu_name()}, "
@@ -149,7 +173,7 @@ def main() -> None:
     for name, ms, ratio in step_times(a.batch, a.rounds, a.steps, precision):
         print(f"| {name} | {ms:.0f} | {ratio:.2f}x |")
     if a.cifar:
-        cifar(a.minutes, a.dest, a.archive, a.out)
+        cifar(a.minutes, a.dest, a.archive, a.out, a.reuse)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,9 @@ def test_loss_decreases_on_digits_and_publishes_an_encoder(tmp_path, objective):
     assert features.shape == (2, 1 + 16, 32)
 
 
-def test_interrupted_pretraining_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("command", ["pretrain", "train"])
+def test_interrupted_pretraining_resumes_exactly(tmp_path, command):
+    """vitkit pretrain --resume and vitkit train --resume continue the same objective."""
     objective = PretrainConfig(objective="mae")
     full = pretrain(tiny_train_config(tmp_path / "full", epochs=2), objective)
     steps = 1437 // 64
@@ -104,7 +106,7 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path):
 
     cut = pretrain(tiny_train_config(tmp_path / "cut", epochs=2), objective, on_step=interrupt)
     assert cut.status == "interrupted"
-    resumed = pretrain(None, resume=tmp_path / "cut")
+    resumed = (pretrain if command == "pretrain" else fit)(None, resume=tmp_path / "cut")
     assert resumed.status == "finished" and resumed.step == full.step
     a = torch.load(tmp_path / "full" / "state.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["model"]

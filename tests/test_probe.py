@@ -185,20 +185,3 @@ def test_probe_command_on_digits(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["probe", str(tmp_path / "m"), "--features.layer", "7"])
     assert "layer 7 (--features.layer)" in capsys.readouterr().err
-
-
-def test_fingerprint_covers_buffers_of_a_conv_stem():
-    """BatchNorm's running statistics (and its 0-dim step counter) are part of the weights."""
-    from vitkit.config import ViTConfig
-    from vitkit.data.preprocess import InputSpec
-    from vitkit.features import _model_fingerprint
-    from vitkit.model import ViT
-
-    model = ViT(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=1, num_heads=2, mlp_size=64,
-                          stem="conv", stem_channels=16, stem_stride=2, num_classes=3))
-    spec = InputSpec((16, 16), 3)
-    before = _model_fingerprint(model, spec)
-    assert _model_fingerprint(model, spec) == before
-    with torch.no_grad():
-        next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean += 0.5
-    assert _model_fingerprint(model, spec) != before

@@ -34,7 +34,7 @@ def test_digits_run_learns_and_writes_its_files(tmp_path):
 
 def test_refuses_to_overwrite_a_run(tmp_path):
     fit(tiny_train_config(tmp_path / "r", epochs=1))
-    with pytest.raises(ValueError, match="already holds a run: continue it with --resume"):
+    with pytest.raises(ValueError, match="already holds a run: continue it with vitkit train --resume"):
         fit(tiny_train_config(tmp_path / "r", epochs=1))
 
 

@@ -77,11 +77,15 @@ def train(
         optim: optimizer, schedule, clipping, accumulation, EMA.
         augment: augmentation and label smoothing.
         run: epochs, batch size, output directory, seed, precision, device, time budget.
-        resume: a run directory to continue exactly where it stopped (its stored config is used).
+        resume: a run directory (any: supervised, fine-tuning, pre-training) to continue exactly
+            where it stopped (its stored config and objective are used).
     """
+    from .checkpoint import read_meta
     from .training import TrainConfig, fit
-    from .training.resume import stored_config
+    from .training.resume import PRETRAIN_KEY, stored_config
 
+    if resume and PRETRAIN_KEY in read_meta(Path(resume)):
+        return pretrain(resume=resume)  # continued the same way, with pre-training's closing lines
     cfg = stored_config(Path(resume)) if resume else TrainConfig(data=data, model=model, optim=optim,
                                                                    augment=augment, run=run)
     _after_training(fit(None if resume else cfg, resume=resume), cfg, suggest_finetune=True)
@@ -222,6 +226,7 @@ def evaluate(
     batch_size: int = 500,
     precision: Literal["auto", "fp32", "bf16"] = "auto",
     load: LoadOptions = LoadOptions(),  # noqa: B008
+    engine: Literal["auto", "torch", "onnx"] = "auto",
 ) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
@@ -237,10 +242,12 @@ def evaluate(
         batch_size: images per forward pass.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
+        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
+            graph, or enough images to repay exporting one), torch, or onnx.
     """
     from .evaluation import evaluate_path
 
-    done = evaluate_path(weights, data, out, batch_size, precision, load)
+    done = evaluate_path(weights, data, out, batch_size, precision, load, engine=engine)
     res = done.result
     print(f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
           f"loss {res.loss:.4f}")
@@ -252,7 +259,8 @@ def evaluate(
 
 def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
             precision: Literal["auto", "fp32", "bf16"] = "auto",
-            load: LoadOptions = LoadOptions()) -> None:  # noqa: B008
+            load: LoadOptions = LoadOptions(),  # noqa: B008
+            engine: Literal["auto", "torch", "onnx"] = "auto") -> None:
     """Top-k classes with probabilities for image files or directories of images.
 
     Prints one line per image (or JSON); unreadable files are named on stderr, and the command
@@ -266,12 +274,14 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
         json: print JSON instead of a table.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
+        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
+            graph, or enough images to repay exporting one), torch, or onnx.
     """
     import json as _json
 
     from .predict import predict_paths
 
-    results = predict_paths(weights, images, topk, precision, load)
+    results = predict_paths(weights, images, topk, precision, load, engine)
     if json:
         print(_json.dumps(results, indent=2))
     for r in results:
@@ -374,6 +384,7 @@ def serve(
     threads: int | None = None,
     precision: str = "auto",
     access_log: bool = True,
+    engine: Literal["auto", "torch", "onnx"] = "auto",
 ) -> None:
     """Serve a model over HTTP: a JSON API and a web page that shows what the model sees.
 
@@ -398,6 +409,8 @@ def serve(
         threads: torch intra-op threads (default: the cores available to this process).
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         access_log: log one line per request.
+        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime, the graph exported once
+            and cached, where that pays), torch, or onnx.
     """
     try:
         from .serve import ServeOptions
@@ -405,7 +418,8 @@ def serve(
     except ImportError as e:
         raise ValueError(f"vitkit serve needs the serve extra: pip install 'vitkit[serve]' ({e})") from None
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes,
-                           max_pixels=max_pixels, api_key=api_key, precision=precision)
+                           max_pixels=max_pixels, api_key=api_key, precision=precision,
+                           engine=engine)
     run_server(model, host, port, options, threads=threads, access_log=access_log)
 
 

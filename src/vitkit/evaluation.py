@@ -139,7 +139,7 @@ def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[ob
 
 
 def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None, batch_size: int = 500,
-                  precision: str = "auto", options=None, log=print) -> Evaluated:
+                  precision: str = "auto", options=None, log=print, engine: str = "auto") -> Evaluated:
     """Evaluate `weights` (anything vitkit.open_model opens) on `data` (a DataConfig; default: the
     run's validation split) and write confusion.png, confusion.csv and eval.json to `out`
     (default: the run directory when weights is one, else the current directory)."""
@@ -156,7 +156,7 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     if log:
         log(f"evaluating on {count} images: {where}")
     precision = inference_precision(precision, opened.device)
-    model = for_inference(opened.model, precision)
+    model = for_inference(opened.model, precision, engine=engine, images=count)
     res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
                          data.workers if data is not None else 2)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cache import default_cache_dir, model_fingerprint
 from .data.arrays import ImageArrays
-from .data.folder import _DECODE_ERRORS, default_cache_dir
-from .data.preprocess import InputSpec, normalize, prepare_image
+from .data.folder import _DECODE_ERRORS
+from .data.preprocess import normalize, prepare_image
 from .evaluation import iterate_eval
 from .notices import VitkitWarning, one_line
 from .opened import OpenedModel
@@ -74,7 +75,7 @@ class FeatureModel:
         self.options, self.token, self.spec = options, token, opened.spec
         self.device = opened.device
         self.precision = inference_precision(options.precision, self.device)
-        self.fingerprint = _model_fingerprint(model, opened.spec)
+        self.fingerprint = model_fingerprint(model, opened.spec.to_dict())
         if self.precision == "bf16":
             model = copy.deepcopy(model)
         self.model = for_inference(model, self.precision)
@@ -117,17 +118,6 @@ def read_features(model: torch.nn.Module, x: torch.Tensor, layer: int, token: st
     out = model.forward_intermediates(x, layers=[layer], norm=norm)
     patches = out.patches[0]
     return (out.prefix[0][:, 0] if token == "cls" else patches.mean(dim=1)), patches
-
-
-def _model_fingerprint(model: torch.nn.Module, spec: InputSpec) -> str:
-    """The weights (every tensor's name, dtype, shape and bytes), the config and the input spec."""
-    h = hashlib.sha256()
-    h.update(json.dumps([model.config.to_dict(), spec.to_dict()], sort_keys=True, default=str).encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def data_fingerprint(data) -> str | None:

@@ -21,6 +21,12 @@ def one_line(text: object) -> str:
     return s if s.isprintable() else ascii(s)
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a message: its first line, or its type when it has none."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__
+
+
 def plain_warnings() -> None:
     """Show VitkitWarning as one plain line, "vitkit: warning: MESSAGE", without Python's
     file, line number and source line; every other warning keeps the usual format."""

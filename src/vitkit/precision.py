@@ -4,7 +4,8 @@
 - training precision "auto": bf16 autocast on GPUs with bf16; on CPUs with native bf16 for
   models of width (hidden size) BF16_TRAINING_MIN_WIDTH and up; else fp32;
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
-  CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once.
+  CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once
+  (and in fp32 on a CPU may run the model's ONNX graph instead: vitkit.export.route).
 
 The environment variable VITKIT_NATIVE_BF16=0 (or 1) overrides what the CPU reports, so one
 machine can run everything as a CPU without (or with) native bf16 would; `make test` runs
@@ -74,14 +75,27 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """What the CPU itself reports (read once): AVX512-BF16 or AMX-BF16 among its flags."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (read once from /proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """What the CPU itself reports: AVX512-BF16 or AMX-BF16 among its flags."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """AMX-BF16: bf16 matrix tiles (Intel Sapphire Rapids and later), beyond AVX512-BF16's
+    vector dot products."""
+    return "amx_bf16" in cpu_flags()
 
 
 def inference_precision(name: str, device: torch.device | str) -> str:
@@ -106,18 +120,27 @@ def weights_autocast(model: torch.nn.Module):
     return torch.autocast(p.device.type, dtype=torch.bfloat16) if p is not None else contextlib.nullcontext()
 
 
-def for_inference(model: torch.nn.Module, precision: str, compile: bool | str = "auto") -> torch.nn.Module:
-    """Put a model in eval mode for inference at `precision` (in place; returns it): the one
+def for_inference(model: torch.nn.Module, precision: str, compile: bool | str = "auto",
+                  engine: str = "torch", images: int | None = None) -> torch.nn.Module:
+    """Prepare a model for inference at `precision` and return what to run: the one
     preparation that prediction, evaluation and serving share.
 
-    For bf16, linear and convolution weights are stored in bf16 once, instead of autocast
-    casting them again on every forward; norms, embeddings and the residual stream stay fp32,
-    so under autocast the results are the same as with fp32 weights. `compile` ("auto", True,
-    False) is vitkit.compile's choice of torch.compile; calling this again changes nothing.
+    The model is put in eval mode in place. For bf16, linear and convolution weights are stored
+    in bf16 once, instead of autocast casting them again on every forward; norms, embeddings
+    and the residual stream stay fp32, so under autocast the results are the same as with fp32
+    weights. `compile` ("auto", True, False) is vitkit.compile's choice of torch.compile.
+    `engine` is vitkit.export.route's: with "auto" (what predict, evaluate and serve pass) or
+    "onnx", fp32 on a CPU may return the model's ONNX graph run by onnxruntime (`images`: the
+    work to come, None for no end); with "torch" (the default here) it is `model`, prepared.
+    Calling this again changes nothing.
     """
     from .compile import compile_model
+    from .export.route import onnx_engine
 
     model.eval()
+    routed = onnx_engine(model, precision, engine, compile, images)
+    if routed is not None:
+        return routed
     if precision == "bf16":
         for m in model.modules():
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):

@@ -30,16 +30,16 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_size: int = 64,
-                  precision: str = "auto", compile: bool | str = "auto") -> list[dict]:
+                  precision: str = "auto", compile: bool | str = "auto", engine: str = "auto") -> list[dict]:
     """Top-k classes with probabilities for each file; unreadable files get an "error" entry.
 
     precision "auto" runs bf16 autocast where the hardware has native bf16 (norms and
     softmax stay in fp32), else fp32; the model is prepared by for_inference (in place),
-    `compile` being vitkit.compile's choice.
+    `compile` being vitkit.compile's choice and `engine` vitkit.export.route's.
     """
     device = opened.device
     precision = inference_precision(precision, device)
-    for_inference(opened.model, precision, compile)
+    model = for_inference(opened.model, precision, compile, engine, images=len(files))
     topk = min(topk, len(opened.classes))
     results: list[dict] = []
     batch, names = [], []
@@ -48,7 +48,7 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
         if not batch:
             return
         with autocast(device, precision):
-            probs = opened.model.predict_proba(torch.stack(batch).to(device))
+            probs = model.predict_proba(torch.stack(batch).to(device))
         p, idx = probs.topk(topk, dim=1)
         for name, pi, ii in zip(names, p.tolist(), idx.tolist(), strict=True):
             results.append({"file": str(name), "top": [
@@ -74,11 +74,12 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
 
 
 def predict_paths(weights: str | Path, inputs: list[str | Path], topk: int = 5, precision: str = "auto",
-                  options=None) -> list[dict]:
+                  options=None, engine: str = "auto") -> list[dict]:
     """Open `weights` (anything vitkit.open_model opens) and predict for image files and folders
     of images; files that cannot be read get an "error" entry instead of "top"."""
     from .loading import open_model
 
     if topk < 1:
         raise ValueError(f"--topk {topk}: must be 1 or more")
-    return predict_files(open_model(weights, options), list_images(inputs), topk, precision=precision)
+    return predict_files(open_model(weights, options), list_images(inputs), topk, precision=precision,
+                         engine=engine)

@@ -14,10 +14,8 @@ from pathlib import Path
 from .checkpoint import read_meta
 from .training import TrainConfig, fit
 from .training.objectives import PretrainConfig, SelfSupervised
-from .training.resume import stored_config
+from .training.resume import PRETRAIN_KEY
 from .training.trainer import RunResult
-
-META_KEY = "pretrain"  # config.json: the objective a run was pre-trained with
 
 
 def pretrain(cfg: TrainConfig | None, objective: PretrainConfig | None = None,
@@ -25,14 +23,12 @@ def pretrain(cfg: TrainConfig | None, objective: PretrainConfig | None = None,
     """Pre-train an encoder with `objective` (MAE unless told otherwise); with resume=RUN_DIR
     continue that run exactly, with its stored configuration and objective. on_step is
     called as on_step(trainer) after every optimizer step."""
-    if resume is not None:
-        meta = read_meta(Path(resume))
-        if META_KEY not in meta:
-            raise ValueError(f"{resume}: not a pre-training run (no {META_KEY!r} in config.json); "
+    if resume is not None:  # the run's stored config and objective (training.resume) win
+        if PRETRAIN_KEY not in read_meta(Path(resume)):
+            raise ValueError(f"{resume}: not a pre-training run (no {PRETRAIN_KEY!r} in config.json); "
                              "continue it with vitkit train --resume")
-        objective = PretrainConfig(**meta[META_KEY])
-        cfg = stored_config(Path(resume))
-    elif cfg is None:
+        return fit(None, resume=resume, on_step=on_step)
+    if cfg is None:
         raise ValueError("pretrain needs a TrainConfig, or resume=RUN_DIR")
     objective = objective or PretrainConfig()
     objective.validate()
@@ -43,5 +39,5 @@ def pretrain(cfg: TrainConfig | None, objective: PretrainConfig | None = None,
     if cfg.augment.mixup or cfg.augment.cutmix:
         raise ValueError("--augment.mixup / --augment.cutmix mix labels, which pre-training has none of; "
                          "set them to 0")
-    return fit(cfg, resume=resume, extra_meta={META_KEY: dataclasses.asdict(objective)},
+    return fit(cfg, resume=resume, extra_meta={PRETRAIN_KEY: dataclasses.asdict(objective)},
                objective=SelfSupervised(objective), on_step=on_step)

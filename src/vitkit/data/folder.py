@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..cache import default_cache_dir
 from ..notices import VitkitWarning, one_line
 from .arrays import ImageArrays
 from .preprocess import image_to_uint8
@@ -188,10 +189,6 @@ def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(index.root)}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitkit"
 
 
 def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ViTConfig
+from ..notices import first_line
 from ..opened import OpenedModel
 from .prepare import METADATA_KEY, is_features_export, parse
 
@@ -94,9 +95,6 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _report(path: Path, meta: dict, config: ViTConfig):
@@ -129,7 +127,7 @@ def open_onnx(path: str | Path, threads: int | None = None, features: bool = Fal
     try:
         sess = session(path, threads)
     except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph, ...
-        raise ValueError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
+        raise ValueError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
     text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if text is None:
         raise ValueError(f"{path}: an ONNX model without vitkit metadata (not exported by vitkit export)")

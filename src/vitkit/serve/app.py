@@ -53,6 +53,7 @@ class ServeOptions:
     api_key: str | None = None
     decode_threads: int | None = None  # default: the cores available
     precision: str = "auto"
+    engine: str = "auto"  # vitkit.export.route: auto, torch or onnx (fp32 on a CPU)
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1:
@@ -75,7 +76,7 @@ def create_app(opened: Any, options: ServeOptions | None = None) -> FastAPI:
     .classes, .spec), e.g. from open_model(path), or built around a model in memory."""
     options = options or ServeOptions()
     api_key = options.api_key if options.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    engine = Engine(opened, options.precision)
+    engine = Engine(opened, options.precision, engine=options.engine)
     set_pixel_limit(options.max_pixels)
     batcher = Batcher(engine.run_batch, options.max_batch, options.max_wait_ms / 1000.0)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")

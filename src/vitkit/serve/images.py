@@ -13,6 +13,8 @@ import re
 
 from PIL import Image, UnidentifiedImageError
 
+from ..notices import first_line
+
 # Formats a client may upload; everything else is refused as "not an image" (415).
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 
@@ -48,7 +50,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise UploadError(415, f"not an image in a supported format ({', '.join(FORMATS)})") from None
     except Exception as e:  # malformed headers raise all sorts of errors inside PIL plugins
-        raise UploadError(422, f"corrupt image header: {_first_line(e)}") from None
+        raise UploadError(422, f"corrupt image header: {first_line(e, 200)}") from None
     w, h = img.size
     if w * h > max_pixels:
         raise UploadError(413, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}")
@@ -58,10 +60,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         img.seek(0)
         img.load()
     except Exception as e:  # truncated data, bad compressed stream, decoder errors
-        raise UploadError(422, f"corrupt or truncated {img.format} image: {_first_line(e)}") from None
+        raise UploadError(422, f"corrupt or truncated {img.format} image: {first_line(e, 200)}") from None
     return img
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

@@ -37,7 +37,8 @@ class Prepared:
 class Engine:
     """An OpenedModel (or anything with .model, .classes, .spec; .name and .source if known)."""
 
-    def __init__(self, opened: Any, precision: str = "auto", compile: bool | str = "auto"):
+    def __init__(self, opened: Any, precision: str = "auto", compile: bool | str = "auto",
+                 engine: str = "auto"):
         self.model: torch.nn.Module = opened.model
         self.classes: list[str] = list(opened.classes)
         self.spec = opened.spec
@@ -47,7 +48,10 @@ class Engine:
         self.device = params[0].device if params else torch.device("cpu")
         self.num_params = sum(p.numel() for p in params)
         self.precision = inference_precision(precision, self.device)
-        for_inference(self.model, self.precision, compile)
+        # what predictions run on: the model, or its ONNX graph (vitkit.export.route); a
+        # server's work has no end, so "auto" exports the graph where the route pays
+        self.runner = for_inference(self.model, self.precision, compile, engine, images=None)
+        self.engine = "onnxruntime" if self.runner is not self.model else "torch"
         config = getattr(self.model, "config", None)
         # Attention capture needs vitkit's own forward_features(return_attention=True) (an
         # ONNX model run by onnxruntime has no such thing).
@@ -72,7 +76,7 @@ class Engine:
         """One forward pass for a batch: probabilities (and for "explain" the rollout maps)."""
         x = torch.stack([it.tensor for it in items]).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            probs = self.model.predict_proba(x).float().cpu()
+            probs = self.runner.predict_proba(x).float().cpu()
             if kind == "predict":
                 return list(probs)
             attn = capture_attention(self.model, x, batch_size=len(x))
@@ -104,6 +108,7 @@ class Engine:
             "num_classes": len(self.classes),
             "input": self.spec.to_dict(),
             "precision": self.precision,
+            "engine": self.engine,
             "device": str(self.device),
             "explain": self.can_explain,
         }

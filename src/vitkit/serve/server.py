@@ -71,8 +71,8 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, options
     app = create_app(opened, options)
     engine = app.state.engine
     print(f"vitkit serve: {engine.name} ({engine.num_params:,} parameters, {engine.precision}, "
-          f"{n} torch threads), max batch {options.max_batch}, max wait {options.max_wait_ms:g} ms, "
-          f"on http://{host}:{port}/", file=sys.stderr, flush=True)
+          f"{engine.engine}, {n} threads), max batch {options.max_batch}, max wait "
+          f"{options.max_wait_ms:g} ms, on http://{host}:{port}/", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=30, server_header=False)
     # Everything alive now (torch, the model, the app) lives as long as the process: keep it

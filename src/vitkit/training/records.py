@@ -37,8 +37,8 @@ def prepare_run_dir(d: Path, overwrite: bool) -> None:
             (d / name).unlink(missing_ok=True)
         shutil.rmtree(d / SHARDED_NAME, ignore_errors=True)
     elif held:
-        raise ValueError(f"{d} already holds a run: continue it with --resume {d}, or choose "
-                         f"another --run.out")
+        raise ValueError(f"{d} already holds a run: continue it with vitkit train --resume {d}, or "
+                         f"choose another --run.out")
 
 
 def written_files(d: Path) -> list[str]:

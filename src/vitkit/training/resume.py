@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 from ..checkpoint import read_meta
 from ..files import remove_leftovers
 from .config import TrainConfig
+from .objectives import PretrainConfig, SelfSupervised
 
 if TYPE_CHECKING:
     from .objectives import Classification
 
 RUN_KEYS = ("model", "classes", "data", "train")  # what the Trainer itself writes into config.json
+PRETRAIN_KEY = "pretrain"  # config.json: the objective a pre-training run trains with
 
 
 def stored_config(run_dir: Path, meta: dict | None = None) -> TrainConfig:
@@ -25,9 +27,17 @@ def stored_config(run_dir: Path, meta: dict | None = None) -> TrainConfig:
     return TrainConfig.from_dict(meta["train"])
 
 
-def stored_objective(run_dir: Path, meta: dict) -> Classification | None:
-    """The objective the run trains when the caller names none: LoRA adapters for a LoRA
-    fine-tuning run (state.pt holds the adapted model), else None (classification)."""
+def stored_objective(run_dir: Path, meta: dict) -> Classification | SelfSupervised | None:
+    """The objective the run trains when the caller names none: its pre-training objective
+    for a pre-training run, LoRA adapters for a LoRA fine-tuning run (state.pt holds the
+    adapted model), else None (classification); so one `vitkit train --resume` continues any run."""
+    if PRETRAIN_KEY in meta:
+        try:
+            pre = PretrainConfig(**meta[PRETRAIN_KEY])
+            pre.validate()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{run_dir}/config.json: bad {PRETRAIN_KEY!r} entry ({e})") from None
+        return SelfSupervised(pre)
     finetune = meta.get("finetune")
     if not isinstance(finetune, dict) or finetune.get("mode") != "lora":
         return None

@@ -1,0 +1,135 @@
+"""fp32 inference on a CPU through ONNX Runtime, where that was measured to pay.
+
+In fp32 on a CPU, ONNX Runtime runs vitkit's own exported graph faster than eager PyTorch
+runs the model (benchmarks/export_speed.py: see ROUTE_MEASURED). So where inference
+resolves to fp32 on a CPU (no native bf16, or fp32 asked for), `for_inference` hands back
+the model's ONNX graph run by onnxruntime instead of the module: same weights, same
+preprocessing, logits equal to eager fp32 within float rounding.
+
+The graph is exported once per weights into the user cache (vitkit.cache:
+<cache>/onnx/<fingerprint>.onnx). The key is the fingerprint of every weight, the config and
+the export format, so changed weights are a new file and a stale graph is never run; a
+cached file that does not open is exported again. Exporting takes seconds to a minute
+(EXPORT_PAYS_AFTER), so engine "auto" exports only for work that repays it and otherwise
+runs eagerly until a graph is cached.
+
+engine "auto": the route when the device is the CPU, the precision fp32, the model a plain
+vitkit ViT (no adapters or wrappers), torch.compile not asked for, onnxruntime and the
+exporter installed, and the graph cached already or the job at least EXPORT_PAYS_AFTER
+images (serving, whose work has no end, counts as enough); "torch": never; "onnx": whenever
+it can run, with a one-line error naming what stops it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..cache import default_cache_dir, model_fingerprint
+from ..model import ViT
+from ..notices import VitkitWarning, first_line
+
+Engine = Literal["auto", "torch", "onnx"]
+ENGINES = ("auto", "torch", "onnx")
+ROUTE_FORMAT = 1  # bump when the exported graph changes, so old cached graphs are not run
+# Images after which exporting (once per weights) costs less than eager fp32 would lose.
+EXPORT_PAYS_AFTER = 1000
+ROUTE_MEASURED = ""
+
+
+def route_problem(model: torch.nn.Module, precision: str, compile: bool | str = "auto") -> str | None:
+    """Why `model` cannot run through ONNX Runtime at `precision`, or None when it can."""
+    from ..compile import compile_wanted
+
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    if device.type != "cpu":
+        return f"the model is on {device}, and the ONNX route runs on the CPU"
+    if precision != "fp32":
+        return f"inference runs in {precision}, and the ONNX graph in fp32"
+    if type(model) is not ViT:
+        return f"{type(model).__name__} is not a plain vitkit ViT"
+    if not model.config.num_classes:
+        return "the model has no classifier head"
+    if compile_wanted(compile, device):
+        return "torch.compile was asked for"
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return "onnxruntime and onnxscript are not installed (pip install 'vitkit[export]')"
+    return None
+
+
+def graph_path(model: ViT) -> Path:
+    """Where the route's graph for these weights is cached."""
+    from .onnx import OPSET
+
+    key = model_fingerprint(model, {"route": ROUTE_FORMAT, "opset": OPSET})[:32]
+    return default_cache_dir() / "onnx" / f"{key}.onnx"
+
+
+def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "auto",
+                compile: bool | str = "auto", images: int | None = None) -> torch.nn.Module | None:
+    """The OnnxViT that runs `model` by onnxruntime when `engine` says so (module docstring),
+    else None; `images`: how many images the caller will run (None: no end, as in serving)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return None
+    problem = route_problem(model, precision, compile)
+    if problem:
+        if engine == "onnx":
+            raise ValueError(f"engine onnx: {problem}")
+        return None
+    path = graph_path(model)
+    if not path.is_file() and engine == "auto" and images is not None and images < EXPORT_PAYS_AFTER:
+        return None
+    try:
+        if path.is_file():
+            try:
+                return _open(path)
+            except ValueError:
+                path.unlink(missing_ok=True)  # a damaged cache file: export it again
+        _export(model, path)
+        return _open(path)
+    except Exception as e:
+        if engine == "onnx":
+            raise ValueError(f"engine onnx: {first_line(e)}") from None
+        warnings.warn(f"the ONNX route failed ({first_line(e)}); running eager PyTorch", VitkitWarning,
+                      stacklevel=2)
+        return None
+
+
+def _open(path: Path) -> torch.nn.Module:
+    """The cached graph as an OnnxViT on torch's intra-op thread count."""
+    from .prepare import METADATA_KEY, parse
+    from .runtime import OnnxViT, session
+
+    try:
+        sess = session(path, torch.get_num_threads())
+        text = sess.get_modelmeta().custom_metadata_map[METADATA_KEY]
+    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, a missing key, ...
+        raise ValueError(f"{path}: {e}") from None
+    meta, config, _ = parse(text, str(path))
+    return OnnxViT(sess, config, meta, path).eval()
+
+
+def _export(model: ViT, path: Path) -> None:
+    """Export the fp32 graph of `model` to `path` (atomically), timing it once on stderr."""
+    from ..data.preprocess import InputSpec
+    from .onnx import export_onnx
+    from .prepare import export_ready, metadata
+
+    start = time.perf_counter()
+    ready, notes = export_ready(model)
+    c = ready.config
+    spec = InputSpec(c.image_hw, c.num_channels, [0.5] * c.num_channels, [0.5] * c.num_channels)
+    export_onnx(ready, metadata(c, [str(i) for i in range(c.num_classes)], spec, notes=notes), path)
+    print(f"vitkit: fp32 inference runs through ONNX Runtime; exported the graph once in "
+          f"{time.perf_counter() - start:.1f} s to {path}", file=sys.stderr, flush=True)

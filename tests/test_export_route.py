@@ -1,0 +1,128 @@
+"""The ONNX route of fp32 CPU inference (vitkit.export.route): taken only where it pays, run
+from a cache keyed by the weights, and giving eager fp32's logits and top-1 in predict,
+evaluate and serve."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from test_export import CLASSES, SPEC, prepared, real_images  # noqa: E402
+
+from vitkit.export.route import EXPORT_PAYS_AFTER, graph_path, route_problem  # noqa: E402
+from vitkit.export.runtime import OnnxViT  # noqa: E402
+from vitkit.precision import for_inference  # noqa: E402
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_fp32_inference_runs_the_graph_cached_for_these_weights(tiny_model, cache, capsys):
+    x = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        eager = tiny_model(x)
+    runner = for_inference(copy.deepcopy(tiny_model), "fp32", engine="auto", images=None)  # no end: a server
+    assert isinstance(runner, OnnxViT)
+    torch.testing.assert_close(runner(x), eager, atol=1e-4, rtol=1e-4)
+    assert torch.equal(runner(x).argmax(1), eager.argmax(1))
+    assert "exported the graph once" in capsys.readouterr().err
+    assert [p.name for p in cache.iterdir()] == [graph_path(tiny_model).name]
+
+    # cached: a one-image job takes the route too, without exporting again
+    again = for_inference(copy.deepcopy(tiny_model), "fp32", engine="auto", images=1)
+    assert isinstance(again, OnnxViT) and "exported" not in capsys.readouterr().err
+
+    # changed weights are another key: a short job runs eagerly rather than export, and a
+    # graph made for them gives their logits, never the stale ones
+    changed = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        changed.head.bias += 1.0
+    assert graph_path(changed) != graph_path(tiny_model)
+    assert for_inference(changed, "fp32", engine="auto", images=1) is changed
+    routed = for_inference(changed, "fp32", engine="onnx")
+    with torch.no_grad():
+        torch.testing.assert_close(routed(x), changed(x), atol=1e-4, rtol=1e-4)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_route_is_taken_only_where_it_pays(tiny_model, cache):
+    short = for_inference(copy.deepcopy(tiny_model), "fp32", engine="auto", images=EXPORT_PAYS_AFTER - 1)
+    assert isinstance(short, type(tiny_model)) and not cache.exists()  # nothing cached: eager
+    m = copy.deepcopy(tiny_model)
+    assert for_inference(m, "bf16", engine="auto", images=None) is m  # bf16 runs on the module
+    with pytest.raises(ValueError, match="engine onnx: inference runs in bf16"):
+        for_inference(copy.deepcopy(tiny_model), "bf16", engine="onnx")
+    m = copy.deepcopy(tiny_model)
+    assert for_inference(m, "fp32", engine="torch", images=None) is m
+    assert for_inference(m, "fp32") is m  # the library default: the module itself
+    assert "torch.compile" in route_problem(tiny_model, "fp32", compile=True)
+    assert "not a plain vitkit ViT" in route_problem(nn.Sequential(tiny_model), "fp32")
+    with pytest.raises(ValueError, match="engine 'fast'"):
+        for_inference(copy.deepcopy(tiny_model), "fp32", engine="fast")
+    assert not cache.exists()
+
+
+def test_a_damaged_cached_graph_is_exported_again(tiny_model, cache):
+    path = graph_path(tiny_model)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx file")
+    runner = for_inference(copy.deepcopy(tiny_model), "fp32", engine="onnx")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), tiny_model(x), atol=1e-4, rtol=1e-4)
+    assert path.stat().st_size > 1000
+
+
+@pytest.mark.precision
+def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, tiny_model, cache,
+                                                                      monkeypatch):
+    from vitkit.data.pipeline import DataConfig
+    from vitkit.evaluation import evaluate_path
+    from vitkit.loading import open_model
+    from vitkit.predict import predict_paths
+    from vitkit.serve.inference import Engine
+
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "0")  # auto is fp32, as on a CPU without native bf16
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir, classes=CLASSES, data={
+        "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
+    files = real_images(tmp_path / "images")
+    eager = predict_paths(model_dir, files, topk=2, engine="torch")
+    routed = predict_paths(model_dir, files, topk=2, engine="onnx")
+    assert [r["top"][0]["class"] for r in routed] == [r["top"][0]["class"] for r in eager]
+    for a, b in zip(routed, eager, strict=True):
+        assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-4)
+    # the graph is cached now: "auto" takes it even for a short job
+    folder = tmp_path / "data"
+    for i, f in enumerate(files):
+        (folder / CLASSES[i % len(CLASSES)]).mkdir(parents=True, exist_ok=True)
+        (folder / CLASSES[i % len(CLASSES)] / f.name).write_bytes(f.read_bytes())
+    data = DataConfig(dataset="folder", path=str(folder))
+    ev = {e: evaluate_path(model_dir, data, tmp_path / e, engine=e, log=None).result
+          for e in ("torch", "auto")}
+    assert ev["auto"].top1 == ev["torch"].top1
+    assert ev["auto"].loss == pytest.approx(ev["torch"].loss, abs=1e-4)
+    engine = Engine(open_model(model_dir))
+    assert engine.engine == "onnxruntime" and engine.describe()["engine"] == "onnxruntime"
+    x = prepared(files, SPEC)
+    with torch.no_grad():
+        probs = tiny_model(x).softmax(-1)
+    got = torch.stack(engine.run_batch("predict", [engine.prepare(opened_image(f)) for f in files]))
+    assert torch.equal(got.argmax(1), probs.argmax(1))
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")
+    assert Engine(open_model(model_dir)).engine == "torch"  # bf16 where native: the module
+
+
+def opened_image(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im

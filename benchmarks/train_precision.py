@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.config import ViTConfig, variant  # noqa: E402
+from vitkit.info import forward_macs  # noqa: E402
 from vitkit.model import ViT  # noqa: E402
-from vitkit.precision import autocast, cpu_has_amx, native_bf16  # noqa: E402
+from vitkit.precision import autocast, cpu_has_amx, native_bf16, training_precision  # noqa: E402
 from vitkit.training import ModelSpec, OptimConfig  # noqa: E402
 from vitkit.training.schedule import build_optimizer  # noqa: E402
 
@@ -37,6 +38,7 @@ def models() -> list[tuple[str, ViTConfig, int]]:
     """(name, config, batch) of each measured recipe."""
     cifar = yaml.safe_load((ROOT / "configs" / "cifar10.yaml").read_text())["model"]
     return [
+        ("16x16 grey folder default (D 64)", ModelSpec().build_config((16, 16), 1, 10), 128),
         ("28x28 grey folder default (D 64)", ModelSpec().build_config((28, 28), 1, 10), 128),
         ("digits recipe, 8x8 (D 64)", ModelSpec(patch_size=2).build_config((8, 8), 1, 10), 128),
         ("CIFAR-10 recipe (D 192)", ViTConfig(image_size=32, num_classes=10, **cifar), 128),
@@ -81,11 +83,14 @@ def main() -> None:
     print(f"Training step, fp32 against bf16 autocast ({cpu_name()}, {bf16}{amx}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads); median of {a.rounds} interleaved "
           f"rounds x {a.steps} steps\n")
-    print("| model | batch | fp32 ms/step | bf16 ms/step | bf16 speed vs fp32 |\n|---|---|---|---|---|")
+    print("| model | forward MMACs / image | batch | fp32 ms/step | bf16 ms/step | bf16 vs fp32 | auto |\n"
+          "|---|---|---|---|---|---|---|")
     for name, config, batch in models():
         ms = step_ms(config, batch, a.rounds, a.steps)
-        print(f"| {name} | {batch} | {ms['fp32']:.0f} | {ms['bf16']:.0f} | {ms['fp32'] / ms['bf16']:.2f}x |",
-              flush=True)
+        macs = forward_macs(config)
+        auto = training_precision("auto", torch.device("cpu"), macs)
+        print(f"| {name} | {macs / 1e6:,.1f} | {batch} | {ms['fp32']:.0f} | {ms['bf16']:.0f} | "
+              f"{ms['fp32'] / ms['bf16']:.2f}x | {auto} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -159,9 +159,9 @@ def _interrupt_at(step):
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_interrupted_finetuning_resumes_exactly(mode, pretrained, tmp_path, monkeypatch, capsys):
-    # "auto" precision: the resumed run must train at the source model's width (32: fp32 here),
-    # not at the width of the default --model section it never used (64: bf16 here)
-    monkeypatch.setattr("vitkit.precision.BF16_TRAINING_MIN_WIDTH", 48)
+    # "auto" precision: the resumed run must train as the source model (0.3 MMACs: fp32 here),
+    # not as the default --model section it never used (3.1 MMACs: bf16 here)
+    monkeypatch.setattr("vitkit.precision.BF16_TRAINING_MIN_MACS", {"amx": 1e6, "avx512": 1e6})
     monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")
 
     def run(name, on_step=None):

@@ -14,16 +14,28 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     with pytest.warns(VitkitWarning, match="no native bf16.*training in fp32"):
         assert precision.training_precision("bf16", torch.device("cpu")) == "fp32"
-    for width in (None, 64, precision.BF16_TRAINING_MIN_WIDTH, 1024):
-        assert precision.training_precision("auto", torch.device("cpu"), width) == "fp32"
+    for macs in (None, 1e6, 1e9, 1e11):
+        assert precision.training_precision("auto", torch.device("cpu"), macs) == "fp32"
 
 
-def test_auto_on_a_cpu_with_native_bf16_depends_on_the_width(monkeypatch):
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_on_a_cpu_with_native_bf16_depends_on_the_work_and_the_bf16_units(monkeypatch, amx):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    wide = precision.BF16_TRAINING_MIN_WIDTH
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
+    least = precision.BF16_TRAINING_MIN_MACS["amx" if amx else "avx512"]
     cpu = torch.device("cpu")
-    assert [precision.training_precision("auto", cpu, w) for w in (None, 64, 384, wide - 1)] == ["fp32"] * 4
-    assert [precision.training_precision("auto", cpu, w) for w in (wide, 2 * wide)] == ["bf16"] * 2
+    assert [precision.training_precision("auto", cpu, m) for m in (None, 0.5 * least)] == ["fp32"] * 2
+    assert [precision.training_precision("auto", cpu, m) for m in (least, 10 * least)] == ["bf16"] * 2
+    # measured: the digits recipe (3.1 MMACs) trains in fp32 everywhere, the default model of a
+    # 28x28 folder (16.9 MMACs) in bf16 with AMX, S/16 in fp32 and B/16 in bf16 without
+    from vitkit.config import variant
+    from vitkit.info import forward_macs
+    from vitkit.training.config import ModelSpec
+
+    digits, folder = (forward_macs(ModelSpec().build_config(s, 1, 10)) for s in ((8, 8), (28, 28)))
+    s16, b16 = (forward_macs(variant(v)) for v in ("S/16", "B/16"))
+    got = [precision.training_precision("auto", cpu, m) for m in (digits, folder, s16, b16)]
+    assert got == (["fp32", "bf16", "bf16", "bf16"] if amx else ["fp32", "fp32", "fp32", "bf16"])
 
 
 @pytest.mark.parametrize("supported", [True, False])
@@ -34,18 +46,20 @@ def test_auto_on_cuda_follows_bf16_support_whatever_the_width(monkeypatch, suppo
         assert precision.training_precision("auto", torch.device("cuda"), width) == want
 
 
-def test_trainer_width_is_the_model_s_hidden_size():
+def test_the_trainer_resolves_auto_from_the_model_it_builds(tmp_path, monkeypatch):
     from helpers import tiny_train_config
 
-    from vitkit.config import variant
-    from vitkit.training.config import SMALL_MODEL, model_width
+    from vitkit.info import forward_macs
+    from vitkit.training.trainer import Trainer
 
-    cfg = tiny_train_config("unused")
-    assert model_width(cfg, None) == 32
-    cfg.model.hidden_size = None
-    assert model_width(cfg, None) == SMALL_MODEL["hidden_size"]
-    cfg.model.variant = "B/16"
-    assert model_width(cfg, None) == variant("B/16").hidden_size == 768
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    cfg = tiny_train_config(tmp_path / "r")
+    cfg.run.precision = "auto"
+    trainer = Trainer(cfg)
+    macs = forward_macs(trainer.model.config)
+    for least, want in ((macs, "bf16"), (2 * macs, "fp32")):
+        monkeypatch.setattr(precision, "BF16_TRAINING_MIN_MACS", {"amx": least, "avx512": least})
+        assert Trainer(cfg).precision == want
 
 
 def test_bf16_on_a_cpu_with_native_bf16_is_kept(monkeypatch, recwarn):

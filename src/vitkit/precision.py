@@ -2,7 +2,7 @@
 
 - device "auto": CUDA when available, else the CPU;
 - training precision "auto": bf16 autocast on GPUs with bf16; on CPUs with native bf16 for
-  models of width (hidden size) BF16_TRAINING_MIN_WIDTH and up; else fp32;
+  models of at least BF16_TRAINING_MIN_MACS forward MACs per image (lower with AMX); else fp32;
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
   CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once
   (and in fp32 on a CPU may run the model's ONNX graph instead: vitkit.export.route).
@@ -33,18 +33,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Narrower models train slower under bf16 autocast on a CPU with native bf16 (casts and norms
-# outweigh the faster products): a 2-core Zen 5 EPYC (family 26) took 0.55x the fp32 speed at width 64
-# (digits recipe), 0.66x at 192 (CIFAR-10 recipe), 0.98x at 384 (S/16), interleaved in one process;
-# at 768 (B/16) bf16 ran 1.12x fp32, so bf16 starts there.
-BF16_TRAINING_MIN_WIDTH = 768
+# bf16 autocast pays in CPU training once the matrix products outweigh what it adds (casts,
+# fp32 norms, per-op overhead); where that happens depends on the CPU's bf16 units, so the rule
+# is in forward MACs per image (vitkit.info.forward_macs), step times interleaved in one process:
+# - AVX512-BF16 without AMX (2-core Zen 5 EPYC, family 26): bf16 ran 0.55x fp32 on the digits
+#   recipe (3.1 MMACs), 0.66x on the CIFAR-10 recipe (137 MMACs), 0.98x on S/16 (4.6 GMACs) and
+#   1.12x on B/16 (17.6 GMACs): bf16 from 8 GMACs;
+# - AMX (2-core Intel Xeon, family 6 model 167; benchmarks/train_precision.py): 0.83x on the
+#   digits recipe (3.1 MMACs), 1.32x on the default model of a 28x28 folder (16.9 MMACs), 1.69x
+#   on the CIFAR-10 recipe, 2.5-2.8x on S/16 and B/16: bf16 from 8 MMACs.
+BF16_TRAINING_MIN_MACS = {"amx": 8e6, "avx512": 8e9}
 
 
-def training_precision(name: str, device: torch.device, width: int | None = None) -> str:
+def training_precision(name: str, device: torch.device, macs: float | None = None) -> str:
     """"auto" for training: bf16 on GPUs that have it, and on CPUs with native bf16 for models
-    at least BF16_TRAINING_MIN_WIDTH wide (`width`: the hidden size; unknown: fp32); else fp32.
-    bf16 asked for on a CPU that only emulates it becomes fp32, with a warning: emulated bf16
-    trains the CIFAR-10 recipe 14x slower than fp32 (7 against 100 img/s on a 2-core Zen 3 EPYC)."""
+    of at least BF16_TRAINING_MIN_MACS forward MACs per image for the CPU's kind (`macs`;
+    unknown: fp32); else fp32. bf16 asked for on a CPU that only emulates it becomes fp32,
+    with a warning: emulated bf16 trains the CIFAR-10 recipe 14x slower than fp32 (7 against
+    100 img/s on a 2-core Zen 3 EPYC)."""
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX) and would emulate "
                       "it, about 10x slower than fp32; training in fp32", VitkitWarning, stacklevel=2)
@@ -53,8 +59,9 @@ def training_precision(name: str, device: torch.device, width: int | None = None
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    wide = width is not None and width >= BF16_TRAINING_MIN_WIDTH
-    return "bf16" if wide and native_bf16(device) else "fp32"
+    if macs is None or not native_bf16(device):
+        return "fp32"
+    return "bf16" if macs >= BF16_TRAINING_MIN_MACS["amx" if cpu_has_amx() else "avx512"] else "fp32"
 
 
 NATIVE_BF16_ENV = "VITKIT_NATIVE_BF16"

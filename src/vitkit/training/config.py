@@ -207,14 +207,3 @@ class TrainConfig:
                 values["betas"] = tuple(values["betas"])
             out[name] = klass(**values)
         return cls(**out)
-
-
-def model_width(cfg: TrainConfig, config: ViTConfig | None = None) -> int:
-    """The hidden size a run trains at (training_precision's "auto" depends on it): that of
-    `config`, the given or resumed model's, else the width cfg.model builds."""
-    if config is not None:
-        return config.hidden_size
-    spec = cfg.model
-    if spec.hidden_size:
-        return spec.hidden_size
-    return variant(spec.variant).hidden_size if spec.variant else SMALL_MODEL["hidden_size"]

@@ -25,10 +25,11 @@ from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
 from ..evaluation import evaluate_model
 from ..files import atomic_save_tensors, atomic_write_bytes
+from ..info import forward_macs
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, train_batches
-from .config import TrainConfig, model_width
+from .config import TrainConfig
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
@@ -68,9 +69,6 @@ class Trainer:
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
         stored = read_config(self.run_dir) if resume and model is None else None
-        width = model_width(cfg, model.config if model is not None else stored)
-        self.precision = training_precision(cfg.run.precision, self.device, width)
-        self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
         self.extra_meta = extra_meta or {}
 
@@ -88,15 +86,15 @@ class Trainer:
                              f"({', '.join(self.data.classes)}); supervised training needs root/<class>/ "
                              "folders of at least two classes (vitkit pretrain learns from unlabelled "
                              "images)")
+        config = model.config if model is not None else stored or cfg.model.build_config(
+            self.data.spec.image_size, self.data.spec.channels,
+            len(self.data.classes) if self.supervised else 0, self.data.geometry)
+        self.precision = training_precision(cfg.run.precision, self.device, forward_macs(config))
+        self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         on_meta = self.strategy.build_on_meta(bool(resume))
         with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
-            if stored is not None:
-                model = ViT(stored)
             if model is None:
-                mcfg = cfg.model.build_config(self.data.spec.image_size, self.data.spec.channels,
-                                              len(self.data.classes) if self.supervised else 0,
-                                              self.data.geometry)
-                model = ViT(mcfg)
+                model = ViT(config)
         self.check_model_fits_data(model)
         if cfg.optim.train_only == "head":
             for name, p in model.named_parameters():

@@ -1,6 +1,6 @@
 """A 28x28 folder of 8,000 images trained with every default: wall time and held-out accuracy.
 
-    python benchmarks/folder_default.py [--precision auto fp32] [--epochs 60 40]
+    python benchmarks/folder_default.py [--precision auto fp32] [--epochs 0 60]   # 0: the default
 
 The data (digits-upscaled, built once under /tmp/vitkit-folder28): scikit-learn's 1,797
 8x8 digits are split by image into 1,400 training and 397 held-out originals; each training
@@ -10,7 +10,8 @@ subfolders, MNIST's size); the 2,000 test images are made the same way from the 
 originals only, so no test digit was ever trained on.
 
 Each arm is `vitkit train --data.dataset folder --data.path train --data.val_path test` as
-the library's fit, with nothing else set but the arm's training precision and epochs; wall
+the library's fit, with nothing else set but the arm's training precision and epochs (0: the
+default number, vitkit.training.batches.default_epochs); wall
 time is the whole fit (decoding and caching included, the cache cleared first). Arms run one
 after another: run this on an otherwise quiet machine.
 """
@@ -33,9 +34,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
+from vitkit.info import forward_macs  # noqa: E402
 from vitkit.precision import native_bf16, training_precision  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
-from vitkit.training.config import SMALL_MODEL  # noqa: E402
+from vitkit.training.config import ModelSpec  # noqa: E402
 
 WORK = Path(tempfile.gettempdir()) / "vitkit-folder28"
 
@@ -80,7 +82,7 @@ def run(name: str, root: Path, precision: str, epochs: int) -> dict:
         data=DataConfig(dataset="folder", path=str(root / "train"), val_path=str(root / "test"),
                         cache_dir=str(cache)),
         run=RunConfig(out=str(WORK / "runs" / name), overwrite=True, progress=False,
-                      precision=precision, epochs=epochs))
+                      precision=precision, epochs=epochs or None))
     print(f"\n== {name}", flush=True)
     t0 = time.perf_counter()
     result = fit(cfg)
@@ -91,16 +93,17 @@ def run(name: str, root: Path, precision: str, epochs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", nargs="+", default=["auto", "fp32"])
-    ap.add_argument("--epochs", nargs="+", type=int, default=[60])
+    ap.add_argument("--epochs", nargs="+", type=int, default=[0])
     a = ap.parse_args()
     root = build()
-    rows = [run(f"{p}-{e}ep", root, p, e) for e in a.epochs for p in a.precision]
+    rows = [run(f"{p}-{e or 'default'}ep", root, p, e) for e in a.epochs for p in a.precision]
     cpu = f"{cpu_name()}, {'native' if native_bf16('cpu') else 'no native'} bf16"
     print(f"\n8,000 training / 2,000 held-out 28x28 digits-upscaled images, every default but "
           f"precision and epochs ({cpu})\n")
     print("| precision | resolves to | epochs | wall time | held-out accuracy |\n|---|---|---|---|---|")
+    macs = forward_macs(ModelSpec().build_config((28, 28), 1, 10))  # the default model for these data
     for r in rows:
-        resolved = training_precision(r["precision"], torch.device("cpu"), SMALL_MODEL["hidden_size"])
+        resolved = training_precision(r["precision"], torch.device("cpu"), macs)
         print(f"| {r['precision']} | {resolved} | {r['epochs']} | {r['wall']:.0f} s | {r['acc']:.2%} |")
 
 

@@ -139,3 +139,20 @@ def test_schedule_warmup_then_cosine():
     assert lr_factor(0.1, 0.1, "cosine", 0.0) == pytest.approx(1.0)
     assert lr_factor(0.55, 0.1, "cosine", 0.0) == pytest.approx(0.5)
     assert lr_factor(1.0, 0.1, "linear", 0.1) == pytest.approx(0.1)
+
+
+def test_default_epochs_shorten_for_large_sets_without_a_time_budget(tmp_path, monkeypatch):
+    from vitkit.training import batches
+    from vitkit.training.trainer import Trainer
+
+    assert batches.default_epochs(None, 1437, None) == (60, None)  # digits, photo folders: 60
+    epochs, note = batches.default_epochs(None, 8000, None)
+    assert epochs == 30 and note.startswith("30 epochs: the default for 8,000 training images")
+    assert batches.default_epochs(None, 10**6, None)[0] == batches.MIN_DEFAULT_EPOCHS
+    assert batches.default_epochs(None, 8000, 5.0) == (60, None)  # a budget decides the length
+    assert batches.default_epochs(7, 8000, None) == (7, None)  # as asked
+    monkeypatch.setattr(batches, "DEFAULT_IMAGES", 1437 * 12)  # digits' training split as "large"
+    cfg = tiny_train_config(tmp_path / "r")
+    cfg.run.epochs = None
+    trainer = Trainer(cfg)
+    assert trainer.epochs == 12 and trainer.total_steps == 12 * trainer.steps_per_epoch

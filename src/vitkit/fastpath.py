@@ -3,7 +3,8 @@
 - `attend`: softmax(QK^T / sqrt(d)) V through PyTorch's fused kernel, except under bf16 on a
   CPU, where that kernel has no fast path (its backward was measured about 6x slower than
   plain batched products): there the products are explicit, and in training the N x N
-  matrices are recomputed in the backward pass instead of kept.
+  matrices are recomputed in the backward pass instead of kept, unless they are small
+  (KEEP_ATTENTION_ELEMENTS), where recomputing them costs time and saves next to nothing.
 - `forward_class_token`: with class-token pooling only the class token of the last block
   reaches the head, so that block computes its query, attention output and MLP for that
   token alone (keys and values still come from every token): about 1/L of the work saved,
@@ -45,11 +46,21 @@ def _checkpointed_attention(q, k, v, scale: float, dropout: float, max_elements:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+# Attention matrices (batch x heads x N x N) up to this many elements are kept for the backward
+# pass (a few MiB per block in bf16). Recomputing them made the training step 1.24x slower for
+# the default model of a 28x28 folder (128 x 4 x 50 x 50) and 1.26x for the CIFAR-10 recipe
+# (128 x 3 x 65 x 65) on a 2-core Intel Xeon with AMX; beyond the limit (ViT-B/16 at 224:
+# 12 x 197 x 197 per image) keeping them would cost more memory than the fused kernel's
+# training, which keeps none.
+KEEP_ATTENTION_ELEMENTS = 2**22
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float = 0.0
            ) -> torch.Tensor:
     """softmax(QK^T * scale) V for (B, heads, N, head_dim) inputs, by the fastest exact route."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        if torch.is_grad_enabled() and q.requires_grad:
+        small = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= KEEP_ATTENTION_ELEMENTS
+        if torch.is_grad_enabled() and q.requires_grad and not small:
             # Recompute the N x N matrices in the backward pass instead of keeping them (the
             # fused kernel keeps none either): training memory stays at the fused kernel's.
             return _checkpointed_attention(q, k, v, scale, dropout)

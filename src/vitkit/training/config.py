@@ -136,7 +136,7 @@ class OptimConfig:
 class RunConfig:
     """How long, where to write, on what hardware."""
 
-    epochs: int = 60
+    epochs: int | None = None  # None: training.batches.default_epochs (60; fewer for large sets)
     batch_size: int = 128  # global batch, split across processes under torchrun
     eval_batch_size: int = 500
     out: str = "runs/digits"
@@ -166,7 +166,7 @@ class RunConfig:
             return name, v, ok, f"{low} or more"
 
         check_ranges("run", [
-            at_least("epochs", 1), at_least("batch_size", 1), at_least("eval_batch_size", 1),
+            at_least("epochs", 1, optional=True), at_least("batch_size", 1), at_least("eval_batch_size", 1),
             at_least("seed", 0), at_least("threads", 1, optional=True), at_least("eval_every", 1),
             at_least("log_every", 1),
             ("time_budget", self.time_budget, self.time_budget is None

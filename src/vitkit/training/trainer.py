@@ -28,7 +28,7 @@ from ..files import atomic_save_tensors, atomic_write_bytes
 from ..info import forward_macs
 from ..model import ViT
 from ..precision import autocast, pick_device, training_precision
-from .batches import batch_size_for, train_batches
+from .batches import batch_size_for, default_epochs, train_batches
 from .config import TrainConfig
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import Classification
@@ -120,8 +120,10 @@ class Trainer:
         n_train = len(self.data.train)
         self.batch_size, note = batch_size_for(cfg.run.batch_size, n_train, self.dist, cfg.optim.accumulate)
         self.log(*([note] if note else []))
+        self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget)
+        self.log(*([note] if note else []))
         self.steps_per_epoch = num_batches(n_train, self.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.run.epochs
+        self.total_steps = self.steps_per_epoch * self.epochs
         self.state = RunState()
         self.tb = TensorBoard(self.run_dir)
         if resume:
@@ -240,11 +242,11 @@ class Trainer:
         status = "finished"
         val_acc = self.state.metrics[-1]["val_acc"] if self.state.metrics else None
         with StopFlag() as stop:
-            while self.state.epoch < cfg.run.epochs:
+            while self.state.epoch < self.epochs:
                 self.model.train()
                 start = self.state.batch_in_epoch
                 tally = EpochTally(self.dist, self.device, self.steps_per_epoch, start,
-                                   f"epoch {self.state.epoch + 1}/{cfg.run.epochs}",
+                                   f"epoch {self.state.epoch + 1}/{self.epochs}",
                                    show=self.dist.main and cfg.run.progress)
                 interrupted = out_of_time = False
                 for x, y in train_batches(self.data, self.batch_size, self.state.epoch, start, cfg.run.seed,
@@ -275,7 +277,7 @@ class Trainer:
                     self.log(f"stopped at epoch {self.state.epoch + 1}, step {self.state.step}; "
                              f"saved {self.run_dir}")
                     break
-                last = self.state.epoch + 1 == cfg.run.epochs or out_of_time
+                last = self.state.epoch + 1 == self.epochs or out_of_time
                 due = last or (self.state.epoch + 1) % max(cfg.run.eval_every, 1) == 0
                 res = self.evaluate() if due and (self.dist.main or self.strategy.sharded) else None
                 row = tally.row(self.state.epoch + 1, self.state.step, res,
@@ -286,7 +288,7 @@ class Trainer:
                     self.state.best_acc = max(self.state.best_acc or 0.0, res.top1)
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self.log(epoch_line(row, cfg.run.epochs, self.supervised))
+                self.log(epoch_line(row, self.epochs, self.supervised))
                 self.save()
                 if self.dist.main:
                     self.tb.add(row)

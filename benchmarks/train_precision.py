@@ -6,7 +6,8 @@ precision "auto" (vitkit.precision.training_precision).
 One optimizer step (forward, loss, backward, AdamW) of each model at its recipe's batch, on
 random inputs, bf16 and fp32 interleaved round by round; medians. The models: the default
 model of a 28x28 grey folder (width 64, conv stem at full resolution), the digits recipe
-(width 64 on 8x8), the CIFAR-10 recipe (configs/cifar10.yaml: width 192, conv stem) and
+(width 64 on 8x8), the default photo model (64x64 RGB, patch 8), the CIFAR-10 recipe (configs/cifar10.yaml:
+width 192, conv stem) and
 S/16 and B/16 at 224. Prints a markdown table naming the CPU and its bf16 support.
 """
 
@@ -41,6 +42,8 @@ def models() -> list[tuple[str, ViTConfig, int]]:
         ("16x16 grey folder default (D 64)", ModelSpec().build_config((16, 16), 1, 10), 128),
         ("28x28 grey folder default (D 64)", ModelSpec().build_config((28, 28), 1, 10), 128),
         ("digits recipe, 8x8 (D 64)", ModelSpec(patch_size=2).build_config((8, 8), 1, 10), 128),
+        ("photo folder default, 64x64 RGB (D 64)",
+         ModelSpec(patch_size=8, stem="patch").build_config((64, 64), 3, 3), 128),
         ("CIFAR-10 recipe (D 192)", ViTConfig(image_size=32, num_classes=10, **cifar), 128),
         ("S/16 at 224 (D 384)", variant("S/16", num_classes=100), 32),
         ("B/16 at 224 (D 768)", variant("B/16", num_classes=100), 16),
@@ -77,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--only", default="", help="time only the models whose name contains this")
     a = ap.parse_args()
     bf16 = "native bf16" if native_bf16("cpu") else "no native bf16"
     amx = ", AMX" if cpu_has_amx() else ", no AMX"
@@ -85,7 +89,7 @@ def main() -> None:
           f"rounds x {a.steps} steps\n")
     print("| model | forward MMACs / image | batch | fp32 ms/step | bf16 ms/step | bf16 vs fp32 | auto |\n"
           "|---|---|---|---|---|---|---|")
-    for name, config, batch in models():
+    for name, config, batch in [m for m in models() if a.only in m[0]]:
         ms = step_ms(config, batch, a.rounds, a.steps)
         macs = forward_macs(config)
         auto = training_precision("auto", torch.device("cpu"), macs)

@@ -216,7 +216,8 @@ def test_concurrent_requests_share_forward_passes(tmp_path):
         return run(x)
 
     model.predict_proba = counting
-    app = create_app(opened(model), ServeOptions(max_batch=8, max_wait_ms=1000))
+    # engine torch: the counted forward is the module's (in fp32 "auto" would run its ONNX graph)
+    app = create_app(opened(model), ServeOptions(max_batch=8, max_wait_ms=1000, engine="torch"))
     images = [encode(photo(seed=i), "JPEG") for i in range(8)]
     with TestClient(app) as c, ThreadPoolExecutor(8) as pool:
         t0 = time.perf_counter()

@@ -39,11 +39,12 @@ def pick_device(name: str) -> torch.device:
 # - AVX512-BF16 without AMX (2-core Zen 5 EPYC, family 26): bf16 ran 0.55x fp32 on the digits
 #   recipe (3.1 MMACs), 0.66x on the CIFAR-10 recipe (137 MMACs), 0.98x on S/16 (4.6 GMACs) and
 #   1.12x on B/16 (17.6 GMACs): bf16 from 8 GMACs;
-# - AMX (2-core Intel Xeon, family 6 model 167; benchmarks/train_precision.py): 0.83x on the
-#   digits recipe (3.1 MMACs), 1.32x on the default model of a 28x28 folder (16.9 MMACs), 1.69x
-#   on the CIFAR-10 recipe, 2.5-2.8x on S/16 and B/16; the default photo model (11.5 MMACs)
-#   trained its whole 60-epoch run only 1.08x faster in bf16 (27.5 against 29.7 s) and ended 2
-#   points lower (80.0% against 82.0% of 150 images): bf16 from 12 MMACs.
+# - AMX (2-core Intel Xeon, family 6 model 167; benchmarks/train_precision.py): 0.98x on the
+#   digits recipe (3.1 MMACs), 1.04x on the default photo model (64x64 RGB, patch 8; 11.5
+#   MMACs, and its whole 60-epoch run 1.08x, 2 points lower on 150 test images), 1.78x on the
+#   default model of a 28x28 folder (16.9 MMACs), 2.12x on the CIFAR-10 recipe, 2.58x on S/16
+#   and 2.84x on B/16: bf16 from 12 MMACs. (The conv stems gain most: the default model of a
+#   16x16 folder, 5.3 MMACs, ran 1.40x, and stays in fp32 under this rule.)
 BF16_TRAINING_MIN_MACS = {"amx": 12e6, "avx512": 8e9}
 
 

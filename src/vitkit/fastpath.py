@@ -59,8 +59,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop
            ) -> torch.Tensor:
     """softmax(QK^T * scale) V for (B, heads, N, head_dim) inputs, by the fastest exact route."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        small = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= KEEP_ATTENTION_ELEMENTS
-        if torch.is_grad_enabled() and q.requires_grad and not small:
+        large = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > KEEP_ATTENTION_ELEMENTS
+        if torch.is_grad_enabled() and q.requires_grad and large:
             # Recompute the N x N matrices in the backward pass instead of keeping them (the
             # fused kernel keeps none either): training memory stays at the fused kernel's.
             return _checkpointed_attention(q, k, v, scale, dropout)

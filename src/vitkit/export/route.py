@@ -30,7 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -39,7 +39,7 @@ from ..model import ViT
 from ..notices import VitkitWarning, first_line
 
 Engine = Literal["auto", "torch", "onnx"]
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = get_args(Engine)
 ROUTE_FORMAT = 1  # bump when the exported graph changes, so old cached graphs are not run
 # Images after which exporting once costs less than eager fp32 would lose: on that CPU the
 # export took 5.0 s (S/16), 9.0 s (B/16) and 2.9 s (CIFAR-10 hybrid) and saved 8, 26 and 2 ms
@@ -112,21 +112,16 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
 
 
 def _open(path: Path) -> torch.nn.Module:
-    """The cached graph as an OnnxViT on torch's intra-op thread count."""
-    from .prepare import METADATA_KEY, parse
-    from .runtime import OnnxViT, session
+    """The cached graph as an OnnxViT on torch's intra-op thread count (ValueError if unreadable)."""
+    from .runtime import open_onnx
 
-    try:
-        sess = session(path, torch.get_num_threads())
-        text = sess.get_modelmeta().custom_metadata_map[METADATA_KEY]
-    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, a missing key, ...
-        raise ValueError(f"{path}: {e}") from None
-    meta, config, _ = parse(text, str(path))
-    return OnnxViT(sess, config, meta, path).eval()
+    return open_onnx(path, torch.get_num_threads()).model
 
 
 def _export(model: ViT, path: Path) -> None:
-    """Export the fp32 graph of `model` to `path` (atomically), timing it once on stderr."""
+    """Export the fp32 graph of `model` to `path` (atomically), timing it once on stderr; the
+    class names and input spec in its metadata are placeholders (the caller holds the real ones).
+    The steps of export_model, without importing the export package's face (an import cycle)."""
     from ..data.preprocess import InputSpec
     from .onnx import export_onnx
     from .prepare import export_ready, metadata

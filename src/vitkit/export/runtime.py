@@ -95,8 +95,6 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-
-
 def _report(path: Path, meta: dict, config: ViTConfig):
     """A LoadReport, so callers print it like any other load's."""
     from ..config import variant_name

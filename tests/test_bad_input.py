@@ -176,3 +176,176 @@ def test_folder_of_splits_is_read_as_splits(tmp_path, capsys):
     notes = [ln for ln in printed.splitlines() if "split folders" in ln]
     assert len(notes) == 1 and str(root / "train") in notes[0] and str(root / "val") in notes[0]
     assert "16 training and 6 validation images" in printed
+
+
+# ---- outputs: nothing a user made is written over ------------------------------------------
+def _digest(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_convert_onto_a_run_leaves_it_byte_identical_and_resumable(run, tmp_path, capsys):
+    victim = tmp_path / "victim"
+    shutil.copytree(run[0], victim)
+    before = _digest(victim)
+    for argv in (["convert", str(run[0]), str(victim), "--to", "vitkit"],
+                 ["convert", str(run[0]), str(victim), "--to", "hf"],
+                 ["convert", str(victim), str(victim), "--to", "hf", "--overwrite", "true"],  # in place
+                 ["convert", str(victim), str(victim / "sub"), "--to", "vitkit"],  # inside the source
+                 ["convert", str(run[0]), str(victim / "model.safetensors"), "--to", "timm"]):
+        code, out, err = _fail(argv, capsys)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and str(victim) in err, argv
+    assert "already holds a training run" in _fail(["convert", str(run[0]), str(victim)], capsys)[2]
+    assert "--overwrite true" in _fail(["convert", str(run[0]), str(victim)], capsys)[2]
+    assert _digest(victim) == before and sorted(p.name for p in victim.iterdir()) == sorted(before)
+    main(["train", "--resume", str(victim)])  # still a run that opens and resumes
+    assert "is finished" in capsys.readouterr().out
+    assert _digest(victim) == before
+
+
+def test_convert_overwrite_replaces_the_folder_whole(run, tmp_path, capsys):
+    victim = tmp_path / "victim"
+    shutil.copytree(run[0], victim)
+    main(["convert", str(run[0]), str(victim), "--to", "hf", "--overwrite", "true"])
+    capsys.readouterr()
+    assert sorted(p.name for p in victim.iterdir()) == ["config.json", "model.safetensors",
+                                                          "preprocessor_config.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_an_out_that_is_a_directory_is_refused_before_any_work(run, tmp_path, capsys, monkeypatch):
+    def no_opening(*a, **k):
+        raise AssertionError("the model was opened before --out was checked")
+
+    monkeypatch.setattr("vitkit.loading.open_model", no_opening)
+    monkeypatch.setattr("vitkit.loading.load_checkpoint", no_opening)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (tmp_path / "busy.npy").mkdir()
+    code, _, err = _fail(["embed", str(run[0]), str(tmp_path), "--out", str(tmp_path / "busy.npy")], capsys)
+    assert code == 2 and f"{tmp_path / 'busy.npy'}: is a directory" in err
+    for argv in (["embed", str(run[0]), str(tmp_path), "--out", str(busy)],
+                 ["probe", str(run[0]), "--out", str(busy)],
+                 ["export", str(run[0]), str(busy)],
+                 ["convert", str(run[0]), str(busy), "--to", "npz"],
+                 ["bench", "--out", str(busy)]):
+        code, out, err = _fail(argv, capsys)
+        assert code == 2 and len(err.splitlines()) == 1, argv
+        assert f"{busy}: is a directory" in err, argv
+    assert list(busy.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, name", [(b"hello, not a model\n", "weights.txt"),
+                                            (None, "photo.png"), (b"\x80\x02garbage", "weights.pth")])
+@pytest.mark.parametrize("command", ["finetune", "probe", "predict"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(command, content, name, tmp_path, capsys):
+    f = tmp_path / name
+    if content is None:
+        Image.new("RGB", (8, 8)).save(f)
+    else:
+        f.write_bytes(content)
+    extra = {"finetune": ["--run.out", str(tmp_path / "ft")], "probe": [],
+             "predict": [str(f)]}[command]
+    code, out, err = _fail([command, str(f), *extra], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and str(f) in err
+    if name == "weights.pth":
+        assert "not a readable PyTorch file" in err
+    else:
+        assert "not a checkpoint vitkit reads" in err and ".safetensors" in err and "Hub id" in err
+    assert "unpickle" not in err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_mistyped_local_path_is_missing_not_a_hub_id(tmp_path, capsys, monkeypatch):
+    def no_hub(*a, **k):
+        raise AssertionError("a local path was sent to the Hub")
+
+    monkeypatch.setattr("vitkit.hub.hub_folder", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    code, _, err = _fail(["predict", "runs/nomodel", "x.png"], capsys)
+    assert code == 2 and "runs/nomodel: no such file or directory" in err and len(err.splitlines()) == 1
+
+
+# ---- labels and grids that leave nothing to learn -------------------------------------------
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unlabelled")
+    rng = np.random.default_rng(0)
+    flat, one = root / "flat", root / "one" / "cats"
+    for d in (flat, one):
+        d.mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return flat, one.parent
+
+
+@pytest.mark.parametrize("mode", ["linear", "full", "lora"])
+def test_finetune_needs_two_classes(mode, run, unlabelled, tmp_path, capsys):
+    for root in unlabelled:
+        out = tmp_path / f"ft-{root.name}"
+        code, _, err = _fail(["finetune", str(run[0]), "--data.dataset", "folder", "--data.path", str(root),
+                              "--mode", mode, "--run.out", str(out), "--data.cache_dir", str(tmp_path)],
+                             capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and "1 class" in err
+        assert "fine-tuning needs labelled images of at least two classes" in err
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("linear", ["true", "false"])
+def test_probe_needs_two_classes(linear, run, unlabelled, tmp_path, capsys):
+    code, out, err = _fail(["probe", str(run[0]), "--data.dataset", "folder", "--data.path",
+                            str(unlabelled[0]), "--linear", linear, "--out", str(tmp_path / "p.json"),
+                            "--cache_dir", str(tmp_path)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "probing needs labelled images of at least two classes" in err and "solver" not in err
+    assert "100" not in out and not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("objective", ["mae", "mpp"])
+def test_pretrain_refuses_a_grid_of_one_patch(objective, tmp_path, capsys):
+    out = tmp_path / "pre"
+    code, _, err = _fail(["pretrain", "--pretrain.objective", objective, "--data.image_size", "8",
+                          "--model.patch_size", "8", "--model.stem", "patch", "--data.per_class", "5",
+                          "--run.epochs", "1", "--run.out", str(out)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "8x8 images in patches of 8 give a 1x1 grid" in err and "at least 4 patches" in err
+    assert not out.exists()
+
+
+# ---- numbers and ports --------------------------------------------------------------------
+@pytest.mark.parametrize("argv, names", [
+    (["pretrain", "--pretrain.mask_ratio", "nan"], "--pretrain.mask_ratio nan: expected a number"),
+    (["train", "--run.epochs", "abc"], "--run.epochs abc: expected an integer"),
+    (["predict", "runs/x", "a.png", "--topk", "many"], "--topk many: expected an integer"),
+    (["train", "--data.dataset", "bogus"], "--data.dataset bogus: expected one of digits, folder"),
+    (["serve", "runs/x", "--port", "abc"], "--port abc: expected an integer"),
+    (["serve", "runs/x", "--port", "70000"], "--port 70000: must be a TCP port from 1 to 65535"),
+    (["serve", "runs/x", "--port", "-5"], "--port -5: must be a TCP port from 1 to 65535"),
+    (["serve", "runs/x", "--port", "0"], "--port 0: must be a TCP port from 1 to 65535"),
+])
+def test_bad_values_are_one_line(argv, names, capsys):
+    code, out, err = _fail(argv, capsys)
+    assert code == 2 and err.startswith("vitkit: error: ") and names in err and len(err.splitlines()) == 1
+    assert "usage" not in out + err
+
+
+# ---- resuming and the closing hints ----------------------------------------------------------
+def test_resuming_a_finished_run_says_so_and_writes_nothing(run, tmp_path, capsys):
+    d = tmp_path / "done"
+    shutil.copytree(run[0], d, copy_function=shutil.copy2)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in d.iterdir()}
+    main(["train", "--resume", str(d)])
+    printed = capsys.readouterr().out
+    assert f"{d} is finished (1 of 1 epochs): nothing to resume, nothing written" in printed
+    assert f"resuming {d}" not in printed and "\nwrote" not in printed
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in d.iterdir()} == before
+
+
+def test_closing_hints_quote_paths_with_spaces(tmp_path, capsys):
+    import shlex
+
+    d = tmp_path / "my runs" / "first try"
+    main(["train", *TINY, "--data.per_class", "10", "--run.epochs", "1", "--run.out", str(d)])
+    hints = [ln for ln in capsys.readouterr().out.splitlines() if "vitkit evaluate" in ln]
+    assert len(hints) == 1 and f"vitkit evaluate {shlex.quote(str(d))}" in hints[0]
+    assert shlex.split(hints[0])[3] == str(d)

@@ -214,3 +214,16 @@ def test_download_failures_are_one_line(hub, capsys):
     hub.stop()
     err = one_line_cli_error(capsys, "predict", "someuser/tiny-vit", "x.png")
     assert "cannot download" in err and "--load.offline" in err
+
+
+def test_predict_json_is_pure_while_downloading(hub, tmp_path, capsys):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
+    main(["predict", "someuser/tiny-vit", str(img), "--json", "true", "--precision", "fp32"])
+    out, err = capsys.readouterr()
+    assert hub.fetched()  # it was a download, and it said so on stderr
+    assert "downloading someuser/tiny-vit" in err and "downloading" not in out
+    res = json.loads(out)
+    assert res[0]["file"] == str(img) and res[0]["top"][0]["class"] in CLASSES

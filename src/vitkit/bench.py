@@ -314,9 +314,9 @@ def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: 
     result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "ceiling_gflops": ceil, "rows": rows, "loader_images_per_s": dict(speeds)}
     if json_path is not None:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        from .files import atomic_write_json
+
+        atomic_write_json(json_path, json.loads(json.dumps(result)))
         print(f"\nwrote {json_path}")
     return result
 

@@ -29,6 +29,9 @@ STATE_NAME = "state.pt"
 RECIPE_NAME = "train.yaml"
 METRICS_NAME = "metrics.csv"
 CURVES_NAME = "curves.png"
+SHARDED_NAME = "state.dcp"  # the DCP checkpoint directory of an FSDP run
+# What marks a folder as a model or a run (vitkit's, Hugging Face's or timm's own files).
+MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, SHARDED_NAME, RECIPE_NAME, "pytorch_model.bin")
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -95,3 +98,47 @@ def load_state_dict_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor],
     if problems:
         raise ValueError(f"{source}: weights do not fit the model: " + " | ".join(problems))
     model.load_state_dict(sd)
+
+
+def holds_model(directory: str | Path) -> bool:
+    """Whether a folder holds a model or a training run (its own files, not just any file)."""
+    d = Path(directory)
+    return d.is_dir() and any((d / n).exists() for n in MODEL_FILES)
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents or a in b.parents
+
+
+def check_output_file(path: str | Path, option: str = "--out", reading: tuple = ()) -> Path:
+    """Where a command will write one file, checked before any work: not a directory, not a
+    file of a model folder or run, not the input itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {p}: is a directory; name a file to write")
+    for src in reading:
+        if Path(src).exists() and _same_or_inside(p, Path(src)):
+            raise ValueError(f"{option} {p}: is the input {src} (or inside it); write somewhere else")
+    if p.exists() and p.name in MODEL_FILES and holds_model(p.parent):
+        raise ValueError(f"{option} {p}: a file of the model folder {p.parent}; write somewhere else")
+    return p
+
+
+def check_output_folder(path: str | Path, overwrite: bool = False, option: str = "--out",
+                        reading: tuple = ()) -> Path:
+    """Where a command will write a folder, checked before any work: never the input (or a
+    folder inside it or around it); a folder that is not empty only with overwrite."""
+    p = Path(path)
+    for src in reading:
+        if Path(src).exists() and _same_or_inside(p, Path(src)):
+            raise ValueError(f"{option} {p}: is the input {src} (or inside it, or around it); "
+                             "write into a new folder")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {p}: exists and is not a folder")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        what = ("a training run" if (p / STATE_NAME).exists() or (p / SHARDED_NAME).exists()
+                else "a model folder" if holds_model(p) else "files")
+        raise ValueError(f"{option} {p}: already holds {what}; choose another folder, or pass "
+                         "--overwrite true to replace it")
+    return p

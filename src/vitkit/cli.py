@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json as _json
+import shlex
 import sys
 from pathlib import Path
 from typing import Literal
@@ -16,19 +19,23 @@ from .training.config import ModelSpec, OptimConfig, RunConfig
 from .training.objectives import PretrainConfig
 
 
-def info(image_size: int = 224) -> None:
+def info(image_size: int = 224, json: bool = False) -> None:
     """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs.
 
     Reads nothing, writes nothing. Example: vitkit info --image_size 384
 
     Args:
         image_size: square input resolution used for the parameter and FLOP counts.
+        json: print the rows as JSON (alone on stdout) instead of a table.
     """
     from .info import format_table, variant_rows
 
+    rows = variant_rows(image_size)
+    if json:
+        return _print_json({"image_size": image_size, "variants": rows})
     print(f"ViT variants (1000 classes, {image_size}x{image_size}; GFLOPs = 2 x multiply-adds "
           "of one forward pass, counted analytically)")
-    print(format_table(variant_rows(image_size), image_size))
+    print(format_table(rows, image_size))
 
 
 def bench(
@@ -36,26 +43,32 @@ def bench(
     repeats: int = 5,
     only: Literal["infer", "train"] | None = None,
     memory: bool = True,
-    json: str | None = "speed.json",
+    out: str | None = "speed.json",
     compiled: bool = False,
+    json: bool = False,
 ) -> None:
     """Time vitkit, timm and Hugging Face transformers on the same ViTs, interleaved, in one run.
 
-    Prints a table per workload and writes the results to --json. Example: vitkit bench --only infer
+    Prints a table per workload and writes the results to --out. Example: vitkit bench --only infer
 
     Args:
         device: where to run.
         repeats: timed repeats per library and workload (the median is reported).
         only: just the inference or just the training workloads.
         memory: also measure training peak memory (the most tensor memory one step holds).
-        json: where to write the results as JSON.
+        out: where to write the results as JSON (none: nowhere).
         compiled: also time vitkit under torch.compile (inductor; compiling takes minutes on a CPU).
+        json: print the results as JSON alone on stdout (the tables go to stderr).
     """
-    from pathlib import Path
-
     from .bench import run
+    from .checkpoint import check_output_file
 
-    run(device, repeats, only, memory, Path(json) if json else None, compiled=compiled)
+    if out:
+        check_output_file(out)
+    with _json_mode(json):
+        result = run(device, repeats, only, memory, Path(out) if out else None, compiled=compiled)
+    if json:
+        _print_json(result)
 
 
 def train(
@@ -122,16 +135,17 @@ def pretrain(
 
     cfg = None if resume else TrainConfig(data=data, model=model, optim=optim, augment=augment, run=run)
     result = run_pretrain(cfg, pretrain, resume=resume)
-    if _is_main_process():
+    if _is_main_process() and result.status != "done":
         last = result.metrics[-1] if result.metrics else {}
         print(f"pre-trained ({pretrain.objective if not resume else 'resumed'}) for {result.epoch} epochs, "
               f"{result.step} steps; last train loss {last.get('train_loss', float('nan')):.4f}"
               + (f", held-out loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else ""))
-        print(f"wrote {result.run_dir}/model.safetensors (the encoder) and config.json")
+        d = _q(result.run_dir)
+        print(f"wrote {d}/model.safetensors (the encoder) and config.json")
         if result.status == "interrupted":
-            print(f"continue with: vitkit pretrain --resume {result.run_dir}")
+            print(f"continue with: vitkit pretrain --resume {d}")
             raise SystemExit(130)
-        print(f"next: vitkit finetune {result.run_dir} --data.dataset folder --data.path LABELLED/")
+        print(f"next: vitkit finetune {d} --data.dataset folder --data.path LABELLED/")
 
 
 # Below this many labelled training images a pre-trained model is the better start.
@@ -142,7 +156,7 @@ def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
     """The closing lines of a training command: the result and what to run next."""
     from .training.records import written_files
 
-    if not _is_main_process():
+    if not _is_main_process() or result.status == "done":  # a finished run resumed: said already
         return
     d = result.run_dir
     if result.val_acc is not None:
@@ -152,17 +166,39 @@ def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
     names = written_files(d)
     print(f"wrote {d}/{', '.join(names)}" if names else f"nothing written to {d}")
     if result.status == "interrupted":
-        print(f"continue with: vitkit train --resume {d}")
+        print(f"continue with: vitkit train --resume {_q(d)}")
         raise SystemExit(130)
-    data_hint = "digits" if cfg.data.dataset == "digits" else (cfg.data.val_path or cfg.data.path or "IMAGES")
-    print(f"next: vitkit evaluate {d}    vitkit predict {d} IMAGE\n"
-          f"      vitkit visualize {d} --data {data_hint} --out {d}/figures")
+    data = cfg.data.val_path or cfg.data.path or "IMAGES"
+    data_hint = "digits" if cfg.data.dataset == "digits" else _q(data)
+    print(f"next: vitkit evaluate {_q(d)}    vitkit predict {_q(d)} IMAGE\n"
+          f"      vitkit visualize {_q(d)} --data {data_hint} --out {_q(d / 'figures')}")
     if suggest_finetune and cfg.data.dataset == "folder" and (result.train_images or 0) < FEW_IMAGES:
-        val = f" --data.val_path {cfg.data.val_path}" if cfg.data.val_path else ""
+        val = f" --data.val_path {_q(cfg.data.val_path)}" if cfg.data.val_path else ""
         print(f"with {result.train_images} labelled images a pre-trained ViT usually does better: vitkit "
-              f"finetune google/vit-base-patch16-224 --data.dataset folder --data.path {cfg.data.path}{val} "
+              "finetune google/vit-base-patch16-224 --data.dataset folder "
+              f"--data.path {_q(cfg.data.path)}{val} "
               "--mode linear (on 500 CIFAR-10 images transfer beat training from scratch by 10-17 points, "
               "benchmarks/README.md)")
+
+
+def _q(path) -> str:
+    """A path as the shell reads it back (quoted where it holds spaces or other specials)."""
+    return shlex.quote(str(path))
+
+
+@contextlib.contextmanager
+def _json_mode(on: bool):
+    """With --json true, stdout carries the JSON document alone: whatever else the work prints
+    (progress, notes, downloads) goes to stderr meanwhile."""
+    if not on:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _print_json(obj) -> None:
+    print(_json.dumps(obj, indent=2, default=str), flush=True)
 
 
 def _is_main_process() -> bool:
@@ -227,6 +263,7 @@ def evaluate(
     precision: Literal["auto", "fp32", "bf16"] = "auto",
     load: LoadOptions = LoadOptions(),  # noqa: B008
     engine: Literal["auto", "torch", "onnx"] = "auto",
+    json: bool = False,
 ) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
@@ -244,11 +281,16 @@ def evaluate(
         load: what the checkpoint may not record (heads, classes, normalization).
         engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
             graph, or enough images to repay exporting one), torch, or onnx.
+        json: print eval.json's summary alone on stdout instead of the table.
     """
     from .evaluation import evaluate_path
 
-    done = evaluate_path(weights, data, out, batch_size, precision, load, engine=engine)
+    with _json_mode(json):
+        done = evaluate_path(weights, data, out, batch_size, precision, load, engine=engine)
     res = done.result
+    if json:
+        return _print_json({**done.summary, "precision": done.precision, "data": done.where,
+                            "out": str(done.out_dir)})
     print(f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
           f"loss {res.loss:.4f}")
     width = max(len(c) for c in res.classes)
@@ -271,19 +313,18 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
             .onnx file, or a Hub id.
         images: image files and/or directories.
         topk: how many classes to show per image.
-        json: print JSON instead of a table.
+        json: print JSON (alone on stdout; unreadable files are named on stderr) instead of a table.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
         engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
             graph, or enough images to repay exporting one), torch, or onnx.
     """
-    import json as _json
-
     from .predict import predict_paths
 
-    results = predict_paths(weights, images, topk, precision, load, engine)
+    with _json_mode(json):
+        results = predict_paths(weights, images, topk, precision, load, engine)
     if json:
-        print(_json.dumps(results, indent=2))
+        _print_json(results)
     for r in results:
         if "error" in r:
             print(f"vitkit: warning: {r['file']}: {r['error']}", file=sys.stderr)
@@ -343,6 +384,7 @@ def convert(
     num_classes: int | None = None,
     resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
     load: LoadOptions = LoadOptions(),  # noqa: B008
+    overwrite: bool = False,
 ) -> None:
     """Convert a ViT checkpoint (official .npz, timm, Hugging Face, torchvision, vitkit) to another format.
 
@@ -363,11 +405,13 @@ def convert(
             (scipy zoom order 1, as the official code).
         load: what the checkpoint may not record (heads, pooling, classes, normalization) and
             --load.strict false to convert what fits.
+        overwrite: replace a folder OUT that is not empty (a run or model folder included), whole;
+            converting a model onto itself is refused either way.
     """
     from .loading import convert as convert_checkpoint
 
     path, report = convert_checkpoint(src, out, to=to, naming=naming, options=load, image_size=image_size,
-                                      num_classes=num_classes, resize_mode=resize_mode)
+                                      num_classes=num_classes, resize_mode=resize_mode, overwrite=overwrite)
     print(report)
     print(f"wrote {path} ({to})")
 
@@ -412,6 +456,8 @@ def serve(
         engine: what runs fp32 inference on a CPU: auto (ONNX Runtime, the graph exported once
             and cached, where that pays), torch, or onnx.
     """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port}: must be a TCP port from 1 to 65535")
     try:
         from .serve import ServeOptions
         from .serve import serve as run_server
@@ -494,7 +540,7 @@ def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
           f"train with --data.dataset shards --data.path {out}")
 
 
-def consolidate(run: str, out: str, ema: bool | None = None) -> None:
+def consolidate(run: str, out: str, ema: bool | None = None, overwrite: bool = False) -> None:
     """Write a model folder (config.json + model.safetensors) from an FSDP run's sharded checkpoint.
 
     Example: vitkit consolidate runs/fsdp runs/fsdp-model
@@ -503,9 +549,12 @@ def consolidate(run: str, out: str, ema: bool | None = None) -> None:
         run: the run directory (holding state.dcp/).
         out: the model folder to write; predict, evaluate, export and serve open it.
         ema: the EMA weights (default: when the run kept an EMA) or the trained weights (false).
+        overwrite: write into a folder OUT that is not empty (a model folder included).
     """
+    from .checkpoint import check_output_folder
     from .training.sharding import consolidate as write
 
+    check_output_folder(out, overwrite, option="OUT", reading=(run,))
     print(f"wrote {write(run, out, ema)}")
 
 
@@ -523,6 +572,7 @@ def probe(
     cache_dir: str | None = None,
     out: str | None = None,
     load: LoadOptions = LoadOptions(),  # noqa: B008
+    json: bool = False,
 ) -> None:
     """Measure a frozen representation: few-shot linear accuracy as in the paper (closed-form
     ridge to {-1,1}^K targets), a logistic-regression probe and weighted k-NN, on the test split.
@@ -545,20 +595,26 @@ def probe(
         cache_dir: where features are cached (default: the vitkit cache directory).
         out: also write the results as JSON to this file.
         load: what the checkpoint may not record (heads, classes, normalization).
+        json: print the results as JSON alone on stdout instead of the table.
     """
-    import json
-
+    from .checkpoint import check_output_file
     from .files import atomic_write_json
     from .loading import open_model
     from .probe import SHOTS, format_table, probe_model
 
-    opened = open_model(weights, load)
-    result = probe_model(opened, data, features, cache_dir, shots=list(SHOTS) if shots is None else shots,
-                         draws=draws, seed=seed, linear=linear, c=c, knn_k=knn_k, temperature=temperature)
-    print(format_table(result))
     if out:
-        atomic_write_json(out, json.loads(json.dumps(result.to_dict())))
-        print(f"wrote {out}")
+        check_output_file(out)
+    with _json_mode(json):
+        opened = open_model(weights, load)
+        result = probe_model(opened, data, features, cache_dir,
+                             shots=list(SHOTS) if shots is None else shots, draws=draws, seed=seed,
+                             linear=linear, c=c, knn_k=knn_k, temperature=temperature)
+        print(format_table(result))
+        if out:
+            atomic_write_json(out, _json.loads(_json.dumps(result.to_dict())))
+            print(f"wrote {out}")
+    if json:
+        _print_json(result.to_dict())
 
 
 def embed(
@@ -570,6 +626,7 @@ def embed(
     features: FeatureOptions = FeatureOptions(),  # noqa: B008
     cache_dir: str | None = None,
     load: LoadOptions = LoadOptions(),  # noqa: B008
+    json: bool = False,
 ) -> None:
     """Embeddings of image files (frozen features), written with the file names, or the images
     most similar to a query image (cosine).
@@ -587,8 +644,10 @@ def embed(
         features: which block and token are read, batch size and precision.
         cache_dir: where features are cached (default: the vitkit cache directory).
         load: what the checkpoint may not record (heads, classes, normalization).
+        json: print what was computed, written and found as JSON alone on stdout.
     """
-    from .embeddings import check_format, nearest, write_embeddings
+    from .checkpoint import check_output_file
+    from .embeddings import check_format, names_path, nearest, write_embeddings
     from .features import FeatureModel, file_features
     from .loading import open_model
     from .predict import list_images
@@ -599,22 +658,35 @@ def embed(
     if query and not Path(query).is_file():
         raise FileNotFoundError(f"--query {query}: no such file")
     if out:
-        check_format(out)
-    files = list_images(images)
-    fm = FeatureModel(open_model(weights, load), features)
-    emb = file_features(fm, files, cache_dir)
-    print(f"{len(emb.names)} images, {emb.features.shape[1]} features each ({fm.token} token of block "
-          f"{fm.layer}, {fm.precision})" + (", from the cache" if emb.from_cache else ""))
-    if out:
-        print("wrote " + ", ".join(map(str, write_embeddings(out, emb.features, emb.names))))
-    if query:
-        q = file_features(fm, [Path(query)], cache=False)
-        same = Path(query).resolve()
-        keep = [i for i, n in enumerate(emb.names) if Path(n).resolve() != same]
-        idx, sim = nearest(q.features, emb.features[keep], top)
-        print(f"nearest to {query} (cosine similarity):")
-        for rank, (i, s) in enumerate(zip(idx[0], sim[0], strict=True), 1):
-            print(f"  {rank:>2}. {s:.4f}  {emb.names[keep[i]]}")
+        check_output_file(out)
+        if check_format(out) == ".npy":
+            check_output_file(names_path(out))
+    summary: dict = {}
+    with _json_mode(json):
+        files = list_images(images)
+        fm = FeatureModel(open_model(weights, load), features)
+        emb = file_features(fm, files, cache_dir)
+        summary.update(images=len(emb.names), features=int(emb.features.shape[1]), token=fm.token,
+                       layer=fm.layer, precision=fm.precision, from_cache=emb.from_cache)
+        print(f"{len(emb.names)} images, {emb.features.shape[1]} features each ({fm.token} token of block "
+              f"{fm.layer}, {fm.precision})" + (", from the cache" if emb.from_cache else ""))
+        if out:
+            written = write_embeddings(out, emb.features, emb.names)
+            summary["written"] = [str(p) for p in written]
+            print("wrote " + ", ".join(map(str, written)))
+        if query:
+            q = file_features(fm, [Path(query)], cache=False)
+            same = Path(query).resolve()
+            keep = [i for i, n in enumerate(emb.names) if Path(n).resolve() != same]
+            idx, sim = nearest(q.features, emb.features[keep], top)
+            summary["query"] = query
+            summary["nearest"] = [{"file": emb.names[keep[i]], "similarity": float(s)}
+                                  for i, s in zip(idx[0], sim[0], strict=True)]
+            print(f"nearest to {query} (cosine similarity):")
+            for rank, n in enumerate(summary["nearest"], 1):
+                print(f"  {rank:>2}. {n['similarity']:.4f}  {n['file']}")
+    if json:
+        _print_json(summary)
 
 
 def _run_with_file_list(name: str, argv: list[str]) -> None:
@@ -623,8 +695,6 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     jsonargparse cannot derive such a variable-length positional from a signature."""
     import inspect
     import re
-
-    from jsonargparse import ArgumentParser
 
     func, files = COMMANDS[name], FILE_LISTS[name]
     doc = inspect.getdoc(func) or ""
@@ -635,7 +705,7 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
 
     params = inspect.signature(func).parameters
     required = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p != files]
-    parser = ArgumentParser(prog=f"vitkit {name}", description=doc.split("\nArgs:")[0].strip())
+    parser = _parser_class()(prog=f"vitkit {name}", description=doc.split("\nArgs:")[0].strip())
     for p in required:
         parser.add_argument(p, help=arg_help(p))
     parser.add_argument(files, nargs="*", default=[], help=arg_help(files))
@@ -688,7 +758,32 @@ def _parser_class():
         def __init__(self, *args, description: str | None = None, **kwargs):
             super().__init__(*args, description=_described(description), **kwargs)
 
+        def error(self, message: str, ex: Exception | None = None):
+            """One line naming the option and the value, instead of the usage and a list of the
+            types jsonargparse tried."""
+            print(f"vitkit: error: {_one_line_parse_error(message)} (--help lists the options)",
+                  file=sys.stderr)
+            raise SystemExit(2)
+
     return Parser
+
+
+def _one_line_parse_error(message: str) -> str:
+    """'Parser key "run.epochs": ... Given value: abc' -> '--run.epochs abc: expected an int'."""
+    import re
+
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"Given value: (.*)", message) or re.search(r"Got value: (.*)", message)
+    wanted = [t for t in re.findall(r"Expected a <class '(\w+)'>", message) if t != "NoneType"]
+    choices = re.search(r"Literal\[([^\]]*)\]", message)
+    if key and given:
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            wanted[0] if wanted else "", "a value of the option's type")
+        if choices:
+            kind = "one of " + ", ".join(c.strip().strip("'\"") for c in choices.group(1).split(","))
+        return f"--{key.group(1)} {given.group(1).strip()}: expected {kind}"
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else "bad arguments"
 
 
 def main(argv: list[str] | None = None) -> None:

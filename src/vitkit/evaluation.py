@@ -117,6 +117,7 @@ class Evaluated:
     where: str
     precision: str
     out_dir: Path
+    summary: dict  # what eval.json holds
 
 
 def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[object, int, str]:
@@ -151,6 +152,9 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
 
     if batch_size < 1:
         raise ValueError(f"--batch_size {batch_size}: must be 1 or more")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a file; name a folder for confusion.png, confusion.csv and "
+                         "eval.json")
     opened = open_model(weights, options)
     images, count, where = evaluation_images(opened, data)
     if log:
@@ -164,4 +168,4 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                "per_class": res.per_class}
     atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
-    return Evaluated(res, where, precision, out_dir)
+    return Evaluated(res, where, precision, out_dir, summary)

@@ -18,18 +18,19 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .cache import default_cache_dir, model_fingerprint
 from .data.arrays import ImageArrays
-from .data.folder import _DECODE_ERRORS
-from .data.preprocess import normalize, prepare_image
+from .data.folder import _DECODE_ERRORS, file_stamp
+from .data.preprocess import DECODING, normalize, open_image, prepare_image
 from .evaluation import iterate_eval
 from .notices import VitkitWarning, one_line
 from .opened import OpenedModel
 from .precision import autocast, for_inference, inference_precision
 
-FORMAT_VERSION = 1  # bump when what is stored changes, so old cache files are not read
+# bump when what is stored changes, so old cache files are not read (2: images turned upright by
+# their EXIF orientation, and the files that could not be read are recorded)
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Features:
     names: list[str] | None = None
     cache_file: Path | None = None
     from_cache: bool = False
+    unreadable: list[str] | None = None  # files skipped as unreadable (file features), with why
 
 
 class FeatureModel:
@@ -84,7 +86,7 @@ class FeatureModel:
     def key(self, data_key: str) -> str:
         opts = {**asdict(self.options), "token": self.token, "layer": self.layer, "precision": self.precision}
         opts.pop("batch_size")
-        text = json.dumps([FORMAT_VERSION, self.fingerprint, data_key, opts], sort_keys=True)
+        text = json.dumps([FORMAT_VERSION, DECODING, self.fingerprint, data_key, opts], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @torch.no_grad()
@@ -134,17 +136,24 @@ def data_fingerprint(data) -> str | None:
         shape = f"{getattr(data, 'channels', '')}|{getattr(data, 'size', '')}"
         h.update(f"folder|{shape}|{index.classes}".encode())
         for p, y in zip(index.paths, index.labels, strict=True):
-            st = Path(p).stat()
-            h.update(f"{Path(p).resolve()}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{_resolved(p)}|{y}|{file_stamp(p)}\n".encode())
         return h.hexdigest()
     return None
+
+
+def _resolved(p: str | Path) -> Path:
+    """The absolute path with links resolved; as given (made absolute) for a link that loops, which
+    Path.resolve refuses and which is skipped as unreadable anyway."""
+    try:
+        return Path(p).resolve()
+    except (OSError, RuntimeError):
+        return Path(p).absolute()
 
 
 def _files_fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256(b"files")
     for p in files:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{_resolved(p)}|{file_stamp(p)}\n".encode())
     return h.hexdigest()
 
 
@@ -163,7 +172,8 @@ def _read_cache(path: Path) -> Features | None:
             feats = f.get_tensor("features")
             labels = f.get_tensor("labels") if "labels" in f.keys() else None
         names = json.loads(meta["names"]) if "names" in meta else None
-        return Features(feats, labels, names, path, from_cache=True)
+        unreadable = json.loads(meta["unreadable"]) if "unreadable" in meta else None
+        return Features(feats, labels, names, path, from_cache=True, unreadable=unreadable)
     except Exception:  # a damaged cache file is recomputed, never trusted
         warnings.warn(f"{one_line(path)}: unreadable feature cache, ignored and rebuilt", VitkitWarning,
                       stacklevel=3)
@@ -181,6 +191,8 @@ def _write_cache(path: Path, result: Features, meta: dict) -> None:
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}
     if result.names is not None:
         meta["names"] = json.dumps(result.names)
+    if result.unreadable:
+        meta["unreadable"] = json.dumps(result.unreadable)
     try:
         atomic_write_bytes(path, save(tensors, metadata=meta))
         result.cache_file = path
@@ -213,12 +225,14 @@ def dataset_features(fm: FeatureModel, data, cache_dir: str | Path | None = None
 def file_features(fm: FeatureModel, files: list[Path], cache_dir: str | Path | None = None,
                   cache: bool = True) -> Features:
     """Features of image files (prepared as for prediction), with their names; unreadable files
-    are skipped with a warning naming them."""
+    are skipped with a warning naming them, repeated when the features are read from the cache."""
     files = [Path(f) for f in files]
     path = _cache_path(cache_dir, fm.key(_files_fingerprint(files))) if cache else None
     if path is not None and (hit := _read_cache(path)) is not None:
+        for message in hit.unreadable or []:
+            warnings.warn(message, VitkitWarning, stacklevel=2)
         return hit
-    feats, names, batch = [], [], []
+    feats, names, batch, unreadable = [], [], [], []
 
     def flush():
         if batch:
@@ -227,11 +241,11 @@ def file_features(fm: FeatureModel, files: list[Path], cache_dir: str | Path | N
 
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
+            with open_image(f) as im:
                 batch.append(prepare_image(im, fm.spec))
         except _DECODE_ERRORS as e:
-            warnings.warn(f"{one_line(f)}: cannot read image ({e}), skipped", VitkitWarning, stacklevel=2)
+            unreadable.append(f"{one_line(f)}: cannot read image ({e}), skipped")
+            warnings.warn(unreadable[-1], VitkitWarning, stacklevel=2)
             continue
         names.append(str(f))
         if len(batch) == fm.options.batch_size:
@@ -239,7 +253,7 @@ def file_features(fm: FeatureModel, files: list[Path], cache_dir: str | Path | N
     flush()
     if not feats:
         raise ValueError(f"none of the {len(files)} files could be read as an image")
-    result = Features(torch.cat(feats).numpy(), names=names)
+    result = Features(torch.cat(feats).numpy(), names=names, unreadable=unreadable)
     if path is not None:
         _write_cache(path, result, {"token": fm.token, "layer": fm.layer, "norm": fm.options.norm,
                                     "precision": fm.precision})

@@ -8,6 +8,7 @@ another Hub (a mirror), read when a download starts.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["HUB_FILES", "WEIGHT_FILES", "hub_folder", "is_offline"]
@@ -80,7 +81,7 @@ def _download(repo_id: str) -> Path:
                     f"no {' or '.join(WEIGHT_FILES)} in it (files: {', '.join(sorted(files)[:8]) or 'none'})")
             raise ValueError(f"{repo_id} on {url}: {what}")
         wanted = [n for n in META_FILES if n in files] + [weights]
-        print(f"downloading {repo_id} from {url}: {', '.join(wanted)}", flush=True)
+        print(f"downloading {repo_id} from {url}: {', '.join(wanted)}", file=sys.stderr, flush=True)
         return Path(snapshot_download(repo_id, allow_patterns=wanted, endpoint=url))
     except ValueError:
         raise

@@ -20,9 +20,11 @@ from typing import Any, Literal
 
 import torch
 
+from .checkpoint import check_output_file, check_output_folder
 from .data.preprocess import InputSpec
+from .files import replace_folder
 from .formats.reader import CONFIG_FIELDS, LoadReport, load_checkpoint
-from .formats.writer import EXPORT_FORMATS, write_model
+from .formats.writer import EXPORT_FORMATS, write_model, writes_folder
 from .model import ViT
 from .opened import OpenedModel
 from .posemb import ResizeMode
@@ -63,10 +65,13 @@ def resolve(source: str | Path, offline: bool = False) -> Path:
     """A local path, or the folder of a Hugging Face Hub id: from the local cache, else
     downloaded into it (never with offline=True or HF_HUB_OFFLINE=1)."""
     path = Path(source)
-    if path.exists() or not _HUB_ID.match(str(source)):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.exists():
         return path
+    if not _HUB_ID.match(str(source)):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    owner = str(source).split("/")[0]
+    if Path(owner).is_dir():  # runs/nomodel: a mistyped local path, not a Hub id
+        raise FileNotFoundError(f"{path}: no such file or directory (in the local folder {owner}/)")
     from .hub import hub_folder
 
     return hub_folder(str(source), offline)
@@ -167,18 +172,36 @@ def _classes(given: list[str] | None, report: LoadReport, n: int, source) -> lis
 
 
 def convert(src: str | Path, out: str | Path, to: str = "vitkit", naming: str = "vit_jax",
-            options: LoadOptions | None = None, **load_options: Any) -> tuple[Path, LoadReport]:
+            options: LoadOptions | None = None, overwrite: bool = False, **load_options: Any
+            ) -> tuple[Path, LoadReport]:
     """Open any supported checkpoint (options as for `open_model`) and write it as `to`
-    (vitkit, timm, hf or npz); class names and input spec go along where the format holds them."""
+    (vitkit, timm, hf or npz); class names and input spec go along where the format holds them.
+
+    `out` is never the source, and a folder that is not empty is replaced (whole, once the new
+    one is written) only with overwrite: a run converted over stays a run."""
     if to not in EXPORT_FORMATS:
         raise ValueError(f"unknown output format {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    folder = writes_folder(to, out)
+    if folder:
+        check_output_folder(out, overwrite, option="OUT", reading=(src,))
+    else:
+        check_output_file(out, option="OUT", reading=(src,))
     if "strict" in load_options:
         options = dataclasses.replace(options or LoadOptions(), strict=load_options.pop("strict"))
     opened = open_model(src, options, **load_options)
     report = opened.report
-    path, notes = write_model(opened.model, out, to=to, naming=naming, extra=_extra_for(opened))
+    notes: list[str] = []
+
+    def write(where: Path) -> None:
+        notes.extend(write_model(opened.model, where, to=to, naming=naming, extra=_extra_for(opened))[1])
+
+    if folder and out.exists():
+        replace_folder(out, write)
+    else:
+        write(out)
     report.notes += notes
-    return path, report
+    return out, report
 
 
 def _extra_for(opened: OpenedModel) -> dict:

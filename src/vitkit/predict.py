@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .data.folder import _DECODE_ERRORS, IMAGE_EXTENSIONS
-from .data.preprocess import prepare_image
+from .data.folder import _DECODE_ERRORS, BROKEN_LINKS, IMAGE_EXTENSIONS, _unreadable, is_broken_link
+from .data.preprocess import open_image, prepare_image
 from .loading import OpenedModel
+from .notices import VitkitWarning
 from .precision import autocast, for_inference, inference_precision
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside any directory (sorted, recursive)."""
+    """Files as given, and the image files inside any directory (sorted, recursive). Links in a
+    directory that lead nowhere (dangling or looping) are skipped with one warning naming them."""
     out = []
     for p in map(Path, inputs):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            broken = [f for f in found if f.is_symlink() and is_broken_link(f)]
+            if broken:
+                warnings.warn(_unreadable(p, broken, BROKEN_LINKS), VitkitWarning, stacklevel=2)
+                skip = set(broken)
+                found = [f for f in found if f not in skip]
+            out += found
         elif p.exists():
             out.append(p)
         else:
@@ -59,8 +67,7 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
 
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
+            with open_image(f) as im:
                 batch.append(prepare_image(im, opened.spec))
                 names.append(f)
         except _DECODE_ERRORS as e:

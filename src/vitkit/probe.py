@@ -217,6 +217,7 @@ def probe_model(opened, data_cfg, options=None, cache_dir=None, **readouts) -> P
     if h != w:
         raise ValueError(f"{opened.source}: probing needs a square input size, the model takes {h}x{w}")
     data = load_data(dataclasses.replace(data_cfg, image_size=int(h), channels=opened.spec.channels))
+    data.require_labels(str(data_cfg.path or data_cfg.dataset), "probing")
     t = time.perf_counter()
     train = dataset_features(fm, data.train, cache_dir, data_cfg.workers)
     test = dataset_features(fm, data.val, cache_dir, data_cfg.workers)

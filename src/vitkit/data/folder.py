@@ -2,15 +2,19 @@
 
 Files that are not images are skipped with a warning that names them; so are images that
 fail to decode (corrupt or truncated), found while the folder is cached or, for streamed
-folders, when they are read. A class folder without any image is not a class: it is skipped
+folders, when they are read, and links that lead nowhere (dangling or looping), found while
+the folder is scanned. A class folder without any image is not a class: it is skipped
 with a warning. Every such warning is a one-line VitkitWarning. Images whose decoded copies
-fit the memory budget (data/geometry.py) are decoded once, in parallel, into a uint8 tensor
-cache on disk (safetensors), keyed by the file list, sizes and modification times.
+fit the memory budget (data/geometry.py) are decoded once (upright: data/preprocess.py's
+open_image), in parallel, into a uint8 tensor cache on disk (safetensors), keyed by the file
+list, sizes and modification times; the cache names the images that failed to decode, so a
+run that reads it warns about them as the run that wrote it did.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from collections import Counter
@@ -24,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from ..cache import default_cache_dir
 from ..notices import VitkitWarning, one_line
 from .arrays import ImageArrays
-from .preprocess import image_to_uint8
+from .preprocess import DECODING, image_to_uint8, open_image, upright_size
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm"}
@@ -49,22 +53,60 @@ def _names(root: Path, paths: list[Path], limit: int = 10) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _unreadable(root: Path, bad: list[Path]) -> str:
-    return (f"{one_line(root)}: skipped {len(bad)} unreadable image(s) (corrupt or truncated): "
-            f"{_names(root, bad)}")
+def _unreadable(root: Path, bad: list[Path], why: str = "corrupt or truncated") -> str:
+    """The one warning for images that are skipped because they cannot be read."""
+    return f"{one_line(root)}: skipped {len(bad)} unreadable image(s) ({why}): {_names(root, bad)}"
 
 
-def _image_files(d: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under d, in a fixed order; hidden files and folders are ignored."""
-    images, others = [], []
-    for dirpath, dirs, files in os.walk(d):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        for f in sorted(files):
-            if f.startswith("."):
+BROKEN_LINKS = "links to nothing or to themselves"
+
+
+def is_broken_link(p: Path) -> bool:
+    """A symbolic link whose target cannot be reached (dangling, or looping back on itself):
+    opening or stat-ing it raises OSError, so it is skipped as an unreadable image."""
+    try:
+        os.stat(p)
+        return False
+    except OSError:
+        return os.path.islink(p)
+
+
+def _image_files(d: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(image files, other files, image names that are broken links) under d, in a fixed order
+    (a folder's files, then its subfolders'); hidden files and folders are ignored. Links to
+    files are followed, links to folders are not entered (as os.walk)."""
+    images: list[Path] = []
+    others: list[Path] = []
+    broken: list[Path] = []
+
+    def walk(top: str) -> None:
+        try:
+            with os.scandir(top) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:  # as os.walk: a folder that cannot be listed holds nothing
+            return
+        subdirs = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows links; a broken one is not a folder
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not e.is_symlink():
+                    subdirs.append(e.path)
                 continue
-            p = Path(dirpath) / f
-            (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
-    return images, others
+            p = Path(e.path)
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                others.append(p)
+            elif e.is_symlink() and is_broken_link(p):  # a stat for links only
+                broken.append(p)
+            else:
+                images.append(p)
+        for sub in subdirs:
+            walk(sub)
+
+    walk(str(d))
+    return images, others, broken
 
 
 # Subfolders that name splits, not classes; the first validation name present is used.
@@ -104,7 +146,9 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
         raise ValueError(f"{root}: not a directory (expected root/<class>/<image> folders)")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
-        images, _ = _image_files(root)
+        images, _, broken = _image_files(root)
+        if broken:
+            warnings.warn(_unreadable(root, broken, BROKEN_LINKS), VitkitWarning, stacklevel=2)
         if not images:
             raise ValueError(f"{root}: no class subdirectories and no images (expected root/<class>/<image>)")
         if classes is not None and UNLABELLED not in classes:
@@ -114,9 +158,11 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
         return FolderIndex(root, images, [label] * len(images), list(classes or [UNLABELLED]))
     files: dict[str, list[Path]] = {}
     skipped: list[Path] = []
+    broken: list[Path] = []
     for name in found:
-        images, others = _image_files(root / name)
+        images, others, links = _image_files(root / name)
         skipped += others
+        broken += links
         if images:
             files[name] = images
         else:
@@ -125,6 +171,8 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
     if skipped:
         warnings.warn(f"{one_line(root)}: skipped {len(skipped)} non-image file(s): {_names(root, skipped)}",
                       VitkitWarning, stacklevel=2)
+    if broken:
+        warnings.warn(_unreadable(root, broken, BROKEN_LINKS), VitkitWarning, stacklevel=2)
     if not files:
         looked_for = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"{one_line(root)}: no images found in any of its {len(found)} class folder(s) "
@@ -148,12 +196,14 @@ def scan_folder(root: str | Path, classes: list[str] | None = None,
 
 def probe_images(files, where: str) -> tuple[tuple[int, int], int]:
     """Most common (H, W) of `files` (paths or binary streams) and the channel count (1 if every
-    one is grayscale); unreadable ones are passed over, none readable is an error naming `where`."""
+    one is grayscale); unreadable ones are passed over, none readable is an error naming `where`.
+    Sizes are upright (EXIF orientation applied), read from the headers without decoding."""
     sizes, gray = Counter(), True
     for f in files:
         try:
             with Image.open(f) as im:
-                sizes[(im.height, im.width)] += 1
+                w, h = upright_size(im)
+                sizes[(h, w)] += 1
                 gray &= im.mode in GRAY_MODES
         except _DECODE_ERRORS:
             continue
@@ -171,8 +221,7 @@ def probe(index: FolderIndex, n: int = 64) -> tuple[tuple[int, int], int]:
 def _decode(args: tuple[str, int, tuple[int, int] | None]) -> torch.Tensor | None:
     path, channels, size = args
     try:
-        with Image.open(path) as im:
-            im.load()
+        with open_image(path) as im:
             return image_to_uint8(im, channels, size)
     except _DECODE_ERRORS:
         return None
@@ -183,18 +232,34 @@ def _decode_numpy(args: tuple[str, int, tuple[int, int] | None]):
     return None if t is None else t.numpy()
 
 
+def file_stamp(p: str | Path) -> str:
+    """"size|mtime" of a file for cache keys; "unreadable" when it cannot be stat-ed (gone since
+    it was listed, or a broken link), which fails to decode and is skipped like any bad image."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return "unreadable"
+    return f"{st.st_size}|{st.st_mtime_ns}"
+
+
 def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
-    h = hashlib.sha256(f"{index.root.resolve()}|{channels}|{size}|{index.classes}".encode())
+    """The decoded cache's name: DECODING changes it whenever decoding does (e.g. images turned
+    upright), so that no cache of other pixels is read."""
+    h = hashlib.sha256(f"{DECODING}|{index.root.resolve()}|{channels}|{size}|{index.classes}".encode())
     for p, y in zip(index.paths, index.labels, strict=True):
-        st = p.stat()
-        h.update(f"{p.relative_to(index.root)}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.relative_to(index.root)}|{y}|{file_stamp(p)}\n".encode())
     return h.hexdigest()[:24]
 
 
 def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
                        cache_dir: str | Path | None = None, workers: int = 2) -> ImageArrays:
-    """Decode every image once (resized to size) into uint8 tensors, cached on disk."""
-    from safetensors.torch import load_file, save
+    """Decode every image once (resized to size) into uint8 tensors, cached on disk.
+
+    The images that fail to decode are named in a warning, and in the cache's metadata
+    ("unreadable": a JSON list of paths relative to the root), so reading the cache warns again.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save
 
     from ..files import atomic_write_bytes
 
@@ -202,11 +267,17 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     file = cache / f"folder-{_cache_key(index, channels, size)}.safetensors"
     if file.is_file():
         try:
-            t = load_file(str(file))
-            return ImageArrays(t["images"], t["labels"], index.classes)
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+                images, labels = f.get_tensor("images"), f.get_tensor("labels")
+            unread = [index.root / r for r in json.loads(meta.get("unreadable", "[]"))]
         except Exception:  # a damaged cache is rebuilt, never trusted
             warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning,
                           stacklevel=2)
+        else:
+            if unread:
+                warnings.warn(_unreadable(index.root, unread), VitkitWarning, stacklevel=2)
+            return ImageArrays(images, labels, index.classes)
     from tqdm import tqdm
 
     jobs = [(str(p), channels, size) for p in index.paths]
@@ -229,8 +300,9 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
         raise ValueError(f"{index.root}: none of the {len(jobs)} images could be decoded")
     images = torch.stack([decoded[i] for i in keep])
     labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.long)
+    meta = {"unreadable": json.dumps([p.relative_to(index.root).as_posix() for p in bad])}
     try:
-        atomic_write_bytes(file, save({"images": images, "labels": labels}))
+        atomic_write_bytes(file, save({"images": images, "labels": labels}, metadata=meta))
     except OSError as e:
         warnings.warn(f"{one_line(file)}: could not write cache ({one_line(e)})", VitkitWarning, stacklevel=2)
     return ImageArrays(images, labels, index.classes)
@@ -238,9 +310,8 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
 
 def _readable(path: str) -> bool:
     try:
-        with Image.open(path) as im:
-            im.load()
-        return True
+        with open_image(path):
+            return True
     except _DECODE_ERRORS:
         return False
 

@@ -94,6 +94,14 @@ class Data:
         aug = self.augment or augment
         return replace(aug, crop="none") if self.cropped else aug
 
+    def require_labels(self, where: str, purpose: str, hint: str = "") -> None:
+        """Refuse data of fewer than two classes for anything that learns or measures labels: one
+        class trains a model that is always right and measures nothing."""
+        if len(self.classes) < 2:
+            names = f" ({', '.join(self.classes)})" if self.classes else ""
+            raise ValueError(f"{where}: {len(self.classes)} class{names}; {purpose} needs labelled images "
+                             f"of at least two classes (root/<class>/ folders){hint}")
+
 
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     sample = x[:: max(1, len(x) // 5000)].float() / 255.0

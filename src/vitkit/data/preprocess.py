@@ -2,18 +2,21 @@
 
 What a model expects is stored with it (config.json, key "data"): image size, channel count,
 and the normalization mean and std. The same function serves training-time decoding of
-image folders and prediction, so both prepare images identically.
+image folders and prediction, so both prepare images identically. Every image is opened
+through open_image, which turns it upright by its EXIF orientation: cameras store the pixels
+as the sensor read them and record the turn, so a phone photo read raw lies on its side.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .geometry import hw
 
@@ -60,6 +63,62 @@ class InputSpec:
         size = d.get("image_size", image_size)
         return cls(hw(size), c, [float(v) for v in mean], [float(v) for v in std],
                    d.get("interpolation", "bicubic"), float(d.get("crop_pct", 1.0))), notes
+
+
+EXIF_ORIENTATION = 0x0112
+# Part of the key of every cache of decoded images or what is computed from them: such caches
+# written before images were turned upright hold the raw pixels and must not be read.
+DECODING = "exif1"
+_QUARTER_TURNS = {5, 6, 7, 8}  # orientations whose upright width is the stored height
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when it has none or it cannot be read
+    (malformed metadata is no reason to refuse the pixels)."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) an opened image will have once upright, read from its header without
+    decoding pixels (a PNG's EXIF block after its pixels is passed over rather than decoded for)."""
+    if img.format == "PNG" and "exif" not in img.info:  # PIL would decode the pixels to look
+        return img.size
+    w, h = img.size
+    tags = getattr(img, "tag_v2", None)  # a TIFF: PIL may report its size upright already
+    if tags is not None and 256 in tags and 257 in tags:
+        w, h = int(tags[256]), int(tags[257])  # ImageWidth, ImageLength: as stored
+    return (h, w) if exif_orientation(img) in _QUARTER_TURNS else (w, h)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """img decoded and turned as its EXIF orientation says: img itself when it needs no turn
+    (the common case costs one tag lookup), else a new image with the same format and info
+    and the orientation tag removed, so it is never applied twice."""
+    img.load()
+    if exif_orientation(img) == 1:  # also TIFFs, which PIL turns on loading
+        return img
+    turned = ImageOps.exif_transpose(img)
+    if turned is None:  # not in place: PIL always returns an image
+        return img
+    turned.format = img.format
+    return turned
+
+
+def open_image(source: str | os.PathLike | BinaryIO, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open a path or binary stream as a decoded, upright image: how vitkit reads every image
+    for a model, so that training, prediction, features and serving see the same pixels.
+
+    PIL's checks are unchanged: Image.MAX_IMAGE_PIXELS is enforced on opening
+    (DecompressionBombError) and every decoding error propagates as PIL raises it. A file PIL
+    opened is closed on return; the image stays usable (the first frame of an animation) and
+    may be used in a with block like Image.open's.
+    """
+    with Image.open(source, formats=formats) as img:
+        return upright(img)
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..notices import VitkitWarning, one_line
 from .folder import _DECODE_ERRORS, FolderIndex
-from .preprocess import image_to_uint8
+from .preprocess import image_to_uint8, open_image
 
 INDEX_NAME = "index.json"
 
@@ -214,8 +213,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _decode(self, key: str, data: bytes) -> torch.Tensor | None:
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
+            with open_image(io.BytesIO(data)) as im:
                 return image_to_uint8(im, self.channels, self.size)
         except _DECODE_ERRORS:
             warnings.warn(f"{one_line(key)}: unreadable image in a shard (corrupt or truncated), skipped",

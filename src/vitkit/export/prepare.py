@@ -99,7 +99,7 @@ def calibration_batch(images, spec: InputSpec, limit: int | None = None) -> torc
     """Normalized float inputs from a uint8 tensor (N, C, H, W) or a list of PIL images / paths."""
     from PIL import Image
 
-    from ..data.preprocess import normalize, prepare_image
+    from ..data.preprocess import normalize, open_image, prepare_image
 
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -115,7 +115,7 @@ def calibration_batch(images, spec: InputSpec, limit: int | None = None) -> torc
         if isinstance(item, Image.Image):
             batch.append(prepare_image(item, spec))
         else:
-            with Image.open(item) as im:
+            with open_image(item) as im:
                 batch.append(prepare_image(im, spec))
     if not batch:
         raise ValueError("no calibration images")

@@ -70,7 +70,9 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
                  want_channels=data.channels, mean=data.mean, std=data.std, model_mean=spec.mean,
                  model_std=spec.std)
     data = replace(data, channels=geo.channels, image_size=geo.image_size[0], mean=geo.mean, std=geo.std)
-    classes = load_data(data).classes
+    loaded = load_data(data)
+    loaded.require_labels(str(data.path or data.dataset), "fine-tuning")
+    classes = loaded.classes
     size = hw(data.image_size)  # DataConfig sizes are square
     model = open_model(weights, options, image_size=size, num_classes=len(classes),
                        resize_mode=resize_mode).model

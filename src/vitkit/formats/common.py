@@ -19,6 +19,10 @@ from safetensors.torch import load_file
 
 from ..config import ViTConfig
 
+# What a weights argument may be, for the line that refuses anything else.
+READABLE = ("a vitkit, Hugging Face or timm model folder, a .safetensors file, a PyTorch .pth / .pt / .bin "
+            "file, an official .npz file, an exported .onnx file, or a Hub id")
+
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -43,12 +47,15 @@ def torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # an opcode no pickle has: a damaged file, not code
+            raise ValueError(f"{path}: not a readable PyTorch file (damaged: {str(e).splitlines()[0]})"
+                             ) from None
         why = next((ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), "not plain tensors")
         raise ValueError(f"{path}: refused: loading it would unpickle arbitrary Python objects ({why})"
                          ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # a damaged file fails anywhere in the unpickler (KeyError, IndexError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable PyTorch file ({first})") from None
+        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {first})") from None
 
 
 def unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -71,20 +78,26 @@ def unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def sniff(path: Path) -> str:
-    """'npz', 'safetensors' or 'torch' for a file, by suffix and else by content."""
+    """'npz', 'safetensors' or 'torch' for a file, by suffix and content; anything else (an
+    image, a text file) is refused in one line naming what vitkit reads."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return "npz"
     if suffix == ".safetensors":
         return "safetensors"
-    if suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return "npz" if any(n.endswith(".npy") for n in z.namelist()) else "torch"
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror if isinstance(e, OSError) else e})") from None
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":  # a pickle (torch.save's format before zip files)
         return "torch"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            return "npz" if any(n.endswith(".npy") for n in z.namelist()) else "torch"
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return "safetensors" if len(head) == 9 and head[8:9] == b"{" else "torch"
+    raise ValueError(f"{path}: not a checkpoint vitkit reads (expected {READABLE})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

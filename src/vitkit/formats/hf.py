@@ -210,7 +210,7 @@ def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: lis
         sd = dict(sd, **{"patch_embed.proj.weight": fold_luma(sd["patch_embed.proj.weight"])})
         config = config.replace(num_channels=3)
         spec = dataclasses.replace(spec, channels=3, mean=spec.mean * 3, std=spec.std * 3)
-        warnings.warn(f"{out}: the Hugging Face pipeline converts images to RGB; the grayscale model is "
+        warnings.warn("the Hugging Face pipeline converts images to RGB; the grayscale model is "
                       "written with 3 input channels that it turns into luma (0.299 R + 0.587 G + 0.114 B), "
                       "as vitkit converts images to grayscale", VitkitWarning, stacklevel=3)
     hf = config_to_hf(config.replace(pos_embed="learn"))

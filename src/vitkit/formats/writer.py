@@ -19,6 +19,11 @@ EXPORT_FORMATS = ("vitkit", "timm", "hf", "npz")
 TIMM_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")  # other names: a timm model folder
 
 
+def writes_folder(to: str, out: str | Path) -> bool:
+    """Whether `write_model(..., out, to)` writes a folder (else one file)."""
+    return to in ("vitkit", "hf") or (to == "timm" and Path(out).suffix.lower() not in TIMM_FILE_SUFFIXES)
+
+
 def _export_state_dict(model: torch.nn.Module, notes: list[str]) -> dict[str, torch.Tensor]:
     """Weights to write; fixed sin-cos position embeddings become an explicit table, which is
     how every other format can hold them."""

@@ -3,7 +3,10 @@
 Uploads come from anywhere, so decoding is defensive: only common raster formats are
 opened (PIL plugins such as EPS would start external programs), the pixel count is checked
 from the header before any pixel is decoded (a 60000x60000 PNG is a few hundred bytes), and
-every decoder failure becomes a one-line 4xx error instead of a server error.
+every decoder failure becomes a one-line 4xx error instead of a server error. The decoded
+image is turned upright by its EXIF orientation (data/preprocess.py's upright, the step
+open_image takes for every other reader), so a phone photo is predicted, and its size
+reported, as it was taken.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 
 from PIL import Image, UnidentifiedImageError
 
+from ..data.preprocess import upright
 from ..notices import first_line
 
 # Formats a client may upload; everything else is refused as "not an image" (415).
@@ -34,7 +38,8 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image (the first frame of an animation).
+    """Open and fully decode an image (the first frame of an animation), upright: its size is
+    the upright width and height.
 
     Errors: 422 empty or corrupt/truncated data, 415 not an image of a known format,
     413 more pixels than max_pixels (a decompression bomb).
@@ -58,9 +63,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise UploadError(422, f"image has no pixels ({w}x{h})")
     try:
         img.seek(0)
-        img.load()
+        return upright(img)
     except Exception as e:  # truncated data, bad compressed stream, decoder errors
         raise UploadError(422, f"corrupt or truncated {img.format} image: {first_line(e, 200)}") from None
-    return img
 
 

@@ -255,6 +255,9 @@ class MaskedPatchPrediction(nn.Module):
         return F.cross_entropy(logits[picked], target[picked]), logits, mask
 
 
+MIN_PRETRAIN_PATCHES = 4  # a 2x2 grid: the least in which masking leaves a task to learn
+
+
 class SelfSupervised:
     """A self-supervised objective: the wrapper's own loss; the metric counts nothing."""
 
@@ -266,6 +269,14 @@ class SelfSupervised:
     def wrap(self, model: ViT, spec) -> nn.Module:
         """The encoder inside the objective's module; `spec` (the input normalization) lets
         MPP read the pixels' colours back."""
+        c = model.config
+        gh, gw = c.grid_size
+        if gh * gw < MIN_PRETRAIN_PATCHES:  # nothing left to hide and predict: the loss is 0/0
+            h, w = c.image_hw
+            raise ValueError(f"pre-training ({self.name}) needs at least {MIN_PRETRAIN_PATCHES} patches, "
+                             f"some visible and some masked: {h}x{w} images in patches of {c.patch_size} "
+                             f"give a {gh}x{gw} grid (use a larger --data.image_size or a smaller "
+                             "--model.patch_size)")
         if self.cfg.objective == "mae":
             return MaskedAutoencoder(model, self.cfg)
         return MaskedPatchPrediction(model, self.cfg, list(spec.mean), list(spec.std))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CURVES_NAME, METRICS_NAME, STATE_NAME
+from ..checkpoint import CURVES_NAME, METRICS_NAME, SHARDED_NAME, STATE_NAME
 from ..files import atomic_write_bytes
 from .distributed import Dist, all_mean
 
@@ -22,8 +22,6 @@ METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_a
 
 def prepare_run_dir(d: Path, overwrite: bool) -> None:
     """Make sure a new run can write to d; a run already there is replaced only with overwrite."""
-    from .sharding import SHARDED_NAME
-
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".write-test"
@@ -45,7 +43,6 @@ def written_files(d: Path) -> list[str]:
     """The run files that exist in d, in the order a closing line names them (directories with
     a trailing slash), so that what is reported as written is what is there."""
     from ..checkpoint import CONFIG_NAME, RECIPE_NAME, WEIGHTS_NAME
-    from .sharding import SHARDED_NAME
 
     names = [WEIGHTS_NAME, CONFIG_NAME, RECIPE_NAME, STATE_NAME, SHARDED_NAME, METRICS_NAME, CURVES_NAME]
     return [n + "/" if (d / n).is_dir() else n for n in names if (d / n).exists()]

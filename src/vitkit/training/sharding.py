@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint import SHARDED_NAME
 from ..files import atomic_torch_save
 
-SHARDED_NAME = "state.dcp"  # the DCP checkpoint directory of an FSDP run
 PROGRESS_NAME = "progress.pt"  # inside it: epoch, step, RNG state, metrics (rank 0)
 
 

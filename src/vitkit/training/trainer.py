@@ -43,7 +43,7 @@ from .strategies import make_strategy
 @dataclass
 class RunResult:
     run_dir: Path
-    status: str  # "finished", "interrupted" or "budget"
+    status: str  # "finished", "interrupted", "budget", or "done" (resumed when already finished)
     epoch: int
     step: int
     val_acc: float | None
@@ -81,11 +81,9 @@ class Trainer:
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
-        if self.supervised and len(self.data.classes) < 2:
-            raise ValueError(f"{cfg.data.path or cfg.data.dataset}: {len(self.data.classes)} class "
-                             f"({', '.join(self.data.classes)}); supervised training needs root/<class>/ "
-                             "folders of at least two classes (vitkit pretrain learns from unlabelled "
-                             "images)")
+        if self.supervised:
+            self.data.require_labels(str(cfg.data.path or cfg.data.dataset), "supervised training",
+                                     "; vitkit pretrain learns from unlabelled images")
         config = model.config if model is not None else stored or cfg.model.build_config(
             self.data.spec.image_size, self.data.spec.channels,
             len(self.data.classes) if self.supervised else 0, self.data.geometry)
@@ -184,8 +182,18 @@ class Trainer:
         if self.dist.rank == 0:
             set_rng_state(st["rng"])
         self.state = RunState.from_dict(st)
+        if self.finished():
+            budget = self.cfg.run.time_budget
+            self.log(f"{self.run_dir} is finished ({self.state.epoch} of {self.epochs} epochs"
+                     + (f", its {budget} min budget spent" if budget else "")
+                     + "): nothing to resume, nothing written")
+            return
         saved_by = f" (saved by {st['world']} processes)" if self.strategy.sharded else ""
         self.log(f"resuming {self.run_dir}{saved_by} at {self.state.describe()}")
+
+    def finished(self) -> bool:
+        """Whether the run has done all it was set to do (its epochs, or its time budget)."""
+        return self.state.epoch >= self.epochs or bool(self.cfg.run.time_budget and self.progress() >= 1.0)
 
     # -- the loop
     def progress(self) -> float:
@@ -241,6 +249,11 @@ class Trainer:
         cfg = self.cfg
         status = "finished"
         val_acc = self.state.metrics[-1]["val_acc"] if self.state.metrics else None
+        if self.finished():  # a finished run resumed: its files stay as they are
+            self.tb.close()
+            st = self.state
+            return RunResult(self.run_dir, "done", st.epoch, st.step, val_acc, st.best_acc, st.metrics,
+                             len(self.data.train))
         with StopFlag() as stop:
             while self.state.epoch < self.epochs:
                 self.model.train()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data.preprocess import InputSpec, image_to_uint8, normalize
+from ..data.preprocess import InputSpec, image_to_uint8, normalize, open_image
 from ..loading import LoadOptions, open_model
 from ..model import ViT
 from . import analysis as A
@@ -53,7 +53,7 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such image file")
         try:
-            with Image.open(p) as img:
+            with open_image(p) as img:
                 raw.append(image_to_uint8(img, spec.channels, spec.image_size))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{p}: cannot read as an image ({e})") from None

@@ -111,34 +111,37 @@ def _same_or_inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
-def check_output_file(path: str | Path, option: str = "--out", reading: tuple = ()) -> Path:
+def check_output_file(path: str | Path, option: str | None = "--out", reading: tuple = ()) -> Path:
     """Where a command will write one file, checked before any work: not a directory, not a
-    file of a model folder or run, not the input itself."""
+    file of a model folder or run, not the input itself. `option` names it in the message
+    (None for a positional argument)."""
     p = Path(path)
+    named = f"{option} {p}" if option else str(p)
     if p.is_dir():
-        raise ValueError(f"{option} {p}: is a directory; name a file to write")
+        raise ValueError(f"{named}: is a directory; name a file to write")
     for src in reading:
         if Path(src).exists() and _same_or_inside(p, Path(src)):
-            raise ValueError(f"{option} {p}: is the input {src} (or inside it); write somewhere else")
+            raise ValueError(f"{named}: is the input {src} (or inside it); write somewhere else")
     if p.exists() and p.name in MODEL_FILES and holds_model(p.parent):
-        raise ValueError(f"{option} {p}: a file of the model folder {p.parent}; write somewhere else")
+        raise ValueError(f"{named}: a file of the model folder {p.parent}; write somewhere else")
     return p
 
 
-def check_output_folder(path: str | Path, overwrite: bool = False, option: str = "--out",
+def check_output_folder(path: str | Path, overwrite: bool = False, option: str | None = "--out",
                         reading: tuple = ()) -> Path:
     """Where a command will write a folder, checked before any work: never the input (or a
     folder inside it or around it); a folder that is not empty only with overwrite."""
     p = Path(path)
+    named = f"{option} {p}" if option else str(p)
     for src in reading:
         if Path(src).exists() and _same_or_inside(p, Path(src)):
-            raise ValueError(f"{option} {p}: is the input {src} (or inside it, or around it); "
+            raise ValueError(f"{named}: is the input {src} (or inside it, or around it); "
                              "write into a new folder")
     if p.exists() and not p.is_dir():
-        raise ValueError(f"{option} {p}: exists and is not a folder")
+        raise ValueError(f"{named}: exists and is not a folder")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
         what = ("a training run" if (p / STATE_NAME).exists() or (p / SHARDED_NAME).exists()
                 else "a model folder" if holds_model(p) else "files")
-        raise ValueError(f"{option} {p}: already holds {what}; choose another folder, or pass "
+        raise ValueError(f"{named}: already holds {what}; choose another folder, or pass "
                          "--overwrite true to replace it")
     return p

@@ -109,7 +109,7 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
     from ..predict import list_images
     from .verify import check_features_file, check_file
 
-    check_output_file(out, option="OUT", reading=(model,))
+    check_output_file(out, option=None, reading=(model,))
     opened = open_model(model, options)
     if not isinstance(opened.model, ViT):
         raise ValueError(f"{model}: exporting needs a vitkit model (a run, model folder or checkpoint), "

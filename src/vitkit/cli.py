@@ -19,17 +19,31 @@ from .training.config import ModelSpec, OptimConfig, RunConfig
 from .training.objectives import PretrainConfig
 
 
-def info(image_size: int = 224, json: bool = False) -> None:
-    """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs.
+def info(models: list[str] | None = None, image_size: int = 224, json: bool = False,
+         load: LoadOptions = LoadOptions()) -> None:  # noqa: B008 (read-only defaults)
+    """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs; or, given
+    models, what each is and how its images will be prepared (size, mean, std, crop) and why.
 
-    Reads nothing, writes nothing. Example: vitkit info --image_size 384
+    Usage: vitkit info [MODEL ...] [--load.preprocess NAME]. Reads the models given, writes nothing.
+    Example: vitkit info --image_size 448; vitkit info deit-tiny.safetensors --load.preprocess deit
 
     Args:
-        image_size: square input resolution used for the parameter and FLOP counts.
-        json: print the rows as JSON (alone on stdout) instead of a table.
+        models: run or model folders, checkpoint files, .onnx files or Hub ids to describe.
+        image_size: square input resolution used for the variants' parameter and FLOP counts.
+        json: print the rows (or the models) as JSON (alone on stdout) instead of a table.
+        load: what the checkpoints may not record (heads, classes, normalization, --load.preprocess).
     """
-    from .info import format_table, variant_rows
+    from .info import describe, format_model, format_table, variant_rows
 
+    if models:
+        from .loading import open_model
+
+        with _json_mode(json):
+            found = [describe(open_model(m, load)) for m in models]
+        if json:
+            return _print_json({"models": found})
+        print("\n".join(format_model(d) for d in found))
+        return None
     rows = variant_rows(image_size)
     if json:
         return _print_json({"image_size": image_size, "variants": rows})
@@ -554,7 +568,7 @@ def consolidate(run: str, out: str, ema: bool | None = None, overwrite: bool = F
     from .checkpoint import check_output_folder
     from .training.sharding import consolidate as write
 
-    check_output_folder(out, overwrite, option="OUT", reading=(run,))
+    check_output_folder(out, overwrite, option=None, reading=(run,))
     print(f"wrote {write(run, out, ema)}")
 
 
@@ -719,7 +733,7 @@ COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": fine
             "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
             "export": export, "shards": shards, "consolidate": consolidate, "probe": probe, "embed": embed}
 # Commands whose trailing positional arguments fill a list parameter: command -> parameter.
-FILE_LISTS = {"visualize": "images", "predict": "images", "embed": "images"}
+FILE_LISTS = {"visualize": "images", "predict": "images", "embed": "images", "info": "models"}
 
 
 _NEGATIVE = r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan"

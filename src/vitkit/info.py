@@ -1,4 +1,5 @@
-"""Size and cost of the named variants, computed from the models themselves."""
+"""Size and cost of the named variants, computed from the models themselves, and what a given
+model is and how its inputs will be prepared."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from .config import PAPER_PARAMS_M, VARIANTS, ViTConfig, variant
 from .model import ViT, conv_stem_plan
+from .opened import OpenedModel
 
 
 def forward_macs(config: ViTConfig) -> int:
@@ -63,4 +65,38 @@ def format_table(rows: list[dict], image_size: int = 224) -> str:
             f"| {r['variant']} | {r['layers']} | {r['hidden_size']} | {r['mlp_size']} "
             f"| {r['heads']} | {r['params']:,} | {paper} | {r['gflops']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def describe(opened: OpenedModel) -> dict:
+    """What `vitkit info MODEL` shows of an opened model: its
+    architecture and size, and the input spec it will be fed with where that spec came from,
+    so a wrong normalization is seen before predictions are trusted."""
+    report = opened.report
+    cfg = report.config if getattr(report, "config", None) is not None else opened.model.config
+    with torch.device("meta"):  # counted from the config: also for ONNX files
+        params = ViT(cfg).num_params()
+    return dict(
+        source=opened.source, format=report.format, detail=report.detail, variant=report.variant,
+        layers=cfg.num_layers, hidden_size=cfg.hidden_size, mlp_size=cfg.mlp_size, heads=cfg.num_heads,
+        patch_size=cfg.patch_size, image_size=list(cfg.image_hw), num_classes=cfg.num_classes, params=params,
+        gflops=2 * forward_macs(cfg) / 1e9,
+        input={**opened.spec.to_dict(), "source": opened.spec_source}, notes=list(report.notes),
+    )
+
+
+def format_model(d: dict) -> str:
+    """`describe`'s dict as a few lines of text."""
+    h, w = d["image_size"]
+    s = d["input"]
+    ih, iw = s["image_size"]
+    mode = {1: "grayscale", 3: "RGB"}.get(s["channels"], f"{s['channels']} channels")
+    lines = [f"{d['source']}: {d['format']}" + (f" ({d['detail']})" if d["detail"] else ""),
+             f"  model: {d['variant'] or 'ViT'}: {d['layers']} layers, width {d['hidden_size']}, MLP "
+             f"{d['mlp_size']}, {d['heads']} heads, patch {d['patch_size']}, image {h}x{w}, "
+             f"{d['num_classes']} classes, {d['params']:,} parameters, {d['gflops']:.3g} GFLOPs",
+             f"  input: {ih}x{iw}, {mode}, mean {s['mean']}, "
+             f"std {s['std']}, crop_pct {s['crop_pct']:g}, {s['interpolation']}",
+             f"  input from: {s['source']}"]
+    lines += [f"  note: {n}" for n in d["notes"]]
     return "\n".join(lines)

@@ -21,13 +21,13 @@ from typing import Any, Literal
 import torch
 
 from .checkpoint import check_output_file, check_output_folder
-from .data.preprocess import InputSpec
 from .files import replace_folder
 from .formats.reader import CONFIG_FIELDS, LoadReport, load_checkpoint
 from .formats.writer import EXPORT_FORMATS, write_model, writes_folder
 from .model import ViT
 from .opened import OpenedModel
 from .posemb import ResizeMode
+from .presets import get_preset, input_spec, stored_source
 
 __all__ = ["LoadOptions", "LoadReport", "OpenedModel", "convert", "load", "load_with_report", "open_model",
            "resolve"]
@@ -43,8 +43,11 @@ class LoadOptions:
         num_heads: attention heads (timm and torchvision files do not store them).
         pool: cls or mean, for timm files that pool by global average.
         classes: class names in output order (files that store none get "0", "1", ...).
-        mean: per-channel normalization mean (default: stored, else 0.5).
-        std: per-channel normalization std (default: stored, else 0.5).
+        mean: per-channel normalization mean (default: the preset's, else stored, else 0.5).
+        std: per-channel normalization std (default: the preset's, else stored, else 0.5).
+        preprocess: how images are prepared (mean, std, crop, interpolation), over what the files
+            stored: a preset (imagenet, deit, inception, clip; none or vitkit: vitkit's defaults)
+            or a timm model name whose pretrained config timm holds (deit_tiny_patch16_224).
         strict: refuse missing, unexpected or mis-shaped keys; false loads what fits.
         offline: open Hub ids from the local cache only, never downloading (as HF_HUB_OFFLINE=1).
     """
@@ -54,6 +57,7 @@ class LoadOptions:
     classes: list[str] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    preprocess: str | None = None
     strict: bool = True
     offline: bool = False
 
@@ -129,10 +133,19 @@ def open_model(source: str | Path, options: LoadOptions | None = None, *, device
     fields (dropout, drop_path, ...).
     """
     options = options or LoadOptions()
+    preset = get_preset(options.preprocess) if options.preprocess else None  # refused before any reading
     if str(source).lower().endswith(".onnx"):
         from .export.runtime import open_onnx
 
-        return open_onnx(source)
+        opened = open_onnx(source)
+        if preset is not None or options.mean is not None or options.std is not None:
+            c = opened.spec.channels
+            opened.spec, opened.spec_source, notes = input_spec(
+                opened.spec.image_size, c, opened.spec.to_dict(), "onnx", preset, options.mean, options.std)
+            opened.report.notes += notes
+        else:
+            opened.spec_source = stored_source("onnx")
+        return opened
     bad = sorted(set(overrides) - CONFIG_FIELDS)
     if bad:
         raise ValueError(f"unknown load option(s): {', '.join(bad)}")
@@ -146,16 +159,16 @@ def open_model(source: str | Path, options: LoadOptions | None = None, *, device
     if len(stored.get("mean", [None] * cfg.num_channels)) != cfg.num_channels:
         stored = {}
     stored.pop("image_size", None)  # the model's own input size is the truth
-    spec, notes = InputSpec.for_model(cfg.image_hw, cfg.num_channels, stored, mean=options.mean,
-                                      std=options.std)
+    spec, spec_source, notes = input_spec(cfg.image_hw, cfg.num_channels, stored, report.format, preset,
+                                          options.mean, options.std)
     report.notes += notes
     if options.classes:
         report.extra["classes"] = list(classes)
-    if options.mean is not None or options.std is not None or "mean" in stored:
-        report.extra["data"] = {**report.extra.get("data", {}), **spec.to_dict()}
+    if options.mean is not None or options.std is not None or preset is not None or "mean" in stored:
+        report.extra["data"] = {**report.extra.get("data", {}), **spec.to_dict()}  # saved with the model
     extra = {k: v for k, v in report.extra.items() if k not in ("classes", "data")}
     name = str(source) if not Path(source).exists() else (Path(source).resolve().name or str(source))
-    return OpenedModel(model.to(device).eval(), classes, spec, report, str(source), name, extra)
+    return OpenedModel(model.to(device).eval(), classes, spec, report, str(source), name, extra, spec_source)
 
 
 def _classes(given: list[str] | None, report: LoadReport, n: int, source) -> list[str]:
@@ -184,9 +197,9 @@ def convert(src: str | Path, out: str | Path, to: str = "vitkit", naming: str = 
     out = Path(out)
     folder = writes_folder(to, out)
     if folder:
-        check_output_folder(out, overwrite, option="OUT", reading=(src,))
+        check_output_folder(out, overwrite, option=None, reading=(src,))
     else:
-        check_output_file(out, option="OUT", reading=(src,))
+        check_output_file(out, option=None, reading=(src,))
     if "strict" in load_options:
         options = dataclasses.replace(options or LoadOptions(), strict=load_options.pop("strict"))
     opened = open_model(src, options, **load_options)
@@ -206,7 +219,7 @@ def convert(src: str | Path, out: str | Path, to: str = "vitkit", naming: str = 
 
 def _extra_for(opened: OpenedModel) -> dict:
     """What vitkit's config.json stores beside the model: input preparation and class names,
-    when the source recorded them (or they were given)."""
+    when the source recorded them or they were given (--load.mean/std, --load.preprocess)."""
     extra = dict(opened.report.extra)
     if "data" in extra:
         extra["data"] = opened.spec.to_dict()

@@ -25,6 +25,7 @@ class OpenedModel:
     source: str
     name: str
     extra: dict = field(default_factory=dict)  # the rest of a vitkit config.json ("train", ...)
+    spec_source: str = ""  # where spec came from: "preset deit", "stored in config.json", a default
 
     @property
     def device(self) -> torch.device:

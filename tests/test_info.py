@@ -35,3 +35,11 @@ def test_info_command_prints_table(capsys):
     out = capsys.readouterr().out
     assert "| B/16 | 12 | 768 | 3072 | 12 | 86,567,656 | 86M |" in out
     assert "H/14" in out and "Ti/16" in out
+
+
+def test_a_size_a_patch_does_not_divide_is_counted_at_the_nearest_one():
+    from vitkit.info import variant_rows
+
+    rows = {r["variant"]: r for r in variant_rows(384)}
+    assert rows["B/16"]["image_size"] == 384 and rows["H/14"]["image_size"] == 378
+    assert rows["H/14"]["gflops"] > rows["L/16"]["gflops"]

@@ -39,18 +39,20 @@ def forward_macs(config: ViTConfig) -> int:
 
 
 def variant_rows(image_size: int = 224, patch_sizes: dict[str, int] | None = None) -> list[dict]:
-    """One row per variant: layers, D, MLP, heads, parameters and GFLOPs at image_size."""
+    """One row per variant: layers, D, MLP, heads, parameters and GFLOPs at image_size, or at the
+    nearest size its patch divides (H/14 at 384 is counted at 378)."""
     patch_sizes = patch_sizes or {"Ti": 16, "S": 16, "B": 16, "L": 16, "H": 14}
     rows = []
     for size in VARIANTS:
-        name = f"{size}/{patch_sizes[size]}"
-        cfg = variant(name, image_size=image_size)
+        name, p = f"{size}/{patch_sizes[size]}", patch_sizes[size]
+        side = image_size if image_size % p == 0 else max(p, round(image_size / p) * p)
+        cfg = variant(name, image_size=side)
         with torch.device("meta"):  # shapes only: no memory, no init time
             params = ViT(cfg).num_params()
         rows.append(dict(
             variant=name, layers=cfg.num_layers, hidden_size=cfg.hidden_size,
             mlp_size=cfg.mlp_size, heads=cfg.num_heads, params=params,
-            paper_params_m=PAPER_PARAMS_M.get(size), gflops=2 * forward_macs(cfg) / 1e9,
+            paper_params_m=PAPER_PARAMS_M.get(size), gflops=2 * forward_macs(cfg) / 1e9, image_size=side,
         ))
     return rows
 
@@ -63,7 +65,8 @@ def format_table(rows: list[dict], image_size: int = 224) -> str:
         paper = f"{r['paper_params_m']}M" if r["paper_params_m"] else "-"
         lines.append(
             f"| {r['variant']} | {r['layers']} | {r['hidden_size']} | {r['mlp_size']} "
-            f"| {r['heads']} | {r['params']:,} | {paper} | {r['gflops']:.1f} |"
+            f"| {r['heads']} | {r['params']:,} | {paper} | {r['gflops']:.1f}"
+            + (f" (at {r['image_size']})" if r.get("image_size", image_size) != image_size else "") + " |"
         )
     return "\n".join(lines)
 

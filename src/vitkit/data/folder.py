@@ -251,6 +251,36 @@ def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
     return h.hexdigest()[:24]
 
 
+def read_decoded_cache(file: Path) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
+    """(images, labels, metadata) of a decoded cache file, or None when there is none; a damaged
+    one is named in a warning and None returned, so it is rebuilt, never trusted."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            images, labels = f.get_tensor("images"), f.get_tensor("labels")
+        json.loads(meta.get("unreadable", "[]"))
+    except Exception:
+        warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning, stacklevel=3)
+        return None
+    return images, labels, meta
+
+
+def write_decoded_cache(file: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, str]) -> None:
+    """Write a decoded cache atomically; a cache that cannot be written is a warning, not an error."""
+    from safetensors.torch import save
+
+    from ..files import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(file, save({"images": images, "labels": labels}, metadata=meta))
+    except OSError as e:
+        warnings.warn(f"{one_line(file)}: could not write cache ({one_line(e)})", VitkitWarning, stacklevel=3)
+
+
 def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
                        cache_dir: str | Path | None = None, workers: int = 2) -> ImageArrays:
     """Decode every image once (resized to size) into uint8 tensors, cached on disk.
@@ -258,26 +288,15 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     The images that fail to decode are named in a warning, and in the cache's metadata
     ("unreadable": a JSON list of paths relative to the root), so reading the cache warns again.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save
-
-    from ..files import atomic_write_bytes
-
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     file = cache / f"folder-{_cache_key(index, channels, size)}.safetensors"
-    if file.is_file():
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                meta = f.metadata() or {}
-                images, labels = f.get_tensor("images"), f.get_tensor("labels")
-            unread = [index.root / r for r in json.loads(meta.get("unreadable", "[]"))]
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning,
-                          stacklevel=2)
-        else:
-            if unread:
-                warnings.warn(_unreadable(index.root, unread), VitkitWarning, stacklevel=2)
-            return ImageArrays(images, labels, index.classes)
+    cached = read_decoded_cache(file)
+    if cached is not None:
+        images, labels, meta = cached
+        unread = [index.root / r for r in json.loads(meta.get("unreadable", "[]"))]
+        if unread:
+            warnings.warn(_unreadable(index.root, unread), VitkitWarning, stacklevel=2)
+        return ImageArrays(images, labels, index.classes)
     from tqdm import tqdm
 
     jobs = [(str(p), channels, size) for p in index.paths]
@@ -301,10 +320,7 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     images = torch.stack([decoded[i] for i in keep])
     labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.long)
     meta = {"unreadable": json.dumps([p.relative_to(index.root).as_posix() for p in bad])}
-    try:
-        atomic_write_bytes(file, save({"images": images, "labels": labels}, metadata=meta))
-    except OSError as e:
-        warnings.warn(f"{one_line(file)}: could not write cache ({one_line(e)})", VitkitWarning, stacklevel=2)
+    write_decoded_cache(file, images, labels, meta)
     return ImageArrays(images, labels, index.classes)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,19 +21,37 @@ from .arrays import (
     stratified_split,
 )
 from .augment import AugmentConfig
-from .folder import StreamingFolder, load_folder_cached, probe, readable_only, scan_folder, split_folders
+from .folder import (
+    FolderIndex,
+    StreamingFolder,
+    load_folder_cached,
+    probe,
+    readable_only,
+    scan_folder,
+    split_folders,
+)
 from .geometry import CACHE_BUDGET_GB, Geometry, cache_bytes, cache_size, hw, should_cache
 from .preprocess import InputSpec
+from .tables import labelled_metadata, metadata_table, read_label_table
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are shaped."""
 
-    dataset: Literal["digits", "folder", "cifar10", "cifar100", "mnist", "fashion-mnist", "shards"] = "digits"
-    path: str | None = None  # the folder, the directory of CIFAR / MNIST files, or shards (dir, URL)
-    val_path: str | None = None  # a separate validation folder; else split off val_split
+    dataset: Literal["digits", "folder", "csv", "hf", "cifar10", "cifar100", "mnist", "fashion-mnist",
+                     "shards"] = "digits"
+    path: str | None = None  # the folder, the directory of CIFAR / MNIST files, or shards (dir, URL);
+    # csv: a .csv/.tsv/.jsonl table of image paths and labels; hf: a parquet file or glob, a
+    # save_to_disk folder or a Hub dataset id
+    val_path: str | None = None  # a separate validation folder (table, parquet); else split off val_split
     val_split: float = 0.1
+    image_column: str | None = None  # csv, hf, folder metadata: the image column (default: detected)
+    label_column: str | None = None  # csv, hf, folder metadata: the label column (default: detected)
+    train_split: str = "train"  # hf: the split to train on, of a source with named splits
+    val_split_name: str | None = None  # hf: the validation split (default: validation, valid, val or
+    # test, the first there; else val_split of the training split)
+    subset: str | None = None  # hf: the configuration (subset) of a Hub dataset that has several
     image_size: int | None = None  # default: the data's own size up to 64 px, moved to the nearest
     # size the default patch size divides when it has no fitting divisor (31 -> 30); photos: 96
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
@@ -141,6 +160,10 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None)
     """
     if cfg.dataset == "folder":
         return _load_folder(cfg, augment, model)
+    if cfg.dataset == "csv":
+        return _load_csv(cfg, augment, model)
+    if cfg.dataset == "hf":
+        return _load_hf(cfg, augment, model)
     if cfg.dataset == "shards":
         return _load_shards(cfg, augment, model)
     if cfg.dataset == "digits":
@@ -227,9 +250,38 @@ def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: A
     return _Streamed(train_tf, spec)
 
 
+NEEDS_PATH = {
+    "folder": "dataset 'folder' needs --data.path (root/<class>/<image>)",
+    "csv": "dataset 'csv' needs --data.path (a .csv, .tsv or .jsonl table of image paths and labels)",
+    "hf": "dataset 'hf' needs --data.path (a parquet file or glob, a save_to_disk folder, a Hub dataset id)",
+}
+
+
+def _folder_index(root: str | Path, cfg: DataConfig, classes: list[str] | None = None,
+                  classes_of: str = "the model", notes: list[str] | None = None) -> FolderIndex:
+    """root/<class>/<image>, or, when root holds an imagefolder metadata.csv / metadata.jsonl with a
+    label column, the images and labels that table names."""
+    table = labelled_metadata(root, cfg.label_column) if Path(root).is_dir() else None
+    if table is None:
+        return scan_folder(root, classes, classes_of)
+    if notes is not None:
+        notes.append(f"{one_line(root)}: labels from {one_line(table.name)}, not class folders")
+    return read_label_table(table, cfg.image_column, cfg.label_column, classes, classes_of)
+
+
+def _table_index(path: str | Path, cfg: DataConfig, classes: list[str] | None = None,
+                 classes_of: str = "the model") -> FolderIndex:
+    """The images and labels of a label table; a folder stands for its metadata file."""
+    table = metadata_table(path) if Path(path).is_dir() else Path(path)
+    if table is None:
+        raise ValueError(f"{one_line(path)}: a folder without metadata.csv or metadata.jsonl; dataset 'csv' "
+                         "reads a .csv, .tsv or .jsonl table of image paths and labels")
+    return read_label_table(table, cfg.image_column, cfg.label_column, classes, classes_of)
+
+
 def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
     if not cfg.path:
-        raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
+        raise ValueError(NEEDS_PATH["folder"])
     notes: list[str] = []
     splits = None if cfg.val_path else split_folders(cfg.path)
     if splits is not None:
@@ -238,25 +290,80 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
                      + (f"validation from {one_line(val_dir)}" if val_dir else
                         f"validation split off ({cfg.val_split:.0%})"))
         cfg = replace(cfg, path=str(train_dir), val_path=str(val_dir) if val_dir else None)
-    index = scan_folder(cfg.path)
-    val_index = scan_folder(cfg.val_path, index.classes, classes_of=str(cfg.path)) if cfg.val_path else None
-    own, channels = probe(index)
+    index = _folder_index(cfg.path, cfg, notes=notes)
+    val_index = (_folder_index(cfg.val_path, cfg, index.classes, classes_of=str(cfg.path), notes=notes)
+                 if cfg.val_path else None)
+    return _load_index(cfg, index, val_index, notes, augment, model)
+
+
+def _load_csv(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
+    if not cfg.path:
+        raise ValueError(NEEDS_PATH["csv"])
+    index = _table_index(cfg.path, cfg)
+    val_index = _table_index(cfg.val_path, cfg, index.classes, str(cfg.path)) if cfg.val_path else None
+    return _load_index(cfg, index, val_index, [], augment, model)
+
+
+def _load_hf(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
+    from .hf import train_and_val
+
+    if not cfg.path:
+        raise ValueError(NEEDS_PATH["hf"])
+    index, val_index, notes = train_and_val(cfg)
+    return _load_index(cfg, index, val_index, notes, augment, model)
+
+
+def _probe(index) -> tuple[tuple[int, int], int]:
+    from .hf import probe_table
+
+    return probe(index) if isinstance(index, FolderIndex) else probe_table(index)
+
+
+def _cached(cfg: DataConfig, index, channels: int, size: tuple[int, int]) -> ImageArrays:
+    """Every image of a folder or table index decoded once, from the cache when it is there."""
+    from .hf import load_table_cached
+
+    load = load_folder_cached if isinstance(index, FolderIndex) else load_table_cached
+    return load(index, channels, size, cfg.cache_dir, cfg.workers)
+
+
+def _streamed(cfg: DataConfig, index, channels: int, transform=None, size: tuple[int, int] | None = None):
+    """A Dataset decoding the images of a folder or table index as they are asked for."""
+    from .hf import StreamingTable, streamable
+
+    if isinstance(index, FolderIndex):
+        return StreamingFolder(index, channels, transform, size)
+    return StreamingTable(streamable(index, cfg.cache_dir), channels, transform, size)
+
+
+def _readable_only(cfg: DataConfig, index):
+    from .hf import readable_only as readable_rows
+
+    return readable_only(index, cfg.workers) if isinstance(index, FolderIndex) else \
+        readable_rows(index, cfg.workers)
+
+
+def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: AugmentConfig | None,
+                model) -> Data:
+    """Data from a folder or table index (and a validation one, else the stratified split):
+    decoded once into the cache when it fits, else streamed."""
+    own, channels = _probe(index)
     geo = _decide(cfg, own, channels, True, model)
     channels, size = geo.channels, geo.image_size
     notes += geo.notes
     aug, _ = _settle(own, geo, augment, notes)
     # random resized crops of cached images are cut from a larger copy; validation stays at size
     train_size = cache_size(size, own, aug.crop if aug else "none")
-    n_val = len(val_index.paths) if val_index is not None else 0
-    nbytes = cache_bytes(len(index.paths), channels, train_size) + cache_bytes(n_val, channels, size)
+    n_val = len(val_index.labels) if val_index is not None else 0
+    nbytes = cache_bytes(len(index.labels), channels, train_size) + cache_bytes(n_val, channels, size)
     if should_cache(cfg.cache, nbytes, cfg.cache_gb):
         if val_index is None and train_size != size:  # split first: each part at its own size
             val_index, index = _split_index(cfg, index, notes)
         if val_index is not None:
-            train = load_folder_cached(index, channels, train_size, cfg.cache_dir, cfg.workers)
-            val = load_folder_cached(val_index, channels, size, cfg.cache_dir, cfg.workers)
+            train = _cached(cfg, index, channels, train_size)
+            val = _cached(cfg, val_index, channels, size)
         else:
-            train = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
+            train = _cached(cfg, index, channels, size)
             tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
             train, val = train.subset(tr), train.subset(va)
             notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
@@ -268,14 +375,15 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
     st = _streaming(cfg, size, channels, aug)
-    notes.append(f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed "
+    n_train, n_val = len(index.labels), len(val_index.labels)
+    notes.append(f"{n_train} training and {n_val} validation images streamed "
                  f"({nbytes / 2**30:.1f} GiB decoded > --data.cache_gb {cfg.cache_gb:g}), "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}"
                  if cfg.cache == "auto" else
-                 f"{len(index.paths)} training and {len(val_index.paths)} validation images streamed, "
+                 f"{n_train} training and {n_val} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
-    return Data(StreamingFolder(index, channels, st.train_tf, st.train_size),
-                StreamingFolder(val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
+    return Data(_streamed(cfg, index, channels, st.train_tf, st.train_size),
+                _streamed(cfg, val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
                 aug, geo.model)
 
 
@@ -313,8 +421,8 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
 
 
 def _sub_index(index, keep):
-    from .folder import FolderIndex
-
+    if not isinstance(index, FolderIndex):
+        return index.subset(keep)
     return FolderIndex(index.root, [index.paths[i] for i in keep], [index.labels[i] for i in keep],
                        index.classes)
 
@@ -347,36 +455,55 @@ def _onto_classes(a: ImageArrays, classes: list[str], source: str) -> ImageArray
     return ImageArrays(a.images, lut[a.labels], list(classes))
 
 
+def _eval_index(cfg: DataConfig, classes: list[str]):
+    """(index, what it is called) of every image to evaluate of a folder, label table or dataset."""
+    if cfg.dataset == "hf":
+        from .hf import eval_index
+
+        if not cfg.path and not cfg.val_path:
+            raise ValueError(NEEDS_PATH["hf"])
+        index = eval_index(cfg, classes)
+        return index, index.name
+    root = cfg.val_path or cfg.path
+    if cfg.dataset == "csv":
+        if not root:
+            raise ValueError(NEEDS_PATH["csv"])
+        return _table_index(root, cfg, classes), root
+    if not root:
+        raise ValueError(NEEDS_PATH["folder"])
+    splits = None if cfg.val_path else split_folders(root)
+    if splits is not None and splits[1] is not None:  # split folders: the validation one
+        root = str(splits[1])
+    return _folder_index(root, cfg, classes), root
+
+
 def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> EvalData:
     """The images to evaluate a trained model on, prepared to its InputSpec, all of them.
 
     For "folder", every image under cfg.val_path (else cfg.path, or its val/ when it is split
-    into train/ and val/ folders), with no split: each is
-    converted and resized to the spec exactly as for prediction, and class folders are
-    matched to the model's classes by name (a folder the model does not know is an error;
-    model classes without a folder are fine). Unreadable files are skipped with a warning
-    naming them. For digits, CIFAR and MNIST: their whole test split, converted to the spec.
+    into train/ and val/ folders), with no split; for "csv", every row of the table at
+    cfg.val_path (else cfg.path); for "hf", every row of the split cfg.val_split_name (else
+    the first validation split present, else cfg.train_split; a source without splits: all
+    of it). Each image is converted and resized to the spec exactly as for prediction, and
+    classes (folders, labels) are matched to the model's classes by name (one the model does
+    not know is an error; model classes without images are fine). Unreadable files are
+    skipped with a warning naming them. For digits, CIFAR and MNIST: their whole test split,
+    converted to the spec.
     cfg.image_size, channels, per_class and val_per_class are not used: nothing is left out.
     """
     size = hw(spec.image_size)
     channels = spec.channels
     shape = f"{channels}x{size[0]}x{size[1]}"
     classes = list(classes)
-    if cfg.dataset == "folder":
-        root = cfg.val_path or cfg.path
-        if not root:
-            raise ValueError("dataset 'folder' needs --data.path (root/<class>/<image>)")
-        splits = None if cfg.val_path else split_folders(root)
-        if splits is not None and splits[1] is not None:  # split folders: the validation one
-            root = str(splits[1])
-        index = scan_folder(root, classes)
-        listed = len(index.paths)
+    if cfg.dataset in ("folder", "csv", "hf"):
+        index, root = _eval_index(cfg, classes)
+        listed = len(index.labels)
         if should_cache(cfg.cache, cache_bytes(listed, channels, size), cfg.cache_gb):
-            images = load_folder_cached(index, channels, size, cfg.cache_dir, cfg.workers)
+            images = _cached(cfg, index, channels, size)
             labels = images.labels.tolist()
         else:
-            index = readable_only(index, cfg.workers)
-            images = StreamingFolder(index, channels, size=size)
+            index = _readable_only(cfg, index)
+            images = _streamed(cfg, index, channels, size=size)
             labels = index.labels
         n = len(images)
         unread = f", {listed - n} unreadable skipped" if listed > n else ""

@@ -4,7 +4,10 @@ A model folder holds
 
 - ``config.json``: ``{"model": ViTConfig fields, "classes": [names], "data": input spec
   (image_size, channels, mean, std, ...)}``; a training run adds ``"train"`` (its resolved
-  TrainConfig) and a fine-tuned model ``"finetuned_from"``;
+  TrainConfig) and a fine-tuned model ``"finetuned_from"``; a multi-label model (one sigmoid
+  per tag, vitkit.multilabel) adds ``"multilabel": {"threshold": t, "chosen_by": ...}``, the
+  probability at or over which a tag is predicted, chosen on the validation split; a run
+  trained on images given in memory adds ``"data_source": "in memory"``;
 - ``model.safetensors``: the weights alone.
 
 A training run adds ``state.pt`` (optimizer, EMA, RNG states, position in the schedule),

@@ -175,7 +175,8 @@ def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
     d = result.run_dir
     if result.val_acc is not None:
         split = "test-split" if cfg.data.dataset != "folder" else "validation"
-        print(f"final {split} accuracy {result.val_acc:.2%} (best {result.best_acc:.2%}) after "
+        print(f"final {split} {getattr(result, 'val_metric', 'accuracy')} {result.val_acc:.2%} "
+              f"(best {result.best_acc:.2%}) after "
               f"{result.epoch} epochs, {result.step} steps")
     names = written_files(d)
     print(f"wrote {d}/{', '.join(names)}" if names else f"nothing written to {d}")
@@ -282,7 +283,8 @@ def evaluate(
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
     Reads WEIGHTS and the data; prints the accuracies and writes confusion.png, confusion.csv
-    and eval.json. Example: vitkit evaluate runs/digits --out eval/
+    and eval.json. A multi-label model gets mAP, micro and macro F1 at its stored threshold and
+    per-tag AP instead (eval.json alone). Example: vitkit evaluate runs/digits --out eval/
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
@@ -305,6 +307,11 @@ def evaluate(
     if json:
         return _print_json({**done.summary, "precision": done.precision, "data": done.where,
                             "out": str(done.out_dir)})
+    if getattr(res, "multilabel", False):
+        from .evaluation import multilabel_lines
+
+        print("\n".join(multilabel_lines(done)))
+        return
     print(f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
           f"loss {res.loss:.4f}")
     width = max(len(c) for c in res.classes)
@@ -320,7 +327,9 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
     """Top-k classes with probabilities for image files or directories of images.
 
     Prints one line per image (or JSON); unreadable files are named on stderr, and the command
-    fails when none could be read. Example: vitkit predict runs/digits photo.png more/ --topk 3
+    fails when none could be read. A multi-label model lists every tag whose sigmoid probability
+    is at or over its stored threshold ("labels" in JSON). Example: vitkit predict runs/digits
+    photo.png more/ --topk 3
 
     Args:
         weights: a run or model folder, another library's checkpoint or folder, an exported
@@ -342,6 +351,9 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
     for r in results:
         if "error" in r:
             print(f"vitkit: warning: {r['file']}: {r['error']}", file=sys.stderr)
+        elif not json and "labels" in r:  # a multi-label model: every tag over its threshold
+            tags = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["labels"])
+            print(f"{r['file']}: {tags or 'no tag over ' + format(r['threshold'], 'g')}")
         elif not json:
             tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
             print(f"{r['file']}: {tops}")

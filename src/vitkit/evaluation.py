@@ -1,4 +1,5 @@
-"""Accuracy of a model on a data set: top-1, top-5, per-class accuracy, confusion matrix."""
+"""Accuracy of a model on a data set: top-1, top-5, per-class accuracy, confusion matrix; for a
+multi-label model (vitkit.multilabel), mAP, micro and macro F1 and per-tag average precision."""
 
 from __future__ import annotations
 
@@ -31,6 +32,71 @@ class EvalResult:
     @property
     def count(self) -> int:
         return int(self.confusion.sum())
+
+
+@dataclass
+class MultiLabelResult:
+    """A multi-label model on a data set: every sigmoid probability with its 0/1 target, and the
+    threshold the F1 scores are taken at. mAP needs no threshold; F1 does."""
+
+    loss: float  # binary cross-entropy per (image, tag)
+    scores: np.ndarray  # (images, tags) sigmoid probabilities
+    targets: np.ndarray  # (images, tags) 0/1
+    classes: list[str]
+    threshold: float
+    multilabel = True
+    top5 = None
+
+    @property
+    def count(self) -> int:
+        return len(self.scores)
+
+    @property
+    def per_tag_ap(self) -> dict[str, float | None]:
+        """Average precision of each tag (None for a tag without a positive image here)."""
+        from .metrics import per_tag_ap
+
+        return {c: (float(v) if np.isfinite(v) else None)
+                for c, v in zip(self.classes, per_tag_ap(self.scores, self.targets), strict=True)}
+
+    @property
+    def map(self) -> float:
+        """mAP: the mean of the per-tag average precisions, over tags with a positive image."""
+        from .metrics import mean_ap
+
+        return mean_ap(self.scores, self.targets)
+
+    @property
+    def top1(self) -> float:
+        """mAP, in the place a training run reads its validation metric from (its val_acc)."""
+        return self.map
+
+    def at(self, threshold: float | None = None) -> np.ndarray:
+        return self.scores >= (self.threshold if threshold is None else threshold)
+
+    @property
+    def micro_f1(self) -> float:
+        from .metrics import micro_f1
+
+        return micro_f1(self.at(), self.targets)
+
+    @property
+    def macro_f1(self) -> float:
+        from .metrics import macro_f1
+
+        return macro_f1(self.at(), self.targets)
+
+    @property
+    def per_tag_f1(self) -> dict[str, float]:
+        from .metrics import per_tag_f1
+
+        return {c: float(v) for c, v in zip(self.classes, per_tag_f1(self.at(), self.targets), strict=True)}
+
+    def summary(self) -> dict:
+        """What eval.json holds for a multi-label model."""
+        return {"images": self.count, "multilabel": True, "mAP": self.map, "micro_f1": self.micro_f1,
+                "macro_f1": self.macro_f1, "threshold": self.threshold, "loss": self.loss,
+                "per_tag_ap": self.per_tag_ap, "per_tag_f1": self.per_tag_f1}
 
 
 def iterate_eval(data, batch_size: int, workers: int = 0):
@@ -72,6 +138,35 @@ def evaluate_model(model: torch.nn.Module, data, spec: InputSpec, classes: list[
     return EvalResult(loss_sum / n, float(np.trace(conf) / n), top5_hits / n, conf, list(classes))
 
 
+@torch.no_grad()
+def evaluate_multilabel(model: torch.nn.Module, data, spec: InputSpec, classes: list[str],
+                        batch_size: int = 500, device: torch.device | str = "cpu", precision: str = "fp32",
+                        workers: int = 0, threshold: float = 0.5) -> MultiLabelResult:
+    """Sigmoid probabilities of every image against its multi-hot labels, in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    scores, targets = [], []
+    loss_sum = 0.0
+    for x, y in iterate_eval(data, batch_size, workers):
+        x = normalize(x.to(device, non_blocking=True), spec)
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        y = y.to(device).float()
+        if y.ndim != 2 or y.shape[1] != logits.shape[1]:
+            raise ValueError(f"multi-label evaluation needs (N, {logits.shape[1]}) multi-hot labels, "
+                             f"got {tuple(y.shape)}")
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
+        scores.append(logits.sigmoid().cpu())
+        targets.append(y.cpu().to(torch.uint8))
+    model.train(was_training)
+    if not scores:
+        raise ValueError("no images to evaluate")
+    s, t = torch.cat(scores).numpy(), torch.cat(targets).numpy()
+    return MultiLabelResult(loss_sum / s.size, s, t, list(classes), threshold)
+
+
 def write_confusion(result: EvalResult, csv_path, png_path) -> None:
     """The confusion matrix as CSV (rows: true class) and as a labelled PNG."""
     import matplotlib
@@ -111,9 +206,9 @@ def write_confusion(result: EvalResult, csv_path, png_path) -> None:
 @dataclass
 class Evaluated:
     """What evaluate_path did: the result, on which images, in which precision, and where
-    confusion.png, confusion.csv and eval.json were written."""
+    confusion.png, confusion.csv and eval.json were written (a multi-label model: eval.json alone)."""
 
-    result: EvalResult
+    result: EvalResult | MultiLabelResult
     where: str
     precision: str
     out_dir: Path
@@ -122,14 +217,20 @@ class Evaluated:
 
 def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[object, int, str]:
     """(images, count, description) to evaluate an opened model on: all of `data` (a DataConfig),
-    or else the validation split its training run used, re-made from its stored config."""
+    or else the validation split its training run used, re-made from its stored config; `data`
+    may also be ImageArrays already prepared to the model's input size and channels."""
     from .data.pipeline import DataConfig, load_data, load_eval_data
 
+    if isinstance(data, ImageArrays):
+        return data, len(data), f"{len(data)} images given in memory"
     if data is not None:
         data.validate()
         ev = load_eval_data(data, opened.spec, opened.classes)
         return ev.images, ev.count, ev.description
     train = opened.extra.get("train")
+    if opened.extra.get("data_source") == "in memory":
+        raise ValueError(f"{opened.source}: trained on images given in memory, which its stored data "
+                         "config cannot read back; pass the data to evaluate on")
     if not train:
         raise ValueError(f"{opened.source}: no stored training data; pass --data.dataset / --data.path")
     stored = DataConfig(**{**train["data"], "per_class": None})
@@ -141,13 +242,16 @@ def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[ob
 
 def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None, batch_size: int = 500,
                   precision: str = "auto", options=None, log=print, engine: str = "auto") -> Evaluated:
-    """Evaluate `weights` (anything vitkit.open_model opens) on `data` (a DataConfig; default: the
-    run's validation split) and write confusion.png, confusion.csv and eval.json to `out`
-    (default: the run directory when weights is one, else the current directory)."""
+    """Evaluate `weights` (anything vitkit.open_model opens) on `data` (a DataConfig or ImageArrays;
+    default: the run's validation split) and write confusion.png, confusion.csv and eval.json to
+    `out` (default: the run directory when weights is one, else the current directory). A
+    multi-label model gets mAP, micro and macro F1 at its stored threshold and per-tag AP in
+    eval.json instead (there is no confusion matrix of tag sets)."""
     import json
 
     from .files import atomic_write_json
     from .loading import open_model
+    from .multilabel import threshold_of
     from .precision import for_inference, inference_precision
 
     if batch_size < 1:
@@ -161,11 +265,34 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
         log(f"evaluating on {count} images: {where}")
     precision = inference_precision(precision, opened.device)
     model = for_inference(opened.model, precision, engine=engine, images=count)
-    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
-                         data.workers if data is not None else 2)
+    workers = getattr(data, "workers", 0 if isinstance(data, ImageArrays) else 2)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
+    threshold = threshold_of(opened.extra)
+    if threshold is not None:
+        ml = evaluate_multilabel(model, images, opened.spec, opened.classes, batch_size, opened.device,
+                                 precision, workers, threshold)
+        summary = ml.summary()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
+        return Evaluated(ml, where, precision, out_dir, summary)
+    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
+                         workers)
     write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
     summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                "per_class": res.per_class}
     atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
     return Evaluated(res, where, precision, out_dir, summary)
+
+
+def multilabel_lines(done: Evaluated) -> list[str]:
+    """What `vitkit evaluate` prints for a multi-label model: the summary, then each tag's AP and F1."""
+    res = done.result
+    lines = [f"{res.count} images ({done.precision}): mAP {res.map:.2%}  micro F1 {res.micro_f1:.2%}  "
+             f"macro F1 {res.macro_f1:.2%} (threshold {res.threshold:g})  loss {res.loss:.4f}"]
+    width = max(len(c) for c in res.classes)
+    f1 = res.per_tag_f1
+    for c, ap in res.per_tag_ap.items():
+        shown = "no positive image" if ap is None else f"{ap:.2%}"
+        lines.append(f"  {c:<{width}}  AP {shown}  F1 {f1[c]:.2%}")
+    lines.append(f"wrote {done.out_dir}/eval.json")
+    return lines

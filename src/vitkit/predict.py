@@ -10,6 +10,7 @@ import torch
 from .data.folder import _DECODE_ERRORS, BROKEN_LINKS, IMAGE_EXTENSIONS, _unreadable, is_broken_link
 from .data.preprocess import open_image, prepare_image
 from .loading import OpenedModel
+from .multilabel import over_threshold, probabilities, threshold_of
 from .notices import VitkitWarning
 from .precision import autocast, for_inference, inference_precision
 
@@ -41,6 +42,10 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
                   precision: str = "auto", compile: bool | str = "auto", engine: str = "auto") -> list[dict]:
     """Top-k classes with probabilities for each file; unreadable files get an "error" entry.
 
+    A multi-label model (vitkit.multilabel) answers sigmoid probabilities: "labels" holds every
+    tag at or over its stored threshold (most probable first), "top" the k most probable tags as
+    for any model, and "threshold" the threshold used.
+
     precision "auto" runs bf16 autocast where the hardware has native bf16 (norms and
     softmax stay in fp32), else fp32; the model is prepared by for_inference (in place),
     `compile` being vitkit.compile's choice and `engine` vitkit.export.route's.
@@ -49,6 +54,7 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
     precision = inference_precision(precision, device)
     model = for_inference(opened.model, precision, compile, engine, images=len(files))
     topk = min(topk, len(opened.classes))
+    threshold = threshold_of(opened.extra)
     results: list[dict] = []
     batch, names = [], []
 
@@ -56,12 +62,15 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
         if not batch:
             return
         with autocast(device, precision):
-            probs = model.predict_proba(torch.stack(batch).to(device))
+            probs = probabilities(model, torch.stack(batch).to(device), threshold is not None).float()
         p, idx = probs.topk(topk, dim=1)
-        for name, pi, ii in zip(names, p.tolist(), idx.tolist(), strict=True):
-            results.append({"file": str(name), "top": [
-                {"class": opened.classes[i], "index": i, "probability": round(q, 6)}
-                for q, i in zip(pi, ii, strict=True)]})
+        for name, row, pi, ii in zip(names, probs.cpu(), p.tolist(), idx.tolist(), strict=True):
+            entry = {"file": str(name)}
+            if threshold is not None:
+                entry.update(labels=over_threshold(row, opened.classes, threshold), threshold=threshold)
+            entry["top"] = [{"class": opened.classes[i], "index": i, "probability": round(q, 6)}
+                            for q, i in zip(pi, ii, strict=True)]
+            results.append(entry)
         batch.clear()
         names.clear()
 

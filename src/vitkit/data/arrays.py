@@ -2,7 +2,8 @@
 
 Each loader returns an ImageArrays: images (N, C, H, W) uint8, labels (N,) int64 and the
 class names. Small images live this way for the whole run, so an epoch never waits on
-decoding.
+decoding. A multi-label set (an image carries any number of tags) holds labels (N, K):
+multi-hot, 0/1 values (uint8, bool or float), one column per name in classes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MULTI_HOT_DTYPES = (torch.uint8, torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 @dataclass
 class ImageArrays:
     images: torch.Tensor  # (N, C, H, W) uint8
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64 class indices, or (N, K) multi-hot 0/1 for multi-label data
     classes: list[str]
 
     def __post_init__(self) -> None:
@@ -29,6 +32,28 @@ class ImageArrays:
                              f"{self.images.dtype}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.labels.ndim == 2:
+            self._check_multi_hot()
+        elif self.labels.ndim != 1:
+            raise ValueError(f"labels must be (N,) class indices or (N, K) multi-hot, got "
+                             f"{tuple(self.labels.shape)}")
+
+    def _check_multi_hot(self) -> None:
+        """A (N, K) label tensor must be 0/1 with one column per class name: anything else
+        would train silently on wrong targets."""
+        y = self.labels
+        if y.dtype not in MULTI_HOT_DTYPES:
+            raise ValueError(f"multi-hot labels must be uint8, bool or float, got {y.dtype}")
+        if y.shape[1] != len(self.classes):
+            raise ValueError(f"multi-hot labels have {y.shape[1]} columns for {len(self.classes)} "
+                             "class names")
+        if y.numel() and not ((y == 0) | (y == 1)).all():
+            raise ValueError("multi-hot labels must hold only 0 and 1")
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether every image carries a set of tags (multi-hot labels) rather than one class."""
+        return self.labels.ndim == 2
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -38,22 +63,41 @@ class ImageArrays:
         return ImageArrays(self.images[index], self.labels[index], self.classes)
 
     def per_class(self, n: int, seed: int = 0) -> ImageArrays:
-        """At most n images of each class, chosen at random with a fixed seed."""
+        """At most n images of each class, chosen at random with a fixed seed.
+
+        Multi-label: images are taken in a seeded random order while none of their tags has n
+        images yet (untagged images count as one more group), so no tag exceeds n; a tag that
+        mostly appears beside a full one may end with fewer."""
         g = torch.Generator().manual_seed(seed)
+        if self.multilabel:
+            return self.subset(self._per_tag(n, g))
         keep = []
         for c in range(len(self.classes)):
             idx = (self.labels == c).nonzero().flatten()
             keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
         return self.subset(torch.cat(keep).sort().values)
 
+    def _per_tag(self, n: int, g: torch.Generator) -> torch.Tensor:
+        tags = self.labels.bool().numpy()
+        counts = np.zeros(tags.shape[1] + 1, dtype=np.int64)  # the last: images without a tag
+        keep = []
+        for i in torch.randperm(len(self), generator=g).tolist():
+            cols = np.flatnonzero(tags[i]) if tags[i].any() else np.array([tags.shape[1]])
+            if (counts[cols] < n).all():
+                counts[cols] += 1
+                keep.append(i)
+        return torch.tensor(sorted(keep), dtype=torch.long)
+
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a fixed stratified train/test split."""
+    """Indices of a fixed stratified train/test split. Multi-hot labels (N, K) get a plain seeded
+    random split: stratifying on label sets would need every combination of tags twice."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    stratify = labels if np.ndim(labels) == 1 else None
+    train, test = train_test_split(idx, test_size=test_fraction, stratify=stratify, random_state=seed)
     return np.sort(train), np.sort(test)
 
 

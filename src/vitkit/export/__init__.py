@@ -12,6 +12,7 @@ from typing import Literal
 from ..data.preprocess import InputSpec
 from ..features import FeatureOptions
 from ..model import ViT
+from ..multilabel import KEY as MULTILABEL_KEY
 from .prepare import calibration_batch, export_ready, metadata
 
 Format = Literal["onnx", "pt2"]
@@ -27,6 +28,7 @@ def export_model(
     int8: bool = False,
     calibration=None,
     features: FeatureOptions | None = None,
+    multilabel: dict | None = None,
 ) -> tuple[Path, list[str]]:
     """Write `model` as an ONNX or .pt2 file; returns the path and notes on what was done.
 
@@ -46,6 +48,8 @@ def export_model(
             final norm; batch_size and precision do not apply: the graph is fp32) instead of
             the classifier. Outputs `features` (B, D), as vitkit embed computes them, and
             `tokens` (B, D, h, w), the patch tokens of that block; no head is needed.
+        multilabel: a multi-label model's config.json entry ({"threshold": t}), stored in the
+            metadata so that the file's readers answer sigmoid probabilities and its tags.
     """
     out = Path(out)
     if format not in ("onnx", "pt2"):
@@ -56,6 +60,8 @@ def export_model(
         raise ValueError(f"{out}: a features export is an ONNX file (--format onnx), not {format}")
     ready, notes = export_ready(model, image_size, head=features is None)
     meta = metadata(ready.config, classes, spec, notes=notes)
+    if multilabel and features is None:
+        meta[MULTILABEL_KEY] = dict(multilabel)
     if features is not None:
         from .features import OUTPUT_NAMES, feature_graph
 
@@ -123,7 +129,7 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
 
         resolve_options(opened.model, features, str(model))
     path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
-                               int8, images, features)
+                               int8, images, features, opened.extra.get(MULTILABEL_KEY))
     done = Exported(path, notes)
     if not verify:
         return done

@@ -64,7 +64,8 @@ def export_ready(model: ViT, image_size: int | tuple[int, int] | None = None, he
 
 
 def metadata(config: ViTConfig, classes: list[str], spec: InputSpec, **extra) -> dict:
-    """What a file needs to predict on its own: classes, input spec and the ViTConfig."""
+    """What a file needs to predict on its own: classes, input spec and the ViTConfig; `extra`
+    adds entries such as "multilabel" ({"threshold": t}: sigmoid per tag, tags over t)."""
     if config.num_classes and len(classes) != config.num_classes:
         raise ValueError(f"{len(classes)} class names for a model with {config.num_classes} classes")
     if spec.channels != config.num_channels:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ViTConfig
+from ..multilabel import KEY as MULTILABEL_KEY
 from ..notices import first_line
 from ..opened import OpenedModel
 from .prepare import METADATA_KEY, is_features_export, parse
@@ -54,8 +55,10 @@ class OnnxViT(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities: softmax over the logits."""
-        return self(x).float().softmax(dim=-1)
+        """Class probabilities: softmax over the logits; a sigmoid per tag when the metadata
+        marks a multi-label model."""
+        logits = self(x).float()
+        return logits.sigmoid() if self.meta.get(MULTILABEL_KEY) else logits.softmax(dim=-1)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -136,5 +139,6 @@ def open_onnx(path: str | Path, threads: int | None = None, features: bool = Fal
     model = (OnnxFeatures if features else OnnxViT)(sess, config, meta, path).eval()
     classes = list(meta["classes"])
     opened = dict(model=model, classes=classes, spec=spec, report=_report(path, meta, config),
-                  source=str(path), name=path.stem)
+                  source=str(path), name=path.stem,
+                  extra={MULTILABEL_KEY: meta[MULTILABEL_KEY]} if meta.get(MULTILABEL_KEY) else {})
     return OpenedModel(**opened)

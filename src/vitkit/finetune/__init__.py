@@ -18,6 +18,7 @@ from ..data.augment import AugmentConfig
 from ..data.geometry import decide, hw
 from ..data.pipeline import DataConfig, load_data
 from ..loading import LoadOptions, open_model
+from ..multilabel import is_multilabel
 from ..training import OptimConfig, RunConfig, TrainConfig, fit
 from ..training.trainer import RunResult
 from .linear import LinearOptions, linear_finetune
@@ -72,6 +73,9 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
     data = replace(data, channels=geo.channels, image_size=geo.image_size[0], mean=geo.mean, std=geo.std)
     loaded = load_data(data)
     loaded.require_labels(str(data.path or data.dataset), "fine-tuning")
+    if mode != "full" and is_multilabel(loaded):
+        raise ValueError(f"--mode {mode}: multi-label data (multi-hot labels) fine-tune with --mode full, "
+                         "which trains the multilabel objective")
     classes = loaded.classes
     size = hw(data.image_size)  # DataConfig sizes are square
     model = open_model(weights, options, image_size=size, num_classes=len(classes),

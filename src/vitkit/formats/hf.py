@@ -24,6 +24,7 @@ from ..notices import VitkitWarning
 from .common import Source, read_state_dict
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+MULTI_LABEL = "multi_label_classification"  # config.json problem_type of a sigmoid-per-tag model
 PREPROCESSOR_NAME = "preprocessor_config.json"
 _RESAMPLE_IDS = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling, as transformers stores it
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's RGB -> "L"
@@ -179,6 +180,12 @@ def read_hf_folder(directory: Path, cfg: dict) -> Source:
             raise ValueError(f"{cfg_path}: pooler_act {cfg['pooler_act']!r}; vitkit's pre-logits are tanh")
     labels = cfg.get("id2label") or {}
     n = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    if n and cfg.get("problem_type") == MULTI_LABEL:
+        t = cfg.get("multilabel_threshold")
+        src.extra["multilabel"] = {"threshold": t if isinstance(t, float) and 0 < t < 1 else 0.5}
+        if "multilabel_threshold" not in cfg:
+            src.notes.append("multi-label model without a stored threshold: tags at or over 0.5 are "
+                             "predicted")
     if n and len(labels) == n:
         names = [labels.get(str(i), labels.get(i)) for i in range(n)]
         if all(names) and names != [f"LABEL_{i}" for i in range(n)]:
@@ -193,9 +200,13 @@ def read_hf_folder(directory: Path, cfg: dict) -> Source:
 
 
 def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: list[str] | None,
-                    notes: list[str], spec: InputSpec | None = None) -> Path:
+                    notes: list[str], spec: InputSpec | None = None, threshold: float | None = None) -> Path:
     """ViTForImageClassification, or ViTModel (with its pooler) when the model is headless, with
     the preprocessor_config.json that transformers' pipeline and AutoImageProcessor need.
+
+    `threshold`: a multi-label model's decision threshold; the config then says problem_type
+    "multi_label_classification" (transformers' sigmoid and BCE) and keeps the threshold as
+    "multilabel_threshold", which transformers carries along and vitkit reads back.
 
     transformers feeds every image as RGB: a grayscale model is written as a 3-channel one whose
     patch embedding takes the luma of the RGB input (PIL's conversion to "L", which vitkit
@@ -219,6 +230,8 @@ def write_hf_folder(sd: dict[str, torch.Tensor], config, out: Path, classes: lis
         if classes and len(classes) == config.num_classes:
             hf["id2label"] = {str(i): c for i, c in enumerate(classes)}
             hf["label2id"] = {c: i for i, c in enumerate(classes)}
+        if threshold is not None:
+            hf.update(problem_type=MULTI_LABEL, multilabel_threshold=threshold)
     else:
         arch, prefix = "ViTModel", ""
         hf.pop("num_labels")

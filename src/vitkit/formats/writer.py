@@ -11,6 +11,7 @@ from ..checkpoint import save_pretrained
 from ..config import ViTConfig
 from ..data.preprocess import InputSpec
 from ..files import atomic_save_tensors, atomic_torch_save, atomic_write, atomic_write_json
+from ..multilabel import threshold_of
 from .hf import write_hf_folder
 from .npz import to_npz
 from .timm import timm_folder_config, to_timm
@@ -88,7 +89,8 @@ def write_model(model: torch.nn.Module, out: str | Path, to: str = "vitkit", nam
         atomic_write(out, lambda f: np.savez(f, **arrays))
         return out, notes
     _check_folder(out, "hf")
-    return write_hf_folder(sd, cfg, out, extra.get("classes"), notes, _spec(cfg, extra)), notes
+    threshold = threshold_of(extra) if cfg.num_classes else None
+    return write_hf_folder(sd, cfg, out, extra.get("classes"), notes, _spec(cfg, extra), threshold), notes
 
 
 def _check_folder(out: Path, fmt: str) -> None:

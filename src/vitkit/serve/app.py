@@ -150,11 +150,12 @@ def create_app(opened: Any, options: ServeOptions | None = None) -> FastAPI:
         return await loop.run_in_executor(pools["decode"], work)
 
     def summary(item: Prepared, probs, topk: int, t0: float) -> dict:
-        return {"model": engine.name,
-                "image": {"width": item.size[0], "height": item.size[1], "mode": item.mode,
-                          "format": item.format},
-                "top": engine.top(probs, topk),
-                "time_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        out = {"model": engine.name,
+               "image": {"width": item.size[0], "height": item.size[1], "mode": item.mode,
+                         "format": item.format}}
+        if engine.threshold is not None:  # multi-label: every tag over the threshold, then the top k
+            out.update(labels=engine.labels(probs), threshold=engine.threshold)
+        return {**out, "top": engine.top(probs, topk), "time_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 

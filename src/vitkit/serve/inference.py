@@ -2,7 +2,8 @@
 
 Prediction goes through the same steps as `vitkit predict`: prepare_image with the model's
 input spec, for_inference and autocast at the precision inference_precision("auto") picks,
-and the model's predict_proba, so the server returns what the command line would. The
+and the model's predict_proba (a multi-label model: a sigmoid per tag, and the tags at or over
+its stored threshold), so the server returns what the command line would. The
 rollout for /v1/explain is vitkit.visualize's capture_attention, attention_rollout and
 readout.
 """
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..data.preprocess import prepare_image
+from ..multilabel import over_threshold, probabilities, threshold_of
 from ..precision import autocast, for_inference, inference_precision
 from ..visualize.analysis import attention_rollout, capture_attention, readout
 from .images import UploadError
@@ -42,6 +44,7 @@ class Engine:
         self.model: torch.nn.Module = opened.model
         self.classes: list[str] = list(opened.classes)
         self.spec = opened.spec
+        self.threshold = threshold_of(getattr(opened, "extra", None))  # None: a single-label model
         self.source = str(getattr(opened, "source", "") or "")
         self.name = str(getattr(opened, "name", "") or type(self.model).__name__)
         params = list(self.model.parameters())
@@ -76,7 +79,7 @@ class Engine:
         """One forward pass for a batch: probabilities (and for "explain" the rollout maps)."""
         x = torch.stack([it.tensor for it in items]).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            probs = self.runner.predict_proba(x).float().cpu()
+            probs = probabilities(self.runner, x, self.threshold is not None).float().cpu()
             if kind == "predict":
                 return list(probs)
             attn = capture_attention(self.model, x, batch_size=len(x))
@@ -95,6 +98,10 @@ class Engine:
         return [{"class": self.classes[i], "index": i, "probability": round(q, 6)}
                 for q, i in zip(p.tolist(), idx.tolist(), strict=True)]
 
+    def labels(self, probs: torch.Tensor) -> list[dict]:
+        """A multi-label model's tags at or over its threshold, most probable first."""
+        return over_threshold(probs, self.classes, self.threshold)
+
     def describe(self) -> dict:
         """What /v1/model returns about the model itself."""
         c = self.config
@@ -111,4 +118,5 @@ class Engine:
             "engine": self.engine,
             "device": str(self.device),
             "explain": self.can_explain,
+            "multilabel": None if self.threshold is None else {"threshold": self.threshold},
         }

@@ -2,6 +2,8 @@
 metric, so the training loop knows nothing of classification.
 
 - Classification: the paper's supervised training (cross-entropy on the class head).
+- MultiLabel: an image carries any number of tags (multi-hot targets): a sigmoid per tag,
+  binary cross-entropy.
 - MaskedAutoencoder (He et al., CVPR 2022): 75% of the patches are dropped, the encoder
   runs on the visible 25% only (which is where its speed comes from), a light decoder
   reconstructs the normalized pixels of the dropped ones.
@@ -28,7 +30,8 @@ from ..config import ViTConfig
 from ..model import EncoderBlock, ViT
 from ..posemb import sincos_2d
 
-ObjectiveName = Literal["classification", "mae", "mpp"]
+ObjectiveName = Literal["classification", "multilabel", "mae", "mpp"]
+SUPERVISED = ("classification", "multilabel")  # objectives that learn the class head from labels
 
 
 @dataclasses.dataclass
@@ -95,6 +98,31 @@ class Classification:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
         hard = y.argmax(1) if y.ndim == 2 else y
         return loss, (logits.detach().argmax(1) == hard).sum()
+
+
+class MultiLabel(Classification):
+    """Multi-label training: every tag is its own yes/no question, so each logit gets a sigmoid
+    and the loss is binary cross-entropy with logits against the multi-hot targets. BCE rather
+    than a softmax: the tags' probabilities are independent and need not sum to one, so an image
+    can be confidently both "dog" and "grass". Label smoothing s moves each target towards 1/2
+    (targets * (1 - s) + s / 2), the two-outcome analogue of smoothing over classes. MixUp and
+    CutMix mix multi-hot vectors convexly, which is still a valid per-tag target.
+
+    The metric counted per batch is per-tag accuracy: the fraction of (image, tag) decisions at
+    threshold 0.5 that match the targets (rounded at 0.5 too, for mixed ones), summed per image
+    so that the epoch's count divided by its images is that fraction."""
+
+    name = "multilabel"
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = net(x).float()
+        target = y.float()
+        if smoothing:
+            target = target * (1 - smoothing) + smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        right = ((logits.detach() > 0) == (y.detach().float() >= 0.5)).float().mean(1)
+        return loss, right.sum()
 
 
 class MaskedAutoencoder(nn.Module):

@@ -154,10 +154,12 @@ class EpochTally:
                 "lr": lr, "images_per_s": self.seen / max(self.epoch_time, 1e-9), "elapsed_s": elapsed}
 
 
-def epoch_line(row: dict, epochs: int, supervised: bool) -> str:
-    """The line the run prints after each epoch."""
+def epoch_line(row: dict, epochs: int, supervised: bool, multilabel: bool = False) -> str:
+    """The line the run prints after each epoch. A multi-label run's train_acc is per-tag accuracy
+    and its val_acc the validation mAP (metrics.csv keeps the column names), named so here."""
+    train, val = ("train tag acc", "val mAP") if multilabel else ("train acc", "val acc")
     return (f"epoch {row['epoch']:3d}/{epochs}  loss {row['train_loss']:.4f}  "
-            + (f"train acc {row['train_acc']:.2%}  " if supervised else "")
+            + (f"{train} {row['train_acc']:.2%}  " if supervised else "")
             + (f"val loss {row['val_loss']:.4f}  " if row["val_loss"] is not None else "")
-            + (f"val acc {row['val_acc']:.2%}  " if row["val_acc"] is not None else "")
+            + (f"{val} {row['val_acc']:.2%}  " if row["val_acc"] is not None else "")
             + f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s")

@@ -24,6 +24,7 @@ from ..files import atomic_torch_save
 from ..model import ViT
 from .distributed import Dist
 from .memory import apply_activation_checkpointing
+from .objectives import SUPERVISED
 
 
 class Replicated:
@@ -123,7 +124,7 @@ class Sharded(Replicated):
     def setup(self, model: ViT, objective, spec, checkpointing: str, resume: bool) -> nn.Module:
         from .sharding import shard_model
 
-        if objective.name != "classification":
+        if objective.name not in SUPERVISED:
             raise ValueError(f"--run.strategy fsdp: not available for the {objective.name} objective "
                              "(use ddp)")
         with torch.device("meta"):

@@ -1,7 +1,8 @@
 """The training loop: data, model, optimizer and schedule, checkpoints that survive anything.
 
 A run directory holds:
-- config.json: the model config, classes, input spec and the resolved training config;
+- config.json: the model config, classes, input spec and the resolved training config (a
+  multi-label run adds its decision threshold, chosen on the validation split);
 - train.yaml: the same training config, ready for ``vitkit train --config``;
 - model.safetensors: the weights alone (the EMA weights when EMA is on);
 - state.pt: everything needed to continue exactly (weights, optimizer, EMA, RNG states,
@@ -23,15 +24,17 @@ from ..compile import compile_model
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
 from ..data.pipeline import Data, load_data, num_batches
-from ..evaluation import evaluate_model
+from ..evaluation import evaluate_model, evaluate_multilabel
 from ..files import atomic_save_tensors, atomic_write_bytes
 from ..info import forward_macs
+from ..metrics import best_threshold
 from ..model import ViT
+from ..multilabel import DEFAULT_THRESHOLD, KEY, entry, is_multilabel, threshold_of
 from ..precision import autocast, pick_device, training_precision
 from .batches import batch_size_for, default_epochs, train_batches
 from .config import TrainConfig
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
-from .objectives import Classification
+from .objectives import SUPERVISED, Classification, MultiLabel
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
 from .resume import resumed
 from .schedule import build_optimizer, lr_factor
@@ -50,14 +53,13 @@ class RunResult:
     best_acc: float | None
     metrics: list[dict] = field(default_factory=list)
     train_images: int | None = None  # images in the training split
+    val_metric: str = "accuracy"  # what val_acc and best_acc hold: "accuracy", or "mAP" (multi-label)
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
-                 extra_meta: dict | None = None, on_step=None, objective=None):
+                 extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None):
         self.cfg = cfg
-        self.objective = objective or Classification()  # what is learnt: head, loss, metric
-        self.supervised = self.objective.name == "classification"
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
         self.device = pick_device(cfg.run.device)
         self.dist: Dist = init_distributed(self.device.type, need_group=cfg.run.strategy == "fsdp")
@@ -70,17 +72,34 @@ class Trainer:
         # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
         stored = read_config(self.run_dir) if resume and model is None else None
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
-        self.extra_meta = extra_meta or {}
+        self.extra_meta = dict(extra_meta or {})
+        if data is not None:  # images given in memory: the stored DataConfig cannot read them back
+            self.extra_meta["data_source"] = "in memory"
+        elif self.extra_meta.get("data_source") == "in memory":
+            raise ValueError(f"{self.run_dir}: trained on images given in memory; pass them again "
+                             "(vitkit.training.fit(..., data=...)) to continue it")
 
         # the decoded-image cache is per host (~/.cache/vitkit): the first process of each host
         # (LOCAL_RANK 0) builds it while the others wait, then they read it
         first_on_host = self.dist.local_rank == 0
         if self.dist.enabled and not first_on_host:
             barrier(self.dist)
-        self.data: Data = load_data(cfg.data, cfg.augment, cfg.model)
+        self.data: Data = data if data is not None else load_data(cfg.data, cfg.augment, cfg.model)
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
+        # what is learnt (head, loss, metric): multi-hot labels pick MultiLabel unless one is given
+        multi_hot = is_multilabel(self.data)
+        if objective is not None and objective.name in SUPERVISED and \
+                (objective.name == "multilabel") != multi_hot:
+            raise ValueError(f"multi-hot labels ({len(self.data.classes)} tags) need the multilabel "
+                             f"objective, not {type(objective).__name__}" if multi_hot else
+                             "the multilabel objective needs multi-hot labels (N, tags), not class indices")
+        self.objective = objective or (MultiLabel() if multi_hot else Classification())
+        self.supervised = self.objective.name in SUPERVISED
+        self.multilabel = self.objective.name == "multilabel"  # sigmoid per tag, mAP, a stored threshold
+        # a multi-label run's decision threshold: the stored one of a resumed run until evaluated
+        self.threshold = threshold_of(self.extra_meta) or DEFAULT_THRESHOLD
         if self.supervised:
             self.data.require_labels(str(cfg.data.path or cfg.data.dataset), "supervised training",
                                      "; vitkit pretrain learns from unlabelled images")
@@ -151,8 +170,12 @@ class Trainer:
     def meta(self) -> dict:
         """What config.json holds beside the model config (vitkit.checkpoint's layout)."""
         classes = self.data.classes if self.supervised else []  # an encoder: no classes to name
-        return {"classes": classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
+        meta = {"classes": classes, "data": self.data.spec.to_dict(), "train": self.cfg.to_dict(),
                 **self.extra_meta}
+        meta.pop(KEY, None)
+        if self.multilabel:
+            meta[KEY] = entry(self.threshold, "micro F1 on the validation split, one threshold for all tags")
+        return meta
 
     def eval_model(self) -> torch.nn.Module | None:
         """The model to evaluate (FSDP: every rank must call; None but on rank 0)."""
@@ -237,9 +260,16 @@ class Trainer:
         if not self.supervised:
             return self.objective.evaluate(model, self.data.val, self.data.spec, self.cfg.run.eval_batch_size,
                                            self.device, self.precision)
+        workers = self.cfg.data.workers if not self.data.in_memory else 0
+        if self.multilabel:
+            res = evaluate_multilabel(model, self.data.val, self.data.spec, self.data.classes,
+                                      self.cfg.run.eval_batch_size, self.device, self.precision, workers)
+            # the threshold the published model answers with: chosen on every evaluation, so the
+            # config.json written beside the weights always holds the one for those weights
+            res.threshold = self.threshold = best_threshold(res.scores, res.targets)
+            return res
         return evaluate_model(model, self.data.val, self.data.spec, self.data.classes,
-                              self.cfg.run.eval_batch_size, self.device, self.precision,
-                              self.cfg.data.workers if not self.data.in_memory else 0)
+                              self.cfg.run.eval_batch_size, self.device, self.precision, workers)
 
     def check_loss(self, loss: float) -> None:
         """Stop at a mean loss that is no longer finite, naming this step."""
@@ -253,7 +283,7 @@ class Trainer:
             self.tb.close()
             st = self.state
             return RunResult(self.run_dir, "done", st.epoch, st.step, val_acc, st.best_acc, st.metrics,
-                             len(self.data.train))
+                             len(self.data.train), self.val_metric)
         with StopFlag() as stop:
             while self.state.epoch < self.epochs:
                 self.model.train()
@@ -301,7 +331,7 @@ class Trainer:
                     self.state.best_acc = max(self.state.best_acc or 0.0, res.top1)
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self.log(epoch_line(row, self.epochs, self.supervised))
+                self.log(epoch_line(row, self.epochs, self.supervised, self.multilabel))
                 self.save()
                 if self.dist.main:
                     self.tb.add(row)
@@ -313,16 +343,22 @@ class Trainer:
         self.tb.close()
         st = self.state
         return RunResult(self.run_dir, status, st.epoch, st.step, val_acc, st.best_acc, st.metrics,
-                         len(self.data.train))
+                         len(self.data.train), self.val_metric)
+
+    @property
+    def val_metric(self) -> str:
+        return "mAP" if self.multilabel else "accuracy"
 
 
 def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,
-        extra_meta: dict | None = None, on_step=None, objective=None) -> RunResult:
+        extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None) -> RunResult:
     """Train (or continue) a run and return where it went and how well it did.
 
     With resume=RUN_DIR the configuration (and, unless given, the objective and config.json
     entries) stored in that run are used and the run continues from the exact step it
-    stopped at; a LoRA fine-tuning run trains its adapters again.
+    stopped at; a LoRA fine-tuning run trains its adapters again. `data`: a ready Data (e.g.
+    vitkit.data.memory.in_memory(train, val)) instead of reading cfg.data; a run made that way
+    is continued by passing the same data again. Multi-hot labels train the MultiLabel objective.
     """
     if resume is not None:
         cfg, objective, extra_meta = resumed(Path(resume), objective, extra_meta)
@@ -330,7 +366,7 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
     cfg.validate()  # before any data are read or a model is built
     trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step,
-                      objective=objective)
+                      objective=objective, data=data)
     try:
         return trainer.run()
     finally:

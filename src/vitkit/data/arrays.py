@@ -89,6 +89,19 @@ class ImageArrays:
         return torch.tensor(sorted(keep), dtype=torch.long)
 
 
+def labels_tensor(labels: list) -> torch.Tensor:
+    """Labels of an index as ImageArrays holds them: class indices (N,) int64, or, where each is a
+    0/1 tuple over the classes (multi-label), (N, K) uint8."""
+    if labels and isinstance(labels[0], tuple | list):
+        return torch.tensor(labels, dtype=torch.uint8).reshape(len(labels), -1)
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def label_item(label: int | tuple) -> int | torch.Tensor:
+    """One streamed sample's label: a class index, or a multi-hot (K,) uint8 vector."""
+    return torch.tensor(label, dtype=torch.uint8) if isinstance(label, tuple | list) else label
+
+
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a fixed stratified train/test split. Multi-hot labels (N, K) get a plain seeded

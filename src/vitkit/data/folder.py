@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..cache import default_cache_dir
 from ..notices import VitkitWarning, one_line
-from .arrays import ImageArrays
+from .arrays import ImageArrays, label_item, labels_tensor
 from .preprocess import DECODING, image_to_uint8, open_image, upright_size
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -318,7 +318,7 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     if not keep:
         raise ValueError(f"{index.root}: none of the {len(jobs)} images could be decoded")
     images = torch.stack([decoded[i] for i in keep])
-    labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.long)
+    labels = labels_tensor([index.labels[i] for i in keep])
     meta = {"unreadable": json.dumps([p.relative_to(index.root).as_posix() for p in bad])}
     write_decoded_cache(file, images, labels, meta)
     return ImageArrays(images, labels, index.classes)
@@ -378,7 +378,8 @@ class StreamingFolder(torch.utils.data.Dataset):
                 continue
             img = _decode((str(self.index.paths[k]), self.channels, self.size))
             if img is not None:
-                return (self.transform(img) if self.transform is not None else img), self.index.labels[k]
+                return ((self.transform(img) if self.transform is not None else img),
+                        label_item(self.index.labels[k]))
             self.bad.add(k)
             warnings.warn(f"{one_line(self.index.paths[k])}: unreadable image (corrupt or truncated), "
                           "skipped", VitkitWarning, stacklevel=2)

@@ -33,10 +33,19 @@ from PIL import UnidentifiedImageError
 
 from ..cache import default_cache_dir
 from ..notices import VitkitWarning, first_line, one_line
-from .arrays import ImageArrays
+from .arrays import ImageArrays, label_item, labels_tensor
 from .folder import _DECODE_ERRORS, probe_images, read_decoded_cache, write_decoded_cache
 from .preprocess import DECODING, image_to_uint8, open_image
-from .tables import IMAGE_COLUMNS, LABEL_COLUMNS, class_order, label_text, pick_column
+from .tables import (
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    cell_labels,
+    class_order,
+    label_text,
+    multi_hot,
+    multilabel_split,
+    pick_column,
+)
 
 HF_FIX = "pip install 'vitkit[hf]'"
 VAL_SPLITS = ("validation", "valid", "val", "test")
@@ -266,9 +275,14 @@ def read_labels(source, col: str, where: str, classes: list[str] | None = None,
                 classes_of: str = "the model") -> tuple[list[int], list[str]]:
     """(label of every row, classes): a ClassLabel's names, else the sorted distinct values; given
     classes (a model's, or the training split's) are matched by name."""
-    names = source.features.get(col, {}).get("names") if source.features.get(col, {}).get(
-        "_type") == "ClassLabel" else None
+    feature = source.features.get(col, {})
+    inner = feature.get("feature") if feature.get("_type") in ("Sequence", "List", "LargeList") else None
+    if isinstance(inner, dict) and inner.get("_type") == "ClassLabel":  # Sequence(ClassLabel): tags
+        return _read_tags(source, col, where, [str(n) for n in inner.get("names", [])], classes, classes_of)
+    names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
     values = source.column(col).to_pylist()
+    if names is None and multilabel_split(values, col)[0]:
+        return _read_tags(source, col, where, None, classes, classes_of)
     text: list[str] = []
     # a ClassLabel's -1 is `datasets`' "no label" (the test splits of many Hub datasets)
     empty = [i for i, v in enumerate(values) if v is None or v == [] or (isinstance(v, str) and not v.strip())
@@ -302,6 +316,39 @@ def read_labels(source, col: str, where: str, classes: list[str] | None = None,
                              f"{classes_of}'s {len(classes)} classes ({preview})")
     lookup = {c: k for k, c in enumerate(classes)}
     return [lookup[t] for t in text], list(classes)
+
+
+def _read_tags(source, col: str, where: str, names: list[str] | None, classes: list[str] | None,
+               classes_of: str) -> tuple[list[tuple[int, ...]], list[str]]:
+    """A multi-label column (several labels per row: a list, a Sequence(ClassLabel), or text
+    separated as tables.multilabel_split says) as multi-hot rows over the classes."""
+    values = source.column(col).to_pylist()
+    _, split = multilabel_split(values, col)
+    rows: list[list[str]] = []
+    for i, v in enumerate(values):
+        if names is not None:
+            items = v if isinstance(v, list | tuple) else [v]
+            bad = [x for x in items if not isinstance(x, int) or not 0 <= x < len(names)]
+            if bad:
+                raise ValueError(f"{where}: row {i} (counting from 0), column {col}: label {bad[0]} is "
+                                 f"outside the {len(names)} ClassLabel names ({', '.join(names[:10])}"
+                                 f"{', ...' if len(names) > 10 else ''})")
+            tags = list(dict.fromkeys(names[x] for x in items))
+        else:
+            tags = cell_labels(v, split)
+        if not tags:
+            raise ValueError(f"{where}: row {i} (counting from 0), column {col}: empty label")
+        rows.append(tags)
+    seen = {t for r in rows for t in r}
+    if classes is None:
+        classes = names if names is not None else class_order(seen)
+    else:
+        unknown = class_order({t for t in seen if t not in set(classes)})
+        if unknown:
+            preview = ", ".join(one_line(c) for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
+            raise ValueError(f"{where}: label(s) {', '.join(one_line(u) for u in unknown[:10])} not among "
+                             f"{classes_of}'s {len(classes)} classes ({preview})")
+    return multi_hot(rows, list(classes)), list(classes)
 
 
 def make_index(source, name: str, image_col: str | None, label_col: str | None,
@@ -592,7 +639,7 @@ def load_table_cached(index: TableIndex, channels: int, size: tuple[int, int],
     if not keep:
         raise ValueError(f"{index.name}: none of the {len(decoded)} images could be decoded")
     images = torch.stack([torch.from_numpy(decoded[i]) for i in keep])
-    labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.long)
+    labels = labels_tensor([index.labels[i] for i in keep])
     write_decoded_cache(file, images, labels, {"unreadable": json.dumps(bad)})
     return ImageArrays(images, labels, index.classes)
 
@@ -680,7 +727,7 @@ class StreamingTable(torch.utils.data.Dataset):
             img = _decode_cell((src, self.channels, self.size)) if src is not None else "empty"
             if not isinstance(img, str):
                 img = torch.from_numpy(img)
-                return (self.transform(img) if self.transform is not None else img), ix.labels[k]
+                return (self.transform(img) if self.transform is not None else img), label_item(ix.labels[k])
             self.bad.add(k)
             warnings.warn(f"{ix.name}: row {ix.rows[k]}, column {ix.column}: unreadable image ({img}), "
                           "skipped", VitkitWarning, stacklevel=2)

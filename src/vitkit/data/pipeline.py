@@ -441,11 +441,28 @@ def _preview(names: list[str]) -> str:
     return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
 
 
+def _present(labels: list) -> int:
+    """How many classes (tags) occur among labels: class indices, or multi-hot rows."""
+    if labels and isinstance(labels[0], list | tuple):
+        return sum(1 for k in range(len(labels[0])) if any(row[k] for row in labels))
+    return len(set(labels))
+
+
 def _onto_classes(a: ImageArrays, classes: list[str], source: str) -> ImageArrays:
     """Relabel by class name onto `classes`; a class present in the data but unknown there is an error."""
     if list(a.classes) == list(classes):
         return a
     index = {c: i for i, c in enumerate(classes)}
+    if a.labels.ndim == 2:  # multi-hot: columns moved by tag name
+        unknown = [c for k, c in enumerate(a.classes) if c not in index and bool(a.labels[:, k].any())]
+        if unknown:
+            raise ValueError(f"{source}: label(s) {', '.join(unknown)} not among the model's {len(classes)} "
+                             f"labels ({_preview(list(classes))})")
+        out = torch.zeros(len(a.labels), len(classes), dtype=a.labels.dtype)
+        for k, c in enumerate(a.classes):
+            if c in index:
+                out[:, index[c]] = a.labels[:, k]
+        return ImageArrays(a.images, out, list(classes))
     present = sorted(set(a.labels.tolist()))
     unknown = [a.classes[i] for i in present if a.classes[i] not in index]
     if unknown:
@@ -507,7 +524,7 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
             labels = index.labels
         n = len(images)
         unread = f", {listed - n} unreadable skipped" if listed > n else ""
-        description = (f"{n} images of {root}, every one (no split{unread}): {len(set(labels))} of the "
+        description = (f"{n} images of {root}, every one (no split{unread}): {_present(labels)} of the "
                        f"model's {len(classes)} classes, {shape}")
         return EvalData(images, classes, n, description)
     if cfg.dataset == "digits":
@@ -526,7 +543,7 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
     test = _onto_classes(test, classes, name)
     test = _resize_arrays(_to_channels(test, channels), size)
     resized = f" (resized from {h}x{w})" if (h, w) != size else ""
-    description = (f"{len(test)} images of {name}: {len(set(test.labels.tolist()))} of the model's "
+    description = (f"{len(test)} images of {name}: {_present(test.labels.tolist())} of the model's "
                    f"{len(classes)} classes, {shape}{resized}")
     return EvalData(test, classes, len(test), description)
 

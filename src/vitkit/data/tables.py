@@ -9,6 +9,12 @@ whose image or label cell is empty, is refused in one line naming the row: a tab
 files it does not have is most often read from the wrong folder, and skipping the rows would
 train on what is left without saying so. Files that are there but fail to decode are skipped
 with the folder's warning.
+
+A label column that holds several labels per image makes the set multi-label (labels become
+multi-hot, and the trainer picks the multi-label objective): a list of several in JSON lines or
+parquet, or text holding ";" or "," anywhere in the column (split there only, so a label may
+hold spaces); a column named labels or tags without either separates them by spaces. A column
+of one label per row is single-label as before.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 from ..notices import one_line
@@ -25,6 +32,7 @@ IMAGE_COLUMNS = ("file", "path", "image", "filename", "file_name", "image_path")
 LABEL_COLUMNS = ("label", "labels", "class", "tags")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")  # Hugging Face imagefolder
+TAG_COLUMNS = ("labels", "tags")  # columns whose text may separate labels by spaces too
 
 
 def _preview(names: list[str], limit: int = 10) -> str:
@@ -61,16 +69,58 @@ def class_order(names: set[str]) -> list[str]:
 
 
 def label_text(value: object) -> str | None:
-    """A label cell as its class name (3.0 reads as "3"); None when it is empty. A list of one
-    label (a tags column) is that label; callers refuse lists of several."""
+    """A single-label cell as its class name (3.0 reads as "3"); None when it is empty. A list of
+    one label (a tags column) is that label."""
     if isinstance(value, list | tuple):
         value = value[0] if len(value) == 1 else None
+    return label_text_one(value)
+
+
+def multilabel_split(values: list, column: str) -> tuple[bool, str | None]:
+    """(whether a label column holds several labels per image, the pattern its text cells are
+    split by): lists of several, or ";" / "," in any text cell; else, for a labels/tags column,
+    spaces. Decided for the whole column so that every row is read the same way."""
+    texts = [v for v in values if isinstance(v, str)]
+    lists = any(isinstance(v, list | tuple) and len(v) > 1 for v in values)
+    if any(";" in t or "," in t for t in texts):
+        return True, r"[;,]"
+    if column.lower() in TAG_COLUMNS and any(len(t.split()) > 1 for t in texts):
+        return True, r"\s+"
+    return lists, None
+
+
+def cell_labels(value: object, split: str | None) -> list[str]:
+    """Every label of one cell of a multi-label column (a list's items, or its text split),
+    in order, without repeats."""
+    if isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, str) and split:
+        items = re.split(split, value)
+    else:
+        items = [value]
+    return list(dict.fromkeys(t for t in (label_text_one(v) for v in items) if t is not None))
+
+
+def label_text_one(value: object) -> str | None:
+    """One label as text (3.0 reads as "3"); None when empty."""
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
     return text or None
+
+
+def multi_hot(labels: list[list[str]], classes: list[str]) -> list[tuple[int, ...]]:
+    """Each image's labels as a 0/1 tuple over classes."""
+    index = {c: k for k, c in enumerate(classes)}
+    out = []
+    for names in labels:
+        row = [0] * len(classes)
+        for n in names:
+            row[index[n]] = 1
+        out.append(tuple(row))
+    return out
 
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -127,16 +177,20 @@ def read_label_table(table: str | Path, image_column: str | None = None, label_c
     base = table.parent
     paths: list[Path] = []
     names: list[str] = []
+    tags: list[list[str]] = []
     missing: list[tuple[int, int, str]] = []
+    multi, split = multilabel_split([row.get(label_col) for _, row in rows], label_col)
     for i, (line, row) in enumerate(rows, 1):
         at = f"{where}: row {i} (line {line})"
         file = row.get(image_col)
         if not isinstance(file, str) or not file.strip():
             raise ValueError(f"{at}: empty {image_col} cell (no image named)")
         value = row.get(label_col)
-        if isinstance(value, list | tuple) and len(value) > 1:
-            raise ValueError(f"{at}: {label_col} {one_line(value)} holds several labels, not one class")
-        label = label_text(value)
+        if multi:
+            tags.append(cell_labels(value, split))
+            label = tags[-1][0] if tags[-1] else None
+        else:
+            label = label_text(value)
         if label is None:
             raise ValueError(f"{at}: empty {label_col} cell (every image needs a label)")
         p = Path(os.path.normpath(base / file.strip()))
@@ -149,19 +203,20 @@ def read_label_table(table: str | Path, image_column: str | None = None, label_c
         more = f" ({len(missing)} of the {len(rows)} rows name missing files)" if len(missing) > 1 else ""
         raise ValueError(f"{where}: row {i} (line {line}): {one_line(file)}: no such file{more}; paths are "
                          f"read relative to {one_line(base.resolve())}")
+    seen = {t for row in tags for t in row} if multi else set(names)
     if classes is None:
-        classes = class_order(set(names))
+        classes = class_order(seen)
     else:
         known = set(classes)
-        unknown = class_order({n for n in names if n not in known})
+        unknown = class_order({n for n in seen if n not in known})
         if unknown:
             raise ValueError(f"{where}: label(s) {_preview(unknown)} not among {classes_of}'s {len(classes)} "
                              f"classes ({_preview(list(classes))})")
     index = {c: k for k, c in enumerate(classes)}
+    labels = multi_hot(tags, list(classes)) if multi else [index[n] for n in names]
     # the root holds every file, so that names relative to it (cache keys, warnings) exist
     root = Path(os.path.commonpath([os.path.abspath(base), *(os.path.abspath(p) for p in paths)]))
-    return FolderIndex(root, [Path(os.path.abspath(p)) for p in paths], [index[n] for n in names],
-                       list(classes))
+    return FolderIndex(root, [Path(os.path.abspath(p)) for p in paths], labels, list(classes))
 
 
 def metadata_table(folder: str | Path) -> Path | None:

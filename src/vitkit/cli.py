@@ -174,7 +174,7 @@ def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
         return
     d = result.run_dir
     if result.val_acc is not None:
-        split = "test-split" if cfg.data.dataset != "folder" else "validation"
+        split = "validation" if cfg.data.dataset in ("folder", "csv", "hf", "shards") else "test-split"
         print(f"final {split} {getattr(result, 'val_metric', 'accuracy')} {result.val_acc:.2%} "
               f"(best {result.best_acc:.2%}) after "
               f"{result.epoch} epochs, {result.step} steps")
@@ -183,14 +183,15 @@ def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
     if result.status == "interrupted":
         print(f"continue with: vitkit train --resume {_q(d)}")
         raise SystemExit(130)
-    data = cfg.data.val_path or cfg.data.path or "IMAGES"
-    data_hint = "digits" if cfg.data.dataset == "digits" else _q(data)
+    data = (cfg.data.val_path or cfg.data.path) if cfg.data.dataset == "folder" else None
+    data_hint = "digits" if cfg.data.dataset == "digits" else _q(data or "IMAGES")
     print(f"next: vitkit evaluate {_q(d)}    vitkit predict {_q(d)} IMAGE\n"
           f"      vitkit visualize {_q(d)} --data {data_hint} --out {_q(d / 'figures')}")
-    if suggest_finetune and cfg.data.dataset == "folder" and (result.train_images or 0) < FEW_IMAGES:
+    few = (result.train_images or 0) < FEW_IMAGES
+    if suggest_finetune and cfg.data.dataset in ("folder", "csv", "hf") and few:
         val = f" --data.val_path {_q(cfg.data.val_path)}" if cfg.data.val_path else ""
         print(f"with {result.train_images} labelled images a pre-trained ViT usually does better: vitkit "
-              "finetune google/vit-base-patch16-224 --data.dataset folder "
+              f"finetune google/vit-base-patch16-224 --data.dataset {cfg.data.dataset} "
               f"--data.path {_q(cfg.data.path)}{val} "
               "--mode linear (on 500 CIFAR-10 images transfer beat training from scratch by 10-17 points, "
               "benchmarks/README.md)")

@@ -338,3 +338,65 @@ def test_features_export_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="a features export is an ONNX file"):
         export_file(folder, tmp_path / "f.pt2", format="pt2", features=True, verify=False)
     assert not (tmp_path / "f.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dynamic") / "dynamic.onnx"
+    return export_model(model, CLASSES, SPEC, out, dynamic_size=True)[0]
+
+
+def test_dynamic_size_onnx_matches_eager_at_any_size(model, dynamic_onnx):
+    opened = open_onnx(dynamic_onnx)
+    assert opened.model.meta["dynamic_size"] is True and opened.model.meta["patch_size"] == 8
+    assert opened.spec.image_size == (32, 32)  # the default size predict prepares images at
+    dims = onnx.load(str(dynamic_onnx)).graph.input[0].type.tensor_type.shape.dim
+    assert all(dims[i].dim_param for i in (0, 2, 3))  # batch, height and width symbolic
+    g = torch.Generator().manual_seed(3)
+    for hw in [(32, 32), (32, 48), (48, 24), (16, 40)]:
+        x = torch.randn(2, 3, *hw, generator=g)
+        got = opened.model(x)
+        assert got.shape == (2, len(CLASSES))
+        assert (got - eager(model, x)).abs().max().item() < 1e-4, hw
+
+
+def test_dynamic_size_onnx_refuses_sizes_the_patch_does_not_divide(model, dynamic_onnx):
+    x = torch.zeros(1, 3, 30, 32)
+    with pytest.raises(ValueError, match="image size 30x32 is not a multiple of patch size 8"):
+        model(x)  # the eager model's message ...
+    with pytest.raises(ValueError) as err:
+        open_onnx(dynamic_onnx).model(x)  # ... is the file's, before onnxruntime sees the input
+    assert str(err.value) == "dynamic.onnx: image size 30x32 is not a multiple of patch size 8"
+    with pytest.raises(ValueError, match="dynamic image size is for ONNX"):
+        export_model(model, CLASSES, SPEC, dynamic_onnx.with_suffix(".pt2"), format="pt2", dynamic_size=True)
+
+
+def test_dynamic_size_onnx_predicts_at_the_model_size(model, dynamic_onnx, files, capsys):
+    from vitkit.cli import main
+
+    main(["predict", str(dynamic_onnx), str(files[0]), "--json", "true"])
+    ref = eager(model, prepared(files[:1], SPEC)).softmax(-1)[0]
+    printed = capsys.readouterr().out
+    assert CLASSES[int(ref.argmax())] in printed
+
+
+def test_dynamic_size_features_export_from_the_command_line(files, tmp_path, capsys):
+    from vitkit.cli import main
+    from vitkit.loading import open_model
+
+    folder = _encoder(tmp_path, registers=1, num_classes=0)
+    out = tmp_path / "features-dynamic.onnx"
+    main(["export", str(folder), str(out), "--features", "true", "--dynamic_size", "true"])
+    printed = capsys.readouterr().out
+    assert "dynamic image size" in printed and "dynamic size)" in printed
+    ran = open_onnx(out, features=True).model
+    vit = open_model(folder).model
+    g = torch.Generator().manual_seed(4)
+    for hw in [(32, 32), (40, 24)]:
+        x = torch.randn(2, 3, *hw, generator=g)
+        feats, tokens = ran(x)
+        with torch.no_grad():
+            ref = vit.forward_intermediates(x, layers=[2], output="grid", norm=True)
+        assert tokens.shape == (2, 48, hw[0] // 8, hw[1] // 8)
+        assert (feats - ref.prefix[0][:, 0]).abs().max().item() < 1e-4, hw
+        assert (tokens - ref.patches[0]).abs().max().item() < 1e-4, hw

@@ -507,6 +507,7 @@ def export(
     verify: bool = True,
     load: LoadOptions = LoadOptions(),  # noqa: B008
     features: FeatureOptions | bool = False,
+    dynamic_size: bool = False,
 ) -> None:
     """Export a model to ONNX (for onnxruntime, optionally int8) or a torch.export .pt2 file
     that holds the class names, input spec and config; then check it against eager fp32.
@@ -531,16 +532,18 @@ def export(
         features: true: export the features vitkit embed computes (output features, B x D) and
             that block's patch tokens (output tokens, B x D x h x w) instead of the logits;
             --features.layer, --features.token and --features.norm choose them (and imply true).
+        dynamic_size: ONNX only: one graph for any image size the patch size divides (H and W
+            symbolic; position embeddings resampled in the graph); --image_size is the default.
     """
     from .export import export_file
 
     done = export_file(model, out, format, image_size, int8, calibration, calibration_limit, verify, load,
-                       features)
+                       features, dynamic_size)
     for note in done.notes:
         print(f"note: {note}")
     size = done.path.stat().st_size / 2**20
     print(f"wrote {done.path} ({size:.2f} MiB, {format}{', int8' if int8 else ''}"
-          f"{', features' if features else ''})")
+          f"{', features' if features else ''}{', dynamic size' if dynamic_size else ''})")
     if done.check is not None:
         print(f"check against eager fp32 on {done.checked_on}: {done.check}")
 

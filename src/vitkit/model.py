@@ -20,6 +20,8 @@ from .config import ViTConfig, conv_stem_plan
 from .fastpath import explicit_attention
 from .posemb import resample_pos_embed, sincos_2d
 
+POS_CACHE_SIZE = 8  # grids whose resampled position embeddings inference keeps
+
 
 class ConvStem(nn.Module):
     """The paper's hybrid input (Section 3.1): a small CNN computes the feature map that is
@@ -192,6 +194,8 @@ class ViT(nn.Module):
         rep = config.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
         self.head = nn.Linear(rep or d, config.num_classes) if config.num_classes else nn.Identity()
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}  # inference tables per grid
+        self._pos_cache_stamp: tuple | None = None
         self.init_weights()
 
     @classmethod
@@ -256,9 +260,36 @@ class ViT(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """Position embeddings for a patch grid; 2D-interpolated when it is not the trained one."""
-        if self.pos_embed is None or grid == self.config.grid_size:
-            return self.pos_embed
+        """Position embeddings for a patch grid; 2D-interpolated when it is not the trained one.
+
+        Inference at another size reuses the table from a small per-grid cache, so a stream of
+        same-sized images resamples once. A symbolic grid (an export with dynamic image size)
+        always resamples, so the graph computes the table from H and W; resampling to the
+        trained grid returns it unchanged, so that costs no accuracy.
+        """
+        pe = self.pos_embed
+        if pe is None:
+            return None
+        if not all(isinstance(g, int) for g in grid):
+            return self._resample_pos_embed(grid)
+        if grid == self.config.grid_size:
+            return pe
+        if (torch.is_grad_enabled() and pe.requires_grad) or torch.compiler.is_compiling():
+            return self._resample_pos_embed(grid)  # training or tracing: nothing cached
+        stamp = (id(pe), pe.data_ptr(), pe._version, pe.dtype, pe.device, torch.is_inference_mode_enabled())
+        if self._pos_cache_stamp != stamp:  # new or changed weights: the old tables are stale
+            self._pos_cache.clear()
+            self._pos_cache_stamp = stamp
+        key = (int(grid[0]), int(grid[1]))
+        table = self._pos_cache.get(key)
+        if table is None:
+            if len(self._pos_cache) >= POS_CACHE_SIZE:
+                self._pos_cache.pop(next(iter(self._pos_cache)))
+            table = self._pos_cache[key] = self._resample_pos_embed(key).detach()
+        return table
+
+    def _resample_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position embeddings computed for `grid` (no cache, no shortcut)."""
         if self.config.pos_embed == "sincos2d":
             pe = sincos_2d(grid, self.config.hidden_size).to(self.pos_embed)
             return torch.cat([self.pos_embed[:, : self.config.num_prefix_tokens], pe], dim=1)

@@ -1,6 +1,7 @@
 """Taking a model out of vitkit: ONNX (onnxruntime, optionally int8) and torch.export files
 that hold the weights, the graph and everything needed to predict (classes, input spec,
-ViTConfig), with the image size fixed at export; or, with `features`, an ONNX file of the
+ViTConfig), with the image size fixed at export (ONNX: or dynamic, any multiple of the patch
+size); or, with `features`, an ONNX file of the
 feature extractor (vitkit.export.features) for tools that need embeddings."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def export_model(
     calibration=None,
     features: FeatureOptions | None = None,
     multilabel: dict | None = None,
+    dynamic_size: bool = False,
 ) -> tuple[Path, list[str]]:
     """Write `model` as an ONNX or .pt2 file; returns the path and notes on what was done.
 
@@ -50,16 +52,23 @@ def export_model(
             `tokens` (B, D, h, w), the patch tokens of that block; no head is needed.
         multilabel: a multi-label model's config.json entry ({"threshold": t}), stored in the
             metadata so that the file's readers answer sigmoid probabilities and its tags.
+        dynamic_size: ONNX only: H and W are symbolic in the graph, so one file takes any image
+            size the patch size divides (the position embeddings are resampled in the graph from
+            H and W); image_size then is the default size the metadata's input spec names.
     """
     out = Path(out)
     if format not in ("onnx", "pt2"):
         raise ValueError(f"unknown export format {format!r}: expected onnx or pt2")
     if int8 and format != "onnx":
         raise ValueError("int8 export is for ONNX files (onnxruntime quantization)")
+    if dynamic_size and format != "onnx":
+        raise ValueError(f"{out}: a dynamic image size is for ONNX files (--format onnx), not {format}")
     if features is not None and format != "onnx":
         raise ValueError(f"{out}: a features export is an ONNX file (--format onnx), not {format}")
     ready, notes = export_ready(model, image_size, head=features is None)
     meta = metadata(ready.config, classes, spec, notes=notes)
+    if dynamic_size:
+        meta.update(dynamic_size=True, patch_size=ready.config.patch_size)
     if multilabel and features is None:
         meta[MULTILABEL_KEY] = dict(multilabel)
     if features is not None:
@@ -78,14 +87,19 @@ def export_model(
         return out, notes
     from .onnx import OPSET, export_onnx
 
-    notes.append(f"ONNX opset {OPSET}, dynamic batch axis, image {ready.config.image_hw[0]}x"
-                 f"{ready.config.image_hw[1]} fixed")
+    h, w = ready.config.image_hw
+    if dynamic_size:
+        notes.append(f"ONNX opset {OPSET}, dynamic batch axis, dynamic image size (H and W multiples of "
+                     f"{ready.config.patch_size}; position embeddings resampled in the graph), "
+                     f"default {h}x{w}")
+    else:
+        notes.append(f"ONNX opset {OPSET}, dynamic batch axis, image {h}x{w} fixed")
     if not int8:
-        export_onnx(ready, meta, out)
+        export_onnx(ready, meta, out, dynamic_size=dynamic_size)
         return out, notes
     from .quantize import quantize_export
 
-    return quantize_export(ready, meta, out, calibration, notes)
+    return quantize_export(ready, meta, out, calibration, notes, dynamic_size=dynamic_size)
 
 
 @dataclass
@@ -101,11 +115,12 @@ class Exported:
 
 def export_file(model: str | Path, out: str | Path, format: Format = "onnx", image_size: int | None = None,
                 int8: bool = False, calibration: str | Path | None = None, calibration_limit: int = 256,
-                verify: bool = True, options=None, features: FeatureOptions | bool = False) -> Exported:
+                verify: bool = True, options=None, features: FeatureOptions | bool = False,
+                dynamic_size: bool = False) -> Exported:
     """Open `model` (anything vitkit.open_model opens that holds a vitkit ViT), write it with
     export_model and, with verify, run the written file on calibration images (else four random
     inputs) and compare it with the eager fp32 model. features: True or FeatureOptions for a
-    features export (see export_model)."""
+    features export (see export_model); dynamic_size: see export_model."""
     import dataclasses
 
     import torch
@@ -129,7 +144,7 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
 
         resolve_options(opened.model, features, str(model))
     path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
-                               int8, images, features, opened.extra.get(MULTILABEL_KEY))
+                               int8, images, features, opened.extra.get(MULTILABEL_KEY), dynamic_size)
     done = Exported(path, notes)
     if not verify:
         return done

@@ -33,7 +33,8 @@ class FeatureGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, patches = read_features(self.vit, x, self.layer, self.token, self.norm)
-        gh, gw = self.vit.config.grid_size
+        p = self.vit.config.patch_size
+        gh, gw = x.shape[-2] // p, x.shape[-1] // p  # from the input: a dynamic-size export traces H, W
         grid = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], gh, gw)
         return features, grid
 

@@ -186,7 +186,7 @@ def quantize_onnx(src: Path, dst: Path, mode: Mode = "dynamic", keep_float: Iter
 
 
 def quantize_export(model: ViT, meta: dict, out: Path, calibration, notes: list[str],
-                    mode: Mode = "dynamic") -> tuple[Path, list[str]]:
+                    mode: Mode = "dynamic", dynamic_size: bool = False) -> tuple[Path, list[str]]:
     """Export fp32 to a temporary file, quantize it, write it to `out` with the metadata."""
     from .onnx import export_onnx, set_metadata
     from .prepare import InputSpec
@@ -194,7 +194,7 @@ def quantize_export(model: ViT, meta: dict, out: Path, calibration, notes: list[
     spec = InputSpec.from_dict(meta["input"])
     calib = None if calibration is None else calibration_batch(calibration, spec, limit=1024)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, meta, Path(tmp) / "fp32.onnx")
+        fp32 = export_onnx(model, meta, Path(tmp) / "fp32.onnx", dynamic_size=dynamic_size)
         fp32_size = fp32.stat().st_size
         quantize_onnx(fp32, Path(tmp) / "int8.onnx", mode, calibration=calib)
         notes.append(f"int8: {mode} quantization of the encoder's weight products, per-channel int8 "

@@ -40,10 +40,19 @@ class OnnxViT(nn.Module):
 
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every output of the graph for a normalized float batch, after checking its shape."""
-        h, w = self.config.image_hw
-        if x.ndim != 4 or tuple(x.shape[1:]) != (self.config.num_channels, h, w):
-            raise ValueError(f"{self.path.name} takes (B, {self.config.num_channels}, {h}, {w}) inputs "
-                             f"(the image size is fixed at export), got {tuple(x.shape)}")
+        c = self.config.num_channels
+        if self.meta.get("dynamic_size"):
+            p = int(self.meta.get("patch_size", self.config.patch_size))
+            if x.ndim != 4 or x.shape[1] != c:
+                raise ValueError(f"{self.path.name} takes (B, {c}, H, W) inputs, got {tuple(x.shape)}")
+            h, w = x.shape[-2:]
+            if h % p or w % p:  # the eager model's message, before onnxruntime's own
+                raise ValueError(f"{self.path.name}: image size {h}x{w} is not a multiple of patch size {p}")
+        else:
+            h, w = self.config.image_hw
+            if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+                raise ValueError(f"{self.path.name} takes (B, {c}, {h}, {w}) inputs "
+                                 f"(the image size is fixed at export), got {tuple(x.shape)}")
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return [torch.from_numpy(o).to(x.device) for o in self.session.run(None, {self.input_name: arr})]
 
@@ -63,7 +72,8 @@ class OnnxViT(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         kind = "int8" if self.int8 else "fp32"
-        return f"{self.path.name}, onnxruntime {kind}, D={c.hidden_size} L={c.num_layers}, {c.image_hw}"
+        size = f"{c.image_hw}, dynamic size" if self.meta.get("dynamic_size") else f"{c.image_hw}"
+        return f"{self.path.name}, onnxruntime {kind}, D={c.hidden_size} L={c.num_layers}, {size}"
 
 
 class OnnxFeatures(OnnxViT):

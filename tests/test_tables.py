@@ -10,8 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_hub import COMMIT, StandInHub
 
 from vitkit.cli import main
 from vitkit.data.pipeline import DataConfig, load_data
@@ -214,34 +214,9 @@ def test_corrupt_images_are_skipped_with_the_folder_warning(pets, tmp_path):
 
 # ---- a Hub dataset id, served from 127.0.0.1 ------------------------------------------------
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class StandInDatasetHub:
+class StandInDatasetHub(StandInHub):
     """What datasets.load_dataset asks of the Hub for a repository of parquet files: the README,
     repository info, the file tree, and HEAD/GET of /datasets/{repo}/resolve/{revision}/{file}."""
-
-    def __init__(self, repos: dict[str, dict[str, bytes]]):
-        self.repos, self.requests = repos, []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub.answer(self, body=False)
-
-            def do_GET(self):
-                hub.answer(self, body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
     def answer(self, h: BaseHTTPRequestHandler, body: bool):
         path = unquote(urlsplit(h.path).path)
@@ -275,19 +250,6 @@ class StandInDatasetHub:
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
                    "Content-Type": "application/octet-stream"}
         return self.send(h, 200, data, headers, body)
-
-    def send_json(self, h, obj, body: bool):
-        return self.send(h, 200, json.dumps(obj).encode(), {"Content-Type": "application/json"}, body)
-
-    @staticmethod
-    def send(h, status: int, data: bytes, headers: dict, body: bool):
-        h.send_response(status)
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        if body:
-            h.wfile.write(data)
 
 
 # `datasets` reads its endpoint, cache and offline switch when it is imported: each phase runs in

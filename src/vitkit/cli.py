@@ -676,47 +676,20 @@ def embed(
         load: what the checkpoint may not record (heads, classes, normalization).
         json: print what was computed, written and found as JSON alone on stdout.
     """
-    from .checkpoint import check_output_file
-    from .embeddings import check_format, names_path, nearest, write_embeddings
-    from .features import FeatureModel, file_features
-    from .loading import open_model
-    from .predict import list_images
+    from .embed import embed_images
 
-    if not out and not query:
-        raise ValueError("nothing to do: give --out FILE (.npy, .safetensors or .parquet) and/or "
-                         "--query IMAGE")
-    if query and not Path(query).is_file():
-        raise FileNotFoundError(f"--query {query}: no such file")
-    if out:
-        check_output_file(out)
-        if check_format(out) == ".npy":
-            check_output_file(names_path(out))
-    summary: dict = {}
     with _json_mode(json):
-        files = list_images(images)
-        fm = FeatureModel(open_model(weights, load), features)
-        emb = file_features(fm, files, cache_dir)
-        summary.update(images=len(emb.names), features=int(emb.features.shape[1]), token=fm.token,
-                       layer=fm.layer, precision=fm.precision, from_cache=emb.from_cache)
-        print(f"{len(emb.names)} images, {emb.features.shape[1]} features each ({fm.token} token of block "
-              f"{fm.layer}, {fm.precision})" + (", from the cache" if emb.from_cache else ""))
-        if out:
-            written = write_embeddings(out, emb.features, emb.names)
-            summary["written"] = [str(p) for p in written]
-            print("wrote " + ", ".join(map(str, written)))
-        if query:
-            q = file_features(fm, [Path(query)], cache=False)
-            same = Path(query).resolve()
-            keep = [i for i, n in enumerate(emb.names) if Path(n).resolve() != same]
-            idx, sim = nearest(q.features, emb.features[keep], top)
-            summary["query"] = query
-            summary["nearest"] = [{"file": emb.names[keep[i]], "similarity": float(s)}
-                                  for i, s in zip(idx[0], sim[0], strict=True)]
-            print(f"nearest to {query} (cosine similarity):")
-            for rank, n in enumerate(summary["nearest"], 1):
-                print(f"  {rank:>2}. {n['similarity']:.4f}  {n['file']}")
+        s = embed_images(weights, images, out, query, top, features, cache_dir, load)
     if json:
-        _print_json(summary)
+        return _print_json(s)
+    print(f"{s['images']} images, {s['features']} features each ({s['token']} token of block {s['layer']}, "
+          f"{s['precision']})" + (", from the cache" if s["from_cache"] else ""))
+    if out:
+        print("wrote " + ", ".join(s["written"]))
+    if query:
+        print(f"nearest to {query} (cosine similarity):")
+        for rank, n in enumerate(s["nearest"], 1):
+            print(f"  {rank:>2}. {n['similarity']:.4f}  {n['file']}")
 
 
 def _run_with_file_list(name: str, argv: list[str]) -> None:

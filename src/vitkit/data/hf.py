@@ -293,14 +293,9 @@ def read_labels(source, col: str, where: str, classes: list[str] | None = None,
         raise ValueError(f"{where}: row {empty[0]} (counting from 0), column {col}: empty label"
                          + (f" ({len(empty)} rows have none)" if len(empty) > 1 else ""))
     for i, v in enumerate(values):
-        if isinstance(v, list | tuple) and len(v) > 1:
-            raise ValueError(f"{where}: row {i} (counting from 0), column {col}: {one_line(v)} holds several "
-                             "labels, not one class")
         if names is not None and isinstance(v, int) and not isinstance(v, bool):
             if not 0 <= v < len(names):
-                raise ValueError(f"{where}: row {i} (counting from 0), column {col}: label {v} is outside "
-                                 f"the {len(names)} ClassLabel names ({', '.join(map(str, names[:10]))}"
-                                 f"{', ...' if len(names) > 10 else ''})")
+                raise _outside_names(where, i, col, v, names)
             text.append(str(names[v]))
         else:
             text.append(label_text(v) or "")
@@ -318,6 +313,12 @@ def read_labels(source, col: str, where: str, classes: list[str] | None = None,
     return [lookup[t] for t in text], list(classes)
 
 
+def _outside_names(where: str, row: int, col: str, value, names: list) -> ValueError:
+    return ValueError(f"{where}: row {row} (counting from 0), column {col}: label {value} is outside the "
+                      f"{len(names)} ClassLabel names ({', '.join(map(str, names[:10]))}"
+                      f"{', ...' if len(names) > 10 else ''})")
+
+
 def _read_tags(source, col: str, where: str, names: list[str] | None, classes: list[str] | None,
                classes_of: str) -> tuple[list[tuple[int, ...]], list[str]]:
     """A multi-label column (several labels per row: a list, a Sequence(ClassLabel), or text
@@ -330,9 +331,7 @@ def _read_tags(source, col: str, where: str, names: list[str] | None, classes: l
             items = v if isinstance(v, list | tuple) else [v]
             bad = [x for x in items if not isinstance(x, int) or not 0 <= x < len(names)]
             if bad:
-                raise ValueError(f"{where}: row {i} (counting from 0), column {col}: label {bad[0]} is "
-                                 f"outside the {len(names)} ClassLabel names ({', '.join(names[:10])}"
-                                 f"{', ...' if len(names) > 10 else ''})")
+                raise _outside_names(where, i, col, bad[0], names)
             tags = list(dict.fromkeys(names[x] for x in items))
         else:
             tags = cell_labels(v, split)

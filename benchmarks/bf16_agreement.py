@@ -19,11 +19,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vitkit.data.arrays import iterate_eval  # noqa: E402
 from vitkit.data.pipeline import DataConfig, load_data  # noqa: E402
 from vitkit.data.preprocess import InputSpec  # noqa: E402
-from vitkit.evaluation import iterate_eval  # noqa: E402
+from vitkit.inference import for_inference  # noqa: E402
 from vitkit.loading import open_model  # noqa: E402
-from vitkit.precision import autocast, for_inference  # noqa: E402
+from vitkit.precision import autocast  # noqa: E402
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 """Exported files against vitkit itself: speed, size and accuracy.
 
-    python benchmarks/export_speed.py                 # speed table (S/16, B/16 at 224, the CIFAR-10 model)
+    python benchmarks/export_speed.py                 # speed table (S/16, B/16 at 224, CIFAR-10, digits)
     python benchmarks/export_speed.py --accuracy      # CIFAR-10 test set: fp32 / int8 against eager
     python benchmarks/export_speed.py --variants      # the int8 alternatives: accuracy, speed, size
 
@@ -10,8 +10,20 @@ vitkit.export.route; VITKIT_NATIVE_BF16=0 runs it as such a CPU would), ONNX Run
 ONNX Runtime int8 run the same
 model, interleaved (the order rotates each round) at batch 1 and 8; medians of the rounds.
 The CIFAR-10 model is the trained run at --run (model.safetensors + config.json) when it is
-there, else an untrained model of configs/cifar10.yaml (speed does not depend on the weights).
+there, else an untrained model of configs/cifar10.yaml (speed does not depend on the weights);
+the digits model likewise (--digits-run, else configs/digits.yaml, the model `make run` trains).
 Accuracy uses the CIFAR-10 JPEG test images at --data/test/<class>/*.jpg.
+
+OpenVINO rows (pip install 'vitkit[openvino]'; "not installed" without it) run the same ONNX
+files: f32 (INFERENCE_PRECISION_HINT f32), OpenVINO's default precision (bf16 where the CPU
+has native bf16 or AMX, else f32; the row names the one it used), int8 from NNCF post-training
+quantization of the fp32 file (about 100 calibration images of the data the model is for:
+the digits training split, CIFAR-10 training images at --data/train, else crops of
+scikit-learn's two sample photos; the table says which) and vitkit's ONNX Runtime int8 file.
+Performance hint LATENCY at batch 1; at batch 8 LATENCY and THROUGHPUT (the batch split over
+the compiled model's streams as asynchronous requests) are both timed. Threads: --threads,
+else every core. Compiled models go to a CACHE_DIR (compile time, cold and from the cache, is
+printed). A second table gives each path's logits against eager fp32 on held-out images.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +51,8 @@ from vitkit.export.onnx import export_onnx  # noqa: E402
 from vitkit.export.prepare import export_ready, metadata  # noqa: E402
 from vitkit.export.quantize import quantize_onnx  # noqa: E402
 from vitkit.export.runtime import OnnxViT, session  # noqa: E402
-from vitkit.precision import autocast, for_inference, inference_precision, native_bf16  # noqa: E402
+from vitkit.inference import for_inference  # noqa: E402
+from vitkit.precision import autocast, inference_precision, native_bf16  # noqa: E402
 
 RUN, DATA = Path("/tmp/vitkit-cifar/run"), Path("/tmp/vitkit-cifar/cifar10")
 
@@ -55,13 +69,41 @@ def cifar_model(run: Path) -> tuple[ViT, list[str], InputSpec, str]:
     m = yaml.safe_load((ROOT / "configs" / "cifar10.yaml").read_text())["model"]
     cfg = ViTConfig(image_size=32, num_classes=10, **m)
     spec = InputSpec((32, 32), 3, [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261])
-    return ViT(cfg).eval(), [str(i) for i in range(10)], spec, "CIFAR-10 hybrid (untrained: no run found)"
+    return untrained(cfg), [str(i) for i in range(10)], spec, "CIFAR-10 hybrid (untrained: no run found)"
+
+
+def untrained(cfg: ViTConfig) -> ViT:
+    torch.manual_seed(0)
+    model = ViT(cfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head gives zero logits: nothing to compare
+    return model
+
+
+def digits_model(run: Path) -> tuple[ViT, list[str], InputSpec, str]:
+    """The digits model `make run` trains (configs/digits.yaml), trained when `run` holds it."""
+    if (run / "model.safetensors").is_file():
+        from vitkit.loading import open_model
+
+        o = open_model(run)
+        return o.model, o.classes, o.spec, f"digits hybrid (trained run {run})"
+    import yaml
+
+    m = yaml.safe_load((ROOT / "configs" / "digits.yaml").read_text())["model"]
+    spec = digits_data()[2]
+    cfg = ViTConfig(image_size=spec.image_size, num_channels=spec.channels, num_classes=10, **m)
+    return untrained(cfg), [str(i) for i in range(10)], spec, "digits hybrid (untrained: no run found)"
+
+
+def digits_data() -> tuple[torch.Tensor, torch.Tensor, InputSpec]:
+    """scikit-learn's digits as vitkit trains on them: training and held-out uint8 images, spec."""
+    from vitkit.data.pipeline import DataConfig, load_data
+
+    d = load_data(DataConfig(dataset="digits"))
+    return d.train.images, d.val.images, d.spec
 
 
 def imagenet_model(name: str) -> tuple[ViT, list[str], InputSpec, str]:
-    torch.manual_seed(0)
-    model = ViT(variant(name, num_classes=1000)).eval()
-    torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would make int8 trivially exact
+    model = untrained(variant(name, num_classes=1000))  # a zero head would make int8 trivially exact
     return model, [str(i) for i in range(1000)], InputSpec(), f"{name} at 224 (random weights)"
 
 
@@ -123,38 +165,284 @@ def torch_runners(model: ViT) -> tuple[dict, str]:
     return {"vitkit eager fp32": run_eager, f"vitkit default ({precision}{route})": run_default}, precision
 
 
+# ---- OpenVINO ---------------------------------------------------------------------------------
+
+OV_MISSING = "not installed"
+CALIBRATION = 100  # NNCF calibration images per model
+HELD_OUT = {"S/16": 32, "B/16": 16, "cifar": 200, "digits": 360}  # logit comparison images
+
+
+def cpu_features() -> str:
+    """The CPU from /proc/cpuinfo: model name, family / model, and the flags that decide bf16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return f"unknown CPU, {os.cpu_count()} cores"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+
+    def has(flag: str) -> str:
+        return "yes" if flag in flags else "no"
+
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}, {cores()} cores); native bf16 (avx512_bf16): "
+            f"{has('avx512_bf16')}, AMX (amx_tile): {has('amx_tile')}, AVX-512: {has('avx512f')}, "
+            f"VNNI: {has('avx512_vnni') if 'avx512_vnni' in flags else has('avx_vnni')}")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def openvino_problem() -> str | None:
+    """Why the OpenVINO rows cannot run (None when they can)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return OV_MISSING
+    return None
+
+
+class OpenVINO:
+    """One model's OpenVINO runners: compiled (and cached) per source file, batch and hint."""
+
+    def __init__(self, files: dict[str, Path], folder: Path, static: bool):
+        import openvino as ov
+
+        self.ov, self.core, self.files, self.static = ov, ov.Core(), dict(files), static
+        self.cache = folder / "openvino-cache"
+        self.compile_s: dict[str, tuple[float, float]] = {}
+
+    def quantize(self, calib: torch.Tensor, out: Path) -> float:
+        """NNCF post-training int8 of the fp32 file from normalized calibration images; seconds."""
+        import nncf
+
+        start = time.perf_counter()
+        model = self.core.read_model(str(self.files["fp32"]))
+        data = nncf.Dataset([calib[i:i + 1].numpy() for i in range(len(calib))])
+        q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
+        self.ov.save_model(q, str(out))
+        self.files["nncf"] = out
+        return time.perf_counter() - start
+
+    def compiled(self, source: str, precision: str | None, hint: str, batch: int | None):
+        """source: a key of files; precision "f32" or None (OpenVINO's default); batch: a static
+        batch to reshape to (None: the file's dynamic batch)."""
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": THREADS or cores(),
+                  "CACHE_DIR": str(self.cache)}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        model = str(self.files[source])
+        if batch is not None and self.static:
+            model = self.core.read_model(model)
+            shape = model.input(0).get_partial_shape()
+            shape[0] = self.ov.Dimension(batch)
+            model.reshape(shape)
+        times = []
+        for _ in range(1 if source in self.compile_s else 2):  # the first time: cold, then from CACHE_DIR
+            start = time.perf_counter()
+            compiled = self.core.compile_model(model, "CPU", config)
+            times.append(time.perf_counter() - start)
+        self.compile_s.setdefault(source, (times[0], times[-1]))
+        return compiled
+
+    def label(self, path: str, compiled, precision: str | None, hint: str) -> str:
+        """The row's name: the path, the precision OpenVINO chose (int8 files: of the float
+        ops), the hint and, for THROUGHPUT, the streams."""
+        used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        details = [] if precision else [used if path == "OpenVINO default" else f"float ops {used}"]
+        streams = compiled.get_property("NUM_STREAMS")
+        details.append(hint if hint == "LATENCY" else f"{hint}, {streams} streams")
+        return f"{path} ({', '.join(details)})"
+
+    def runner(self, compiled, hint: str):
+        """A callable on a normalized torch batch: one synchronous request (LATENCY), or the
+        batch split over the streams as asynchronous requests (THROUGHPUT)."""
+        if hint == "LATENCY":
+            request = compiled.create_infer_request()
+            return lambda x: request.infer({0: x.numpy()}, share_inputs=True)[0]
+        n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        queue, out = self.ov.AsyncInferQueue(compiled, n), {}
+        queue.set_callback(lambda request, i: out.__setitem__(i, request.get_output_tensor(0).data.copy()))
+
+        def run(x: torch.Tensor):
+            chunks = np.array_split(x.numpy(), min(n, len(x)))
+            for i, chunk in enumerate(chunks):
+                queue.start_async({0: chunk}, userdata=i, share_inputs=True)
+            queue.wait_all()
+            return np.concatenate([out[i] for i in range(len(chunks))])
+
+        return run
+
+
+# The OpenVINO rows: (label, source file, INFERENCE_PRECISION_HINT; None: OpenVINO's default).
+OV_PATHS = [("OpenVINO f32", "fp32", "f32"), ("OpenVINO default", "fp32", None),
+            ("OpenVINO int8 NNCF", "nncf", None), ("OpenVINO on the ORT int8 file", "int8", None)]
+
+
+def sample_photos(n: int, spec: InputSpec, seed: int) -> torch.Tensor:
+    """n random resized crops (uint8) of scikit-learn's two bundled photos: real-image statistics
+    where no data set for the model is on disk."""
+    from sklearn.datasets import load_sample_images
+    from torchvision.transforms import v2
+
+    photos = [torch.tensor(a).permute(2, 0, 1).contiguous() for a in load_sample_images().images]
+    crop = v2.RandomResizedCrop(tuple(spec.image_size), scale=(0.05, 1.0), antialias=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        x = torch.stack([crop(photos[i % len(photos)]) for i in range(n)])
+    if spec.channels == 1:
+        x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
+    return x
+
+
+def folder_sample(root: Path, spec: InputSpec, n: int, seed: int) -> torch.Tensor:
+    """n images (uint8) drawn evenly over the class folders of root, at the model's size."""
+    from PIL import Image
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    g = torch.Generator().manual_seed(seed)
+    xs = []
+    for i, folder in enumerate(folders):
+        files = sorted(folder.iterdir())
+        k = n // len(folders) + (i < n % len(folders))
+        for j in torch.randperm(len(files), generator=g)[:k].tolist():
+            with Image.open(files[j]) as im:
+                xs.append(image_to_uint8(im, spec.channels, spec.image_size))
+    return torch.stack(xs)
+
+
+def model_images(key: str, spec: InputSpec, args) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(calibration images, held-out images, where they come from), uint8, for one model."""
+    held = HELD_OUT[key]
+    if key == "digits":
+        train, val, _ = digits_data()
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION]
+        return train[pick], val[:held], f"{CALIBRATION} digits training images (held out: {held} validation)"
+    if key == "cifar" and (args.data / "train").is_dir() and (args.data / "test").is_dir():
+        return (folder_sample(args.data / "train", spec, CALIBRATION, 0),
+                folder_sample(args.data / "test", spec, held, 1),
+                f"{CALIBRATION} CIFAR-10 training images from {args.data} (held out: {held} test)")
+    where = "" if key != "cifar" else f" (no CIFAR-10 JPEGs at {args.data})"
+    return (sample_photos(CALIBRATION, spec, 0), sample_photos(held, spec, 1),
+            f"{CALIBRATION} random crops of scikit-learn's 2 sample photos{where} (held out: {held} others)")
+
+
+def run_logits(run, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([torch.as_tensor(np.asarray(run(x[i:i + batch]))).float()
+                          for i in range(0, len(x), batch)])
+
+
 def speed(args) -> None:
     import onnxruntime
 
     ort_threads = THREADS or "default"
+    ov_problem = openvino_problem()
+    if ov_problem:
+        ov_text = f"openvino {ov_problem}"
+    else:
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        try:
+            import nncf
+
+            nncf_text = f"nncf {nncf.__version__}"
+        except ImportError:
+            nncf_text = "nncf not installed"
+        ov_text = (f"openvino {ov.get_version().split('-')[0]} ({THREADS or cores()} threads; CPU "
+                   f"capabilities {', '.join(caps)}), {nncf_text}")
     bf16 = "native" if native_bf16("cpu") else "no native"
-    print(f"CPU: {cpu_name()}, {bf16} bf16; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); onnxruntime {onnxruntime.__version__} "
-          f"({ort_threads} threads)")
-    rows = []
-    builders = {"S/16": s16_model, "B/16": lambda: imagenet_model("B/16"),
-                "cifar": lambda: cifar_model(args.run)}
-    for build in [builders[m] for m in args.models]:
-        model, classes, spec, label = build()
+    print(f"CPU: {cpu_features()}")
+    print(f"vitkit sees {bf16} bf16; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"onnxruntime {onnxruntime.__version__} ({ort_threads} threads); {ov_text}", flush=True)
+    rows, diffs = [], []
+    builders = {"S/16": lambda: imagenet_model("S/16"), "B/16": lambda: imagenet_model("B/16"),
+                "cifar": lambda: cifar_model(args.run), "digits": lambda: digits_model(args.digits_run)}
+    for key in args.models:
+        model, classes, spec, label = builders[key]()
+        name = label.split(" (")[0]
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["VITKIT_CACHE_DIR"] = tmp  # the ONNX route's graph, exported afresh
             files = write_files(model, classes, spec, Path(tmp))
             sizes = {k: p.stat().st_size for k, p in files.items()}
             runners, _ = torch_runners(model)
+            default_name = next(n for n in runners if n.startswith("vitkit default"))
             runners["ONNX Runtime fp32"] = ort_runner(files["fp32"])
             runners["ONNX Runtime int8"] = ort_runner(files["int8"])
+            print(f"{label}: fp32 file {sizes['fp32'] / 2**20:.2f} MiB, int8 file "
+                  f"{sizes['int8'] / 2**20:.2f} MiB ({sizes['int8'] / sizes['fp32']:.3f}x)", flush=True)
+            calib, held, source = model_images(key, spec, args)
+            ovino, missing = None, {}
+            if ov_problem:
+                missing = {label: ov_problem for label, _, _ in OV_PATHS}
+            else:
+                ovino = OpenVINO(files, Path(tmp), args.ov_static)
+                try:
+                    seconds = ovino.quantize(normalize(calib, spec), Path(tmp) / "nncf_int8.xml")
+                    print(f"  NNCF int8: {source}; quantized in {seconds:.1f} s", flush=True)
+                except ImportError:
+                    missing["OpenVINO int8 NNCF"] = "nncf not installed"
             for batch in (1, 8):
                 x = torch.randn(batch, *((spec.channels,) + tuple(spec.image_size)))
-                r = timed(runners, x, args.rounds, args.min_time)
-                for name, ips in r.items():
-                    rows.append((label, batch, name, ips, ips / r["vitkit eager fp32"],
-                                 ips / r["ONNX Runtime fp32"]))
-            print(f"{label}: fp32 file {sizes['fp32'] / 2**20:.2f} MiB, int8 file "
-                  f"{sizes['int8'] / 2**20:.2f} MiB ({sizes['int8'] / sizes['fp32']:.3f}x)")
-    print("\n| model | batch | path | img/s | vs eager fp32 | vs ORT fp32 |")
+                timing = dict(runners)
+                if ovino is not None:
+                    for hint in ("LATENCY",) if batch == 1 else ("LATENCY", "THROUGHPUT"):
+                        for path_label, source_key, precision in OV_PATHS:
+                            if path_label in missing:
+                                continue
+                            compiled = ovino.compiled(source_key, precision, hint, batch)
+                            shown = ovino.label(path_label, compiled, precision, hint)
+                            timing[shown] = ovino.runner(compiled, hint)
+                r = timed(timing, x, args.rounds, args.min_time)
+                for run_name, ips in r.items():
+                    rows.append((name, batch, run_name, ips, ips / r["vitkit eager fp32"],
+                                 ips / r[default_name], ips / r["ONNX Runtime fp32"]))
+                for path_label, why in missing.items():
+                    rows.append((name, batch, path_label, why, None, None, None))
+            if ovino is not None:
+                cold, warm = ovino.compile_s["fp32"]
+                print(f"  OpenVINO compile of the fp32 file: {cold:.2f} s cold, {warm:.2f} s from CACHE_DIR",
+                      flush=True)
+            # logits against eager fp32 on held-out images, each path at its dynamic batch
+            eager = export_ready(model)[0]
+            xh = normalize(held, spec)
+            ref = run_logits(eager, xh)
+            checks = {n: runners[n] for n in (default_name, "ONNX Runtime fp32", "ONNX Runtime int8")}
+            if ovino is not None:
+                for path_label, source_key, precision in OV_PATHS:
+                    if path_label not in missing:
+                        compiled = ovino.compiled(source_key, precision, "LATENCY", None)
+                        checks[ovino.label(path_label, compiled, precision, "LATENCY")] = ovino.runner(
+                            compiled, "LATENCY")
+                compiled = ovino.compiled("fp32", "f32", "THROUGHPUT", None)  # the split batch, in order
+                checks[ovino.label("OpenVINO f32", compiled, "f32", "THROUGHPUT")] = ovino.runner(
+                    compiled, "THROUGHPUT")
+            scale = ref.abs().max().item()
+            for check_name, run in checks.items():
+                got = run_logits(run, xh)
+                agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+                diffs.append((name, len(xh), scale, check_name, (got - ref).abs().max().item(), agree))
+            for path_label, why in missing.items():
+                diffs.append((name, len(xh), scale, path_label, why, None))
+    print("\n| model | batch | path | img/s | vs eager fp32 | vs vitkit default | vs ORT fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, batch, run_name, ips, r_eager, r_default, r_ort in rows:
+        if isinstance(ips, str):
+            print(f"| {name} | {batch} | {run_name} | {ips} | - | - | - |")
+        else:
+            print(f"| {name} | {batch} | {run_name} | {ips:.1f} | {r_eager:.2f}x | {r_default:.2f}x "
+                  f"| {r_ort:.2f}x |")
+    print("\nLogits against vitkit eager fp32 on held-out images (max |eager logit| for scale):\n")
+    print("| model | images | max abs eager logit | path | max abs logit diff | top-1 agreement |")
     print("|---|---|---|---|---|---|")
-    for label, batch, name, ips, r_eager, r_ort in rows:
-        print(f"| {label.split(' (')[0]} | {batch} | {name} | {ips:.1f} | {r_eager:.2f}x | {r_ort:.2f}x |")
+    for name, n, scale, check_name, diff, agree in diffs:
+        if isinstance(diff, str):
+            print(f"| {name} | {n} | {scale:.3g} | {check_name} | {diff} | - |")
+        else:
+            print(f"| {name} | {n} | {scale:.3g} | {check_name} | {diff:.2e} | {agree:.2%} |")
 
 
 def read_images(root: Path, classes: list[str], spec: InputSpec, every: int = 1
@@ -286,8 +574,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 JPEG root (train/, test/)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per path (medians reported)")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per path per round")
-    ap.add_argument("--models", nargs="+", default=["S/16", "B/16", "cifar"],
-                    choices=["S/16", "B/16", "cifar"], help="speed: the models to time")
+    ap.add_argument("--digits-run", type=Path, default=ROOT / "runs" / "digits",
+                    help="the trained digits run directory (make run writes it)")
+    ap.add_argument("--models", nargs="+", default=["S/16", "B/16", "cifar", "digits"],
+                    choices=["S/16", "B/16", "cifar", "digits"], help="speed: the models to time")
+    ap.add_argument("--ov-static", action="store_true",
+                    help="OpenVINO: reshape each model to the timed batch before compiling (else the "
+                         "file's dynamic batch, as an engine serving any batch would run it)")
     ap.add_argument("--threads", type=int, default=0,
                     help="intra-op threads for torch and onnxruntime (0: each library's default)")
     args = ap.parse_args()

@@ -7,8 +7,9 @@ from conftest import randomize_
 
 from vitkit.compile import compile_model, compile_wanted
 from vitkit.config import ViTConfig
+from vitkit.inference import for_inference
 from vitkit.model import ViT
-from vitkit.precision import autocast, for_inference
+from vitkit.precision import autocast
 
 TINY = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64,
                  num_classes=5)

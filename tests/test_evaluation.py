@@ -6,8 +6,9 @@ from conftest import randomize_
 from vitkit.data.arrays import ImageArrays
 from vitkit.data.preprocess import InputSpec
 from vitkit.evaluation import evaluate_model
+from vitkit.inference import for_inference
 from vitkit.model import ViT, ViTConfig
-from vitkit.precision import for_inference, inference_precision
+from vitkit.precision import inference_precision
 
 pytestmark = pytest.mark.precision  # make test runs these again as on the other kind of CPU
 

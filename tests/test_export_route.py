@@ -15,7 +15,7 @@ from test_export import CLASSES, SPEC, prepared, real_images  # noqa: E402
 
 from vitkit.export.route import EXPORT_PAYS_AFTER, graph_path, route_problem  # noqa: E402
 from vitkit.export.runtime import OnnxViT  # noqa: E402
-from vitkit.precision import for_inference  # noqa: E402
+from vitkit.inference import for_inference  # noqa: E402
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ def test_environment_switch_rejects_other_values(monkeypatch):
 
 
 def test_model_stored_in_bf16_takes_fp32_inputs():
+    from vitkit.inference import for_inference
     from vitkit.model import ViT, ViTConfig
     from vitkit.visualize.analysis import capture_attention
 
@@ -91,7 +92,7 @@ def test_model_stored_in_bf16_takes_fp32_inputs():
                           num_classes=3))
     x = torch.randn(2, 3, 16, 16)
     reference = capture_attention(model, x)
-    precision.for_inference(model, "bf16")
+    for_inference(model, "bf16")
     maps = capture_attention(model, x)  # fp32 input on bf16-stored weights
     assert [m.shape for m in maps] == [m.shape for m in reference]
     for got, want in zip(maps, reference, strict=True):

@@ -26,9 +26,10 @@ from .compile import compile_model
 from .config import ViTConfig, variant
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
+from .inference import for_inference
 from .info import forward_macs
 from .model import ViT
-from .precision import autocast, for_inference, native_bf16
+from .precision import autocast, native_bf16
 
 LIBS = ("vitkit", "timm", "hf")
 COMPILED = "vitkit compiled"  # vitkit under torch.compile, timed beside the others when asked for

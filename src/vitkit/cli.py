@@ -11,6 +11,7 @@ from typing import Literal
 
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
+from .distill import DistillOptions
 from .features import FeatureOptions
 from .finetune.linear import LinearOptions
 from .finetune.lora import LoraOptions
@@ -111,8 +112,13 @@ def train(
     from .training import TrainConfig, fit
     from .training.resume import PRETRAIN_KEY, stored_config
 
-    if resume and PRETRAIN_KEY in read_meta(Path(resume)):
+    meta = read_meta(Path(resume)) if resume else {}
+    if PRETRAIN_KEY in meta:
         return pretrain(resume=resume)  # continued the same way, with pre-training's closing lines
+    if "distill" in meta:  # the teacher's views are computed again
+        from .distill import distill as run_distill
+
+        return _after_training(run_distill(None, resume=resume), stored_config(Path(resume)))
     cfg = stored_config(Path(resume)) if resume else TrainConfig(data=data, model=model, optim=optim,
                                                                    augment=augment, run=run)
     _after_training(fit(None if resume else cfg, resume=resume), cfg, suggest_finetune=True)
@@ -268,6 +274,44 @@ def finetune(
 
     result = run_finetune(weights, data, image_size, optim, augment, run, linear_probe, resize_mode, load,
                           mode=mode, views=views, linear=linear, lora=lora)
+    _after_training(result, TrainConfig(data=data, optim=optim, augment=augment, run=run))
+
+
+def distill(
+    teacher: str,
+    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
+    model: ModelSpec = ModelSpec(),  # noqa: B008
+    distill: DistillOptions = DistillOptions(),  # noqa: B008
+    optim: OptimConfig = OptimConfig(),  # noqa: B008
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008
+    run: RunConfig = RunConfig(out="runs/distill"),  # noqa: B008
+    load: LoadOptions = LoadOptions(),  # noqa: B008
+) -> None:
+    """Distill a teacher into a small, fast student (DeiT's hard, soft or token distillation).
+
+    The teacher labels --distill.views augmented views of every training image once; the
+    student (default: the model vitkit train builds for the data) trains on them. Writes a run
+    directory (--run.out) whose model folder every command opens. Example: vitkit distill
+    runs/finetune --data.dataset folder --data.path photos/ --distill.loss token
+
+    Args:
+        teacher: any model vitkit opens, fine-tuned on the same classes (a run or model folder,
+            another library's checkpoint, a Hub id, an exported .onnx file).
+        data: the data to distill on.
+        model: the student's architecture (unset: vitkit train's default for the data).
+        distill: the loss (hard, soft, token or labels), its weight and temperature, the views.
+        optim: the student's optimizer and schedule.
+        augment: augmentation of the views (teacher and student see the same view).
+        run: epochs (default: vitkit train's image passes spread over the views), output
+            directory, precision, device, time budget.
+        load: what the teacher's files may not record (classes, normalization).
+
+    A stopped run continues with vitkit train --resume RUN_DIR.
+    """
+    from .distill import distill as run_distill
+    from .training import TrainConfig
+
+    result = run_distill(teacher, data, model, distill, optim, augment, run, load)
     _after_training(result, TrainConfig(data=data, optim=optim, augment=augment, run=run))
 
 
@@ -717,7 +761,8 @@ def _run_with_file_list(name: str, argv: list[str]) -> None:
     func(**{p: init[p] for p in params})
 
 
-COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
+COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": finetune, "distill": distill,
+            "evaluate": evaluate,
             "predict": predict,
             "visualize": visualize, "convert": convert, "bench": bench, "serve": serve,
             "export": export, "shards": shards, "consolidate": consolidate, "probe": probe, "embed": embed}

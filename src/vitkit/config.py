@@ -34,6 +34,10 @@ class ViTConfig:
     # registers (Darcet et al., ICLR 2024): learnable tokens after the class token that the head
     # ignores; they give attention a place to park global information instead of patch tokens
     register_tokens: int = 0
+    # DeiT's distillation token (Touvron et al., ICML 2021): a second token after the class token
+    # with its own head (head_dist), trained toward a teacher's labels; the logits are the
+    # average of the two heads, so the model answers as one
+    distill_token: bool = False
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth at the last block; linear from 0 over depth
@@ -56,6 +60,9 @@ class ViTConfig:
             raise ValueError(f"register_tokens must be 0 or more, got {self.register_tokens}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True")
+        if self.distill_token and (self.pool != "cls" or not self.class_token):
+            raise ValueError("distill_token=True needs the class token and pool='cls' (the two heads "
+                             "read the class and distillation tokens)")
         if self.pos_embed == "sincos2d" and self.hidden_size % 4:
             raise ValueError(
                 f"2D sin-cos position embeddings need hidden_size % 4 == 0, got {self.hidden_size}"
@@ -84,8 +91,9 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: the class token (if any), then the registers."""
-        return (1 if self.class_token else 0) + self.register_tokens
+        """Tokens before the patches: the class token (if any), the distillation token (if
+        any), then the registers."""
+        return (1 if self.class_token else 0) + int(self.distill_token) + self.register_tokens
 
     @property
     def head_dim(self) -> int:

@@ -19,9 +19,9 @@ def embed_images(weights: str, images: list[str], out: str | None = None, query:
                  load: LoadOptions | None = None) -> dict:
     """Features of every image (cached per file), written to `out` and/or searched with `query`;
     returns what was computed, written and found. Outputs are checked before any work."""
+    from .data.folder import list_images
     from .features import FeatureModel, FeatureOptions, file_features  # the model stack, when used
     from .loading import open_model
-    from .predict import list_images
 
     if not out and not query:
         raise ValueError("nothing to do: give --out FILE (.npy, .safetensors or .parquet) and/or "

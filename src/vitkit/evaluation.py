@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.arrays import ImageArrays
+from .data.arrays import ImageArrays, iterate_eval
 from .data.preprocess import InputSpec, normalize
 from .precision import autocast
 
@@ -97,15 +97,6 @@ class MultiLabelResult:
         return {"images": self.count, "multilabel": True, "mAP": self.map, "micro_f1": self.micro_f1,
                 "macro_f1": self.macro_f1, "threshold": self.threshold, "loss": self.loss,
                 "per_tag_ap": self.per_tag_ap, "per_tag_f1": self.per_tag_f1}
-
-
-def iterate_eval(data, batch_size: int, workers: int = 0):
-    """Batches of (uint8 images, labels) in order, from arrays or a streaming folder."""
-    if isinstance(data, ImageArrays):
-        for i in range(0, len(data), batch_size):
-            yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
-    else:
-        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
 
 
 @torch.no_grad()
@@ -250,9 +241,10 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     import json
 
     from .files import atomic_write_json
+    from .inference import for_inference
     from .loading import open_model
     from .multilabel import threshold_of
-    from .precision import for_inference, inference_precision
+    from .precision import inference_precision
 
     if batch_size < 1:
         raise ValueError(f"--batch_size {batch_size}: must be 1 or more")

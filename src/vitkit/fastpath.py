@@ -69,19 +69,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, drop
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # its default scale is 1/sqrt(d)
 
 
-def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """An encoder block (Eq. 2, 3) computed for the first token alone: (B, 1, D)."""
+def class_token_block(block: nn.Module, x: torch.Tensor, tokens: int = 1) -> torch.Tensor:
+    """An encoder block (Eq. 2, 3) computed for the first `tokens` tokens alone: (B, tokens, D)."""
     attn = block.attn
     b, n, d = x.shape
-    h, hd = attn.num_heads, attn.head_dim
+    h, hd, t = attn.num_heads, attn.head_dim, tokens
     y = block.norm1(x)
     w, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(y[:, :1], w[:d], None if bias is None else bias[:d]).view(b, 1, h, hd).transpose(1, 2)
+    q = F.linear(y[:, :t], w[:d], None if bias is None else bias[:d]).view(b, t, h, hd).transpose(1, 2)
     kv = F.linear(y, w[d:], None if bias is None else bias[d:])
     k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
     a = attend(q, k, v, attn.scale, attn.attn_drop if attn.training else 0.0)
-    a = attn.proj_drop(attn.proj(a.transpose(1, 2).reshape(b, 1, d)))
-    x = x[:, :1] + block.drop_path(a)
+    a = attn.proj_drop(attn.proj(a.transpose(1, 2).reshape(b, t, d)))
+    x = x[:, :t] + block.drop_path(a)
     return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
@@ -93,9 +93,10 @@ def uses_class_token_path(model: nn.Module) -> bool:
 
 
 def forward_class_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The logits of model(x) with the last block run for the class token alone."""
+    """The logits of model(x) with the last block run for the tokens the heads read alone (the
+    class token, and the distillation token when there is one)."""
     x = model.embed(x)
     for block in model.blocks[:-1]:
         x, _ = block(x)
-    x = class_token_block(model.blocks[-1], x)
+    x = class_token_block(model.blocks[-1], x, 2 if model.config.distill_token else 1)
     return model.forward_head(model.norm(x))

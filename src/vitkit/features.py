@@ -14,42 +14,23 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from .cache import default_cache_dir, model_fingerprint
-from .data.arrays import ImageArrays
+from .data.arrays import ImageArrays, iterate_eval
 from .data.folder import _DECODE_ERRORS, file_stamp
 from .data.preprocess import DECODING, normalize, open_image, prepare_image
-from .evaluation import iterate_eval
+from .inference import for_inference
 from .notices import VitkitWarning, one_line
 from .opened import OpenedModel
-from .precision import autocast, for_inference, inference_precision
+from .precision import autocast, inference_precision
+from .representation import FeatureOptions, read_features, resolve_options
 
 # bump when what is stored changes, so old cache files are not read (2: images turned upright by
 # their EXIF orientation, and the files that could not be read are recorded)
 FORMAT_VERSION = 2
-
-
-@dataclass
-class FeatureOptions:
-    """Which representation to read from the model.
-
-    Attributes:
-        layer: the encoder block whose output is read (0-based; -1 is the last).
-        token: cls (the class token) or mean (mean of the patch tokens); default: the model's pooling.
-        norm: apply the final LayerNorm (for the last block: the paper's representation y, Eq. 4).
-        batch_size: images per forward pass.
-        precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
-    """
-
-    layer: int = -1
-    token: Literal["cls", "mean"] | None = None
-    norm: bool = True
-    batch_size: int = 256
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass
@@ -96,30 +77,6 @@ class FeatureModel:
             features, _ = read_features(self.model, x.to(self.device), self.layer, self.token,
                                         self.options.norm)
         return features.float().cpu()
-
-
-def resolve_options(model: torch.nn.Module, options: FeatureOptions, source: str) -> tuple[int, str]:
-    """The block index (0-based) and the token that `options` name for `model`, checked once
-    for embed, probe and a features export alike; one-line errors naming the option."""
-    depth = len(model.blocks)
-    if not -depth <= options.layer < depth:
-        raise ValueError(f"layer {options.layer} (--features.layer): the model has {depth} blocks "
-                         f"(0..{depth - 1}, or negative from the end)")
-    token = options.token or model.config.pool
-    if token not in ("cls", "mean"):
-        raise ValueError(f"token {token!r} (--features.token): expected cls or mean")
-    if token == "cls" and not model.config.class_token:  # registers alone are no class token
-        raise ValueError(f"token cls (--features.token): {source} has no class token; use mean")
-    return options.layer % depth, token
-
-
-def read_features(model: torch.nn.Module, x: torch.Tensor, layer: int, token: str, norm: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, D), patch tokens (B, N, D)) of block `layer` for normalized images x: the
-    one definition FeatureModel and the features export both compute."""
-    out = model.forward_intermediates(x, layers=[layer], norm=norm)
-    patches = out.patches[0]
-    return (out.prefix[0][:, 0] if token == "cls" else patches.mean(dim=1)), patches
 
 
 def data_fingerprint(data) -> str | None:

@@ -135,7 +135,7 @@ def open_model(source: str | Path, options: LoadOptions | None = None, *, device
     options = options or LoadOptions()
     preset = get_preset(options.preprocess) if options.preprocess else None  # refused before any reading
     if str(source).lower().endswith(".onnx"):
-        from .export.runtime import open_onnx
+        from .formats.exported import open_onnx
 
         opened = open_onnx(source)
         if preset is not None or options.mean is not None or options.std is not None:

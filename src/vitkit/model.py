@@ -175,6 +175,7 @@ class ViT(nn.Module):
         d = config.hidden_size
         self.patch_embed = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if config.distill_token else None
         r = config.register_tokens
         self.reg_token = nn.Parameter(torch.zeros(1, r, d)) if r else None  # registers: the head ignores them
         n_pos = config.num_patches + config.num_prefix_tokens
@@ -194,6 +195,8 @@ class ViT(nn.Module):
         rep = config.representation_size
         self.pre_logits = PreLogits(d, rep) if rep else nn.Identity()
         self.head = nn.Linear(rep or d, config.num_classes) if config.num_classes else nn.Identity()
+        if config.distill_token:  # the distillation token's own classifier
+            self.head_dist = nn.Linear(rep or d, config.num_classes) if config.num_classes else nn.Identity()
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}  # inference tables per grid
         self._pos_cache_stamp: tuple | None = None
         self.init_weights()
@@ -254,9 +257,12 @@ class ViT(nn.Module):
             nn.init.zeros_(self.cls_token)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)  # unlike the class token: the two must differ
+        for head in self.heads():
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     # ---- forward ----------------------------------------------------------------------
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
@@ -298,8 +304,10 @@ class ViT(nn.Module):
         )
 
     def prefix_tokens(self, batch: int) -> torch.Tensor | None:
-        """The tokens before the patches, (B, prefix, D): the class token, then the registers."""
-        parts = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        """The tokens before the patches, (B, prefix, D): the class token, the distillation
+        token, then the registers."""
+        parts = [t.expand(batch, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token)
+                 if t is not None]
         return torch.cat(parts, dim=1) if parts else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,9 +374,19 @@ class ViT(nn.Module):
         return x[:, 0]  # Eq. 4: y = LN(z_L^0), the class token after the final LayerNorm
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the tokens, apply the optional tanh layer, then the linear classifier (Eq. 4)."""
-        x = self.pre_logits(self.pool(x))
-        return x if pre_logits else self.head(x)
+        """Pool the tokens, apply the optional tanh layer, then the linear classifier (Eq. 4).
+        With a distillation token: the average of the class head's and the distillation head's
+        logits (pre_logits: the class token's features)."""
+        y = self.pre_logits(self.pool(x))
+        if pre_logits:
+            return y
+        if self.config.distill_token:
+            return (self.head(y) + self.head_dist(self.pre_logits(x[:, 1]))) / 2
+        return self.head(y)
+
+    def heads(self) -> list[nn.Module]:
+        """The classifiers: the head, and the distillation head when there is one."""
+        return [self.head, self.head_dist] if self.config.distill_token else [self.head]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits: Eq. 1 (embed), Eq. 2-3 (blocks), Eq. 4 (norm, pool, head). With class-token
@@ -399,13 +417,13 @@ class ViT(nn.Module):
         rep = self.config.representation_size
         in_features = rep or self.config.hidden_size
         ref = self.norm.weight
-        if num_classes:
-            head = nn.Linear(in_features, num_classes, device=ref.device, dtype=ref.dtype)
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-            self.head = head
-        else:
-            self.head = nn.Identity()
+        for name in ["head", "head_dist"] if self.config.distill_token else ["head"]:
+            head = nn.Identity()
+            if num_classes:
+                head = nn.Linear(in_features, num_classes, device=ref.device, dtype=ref.dtype)
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+            setattr(self, name, head)
         self.config = self.config.replace(num_classes=num_classes)
 
     def drop_pre_logits(self) -> None:

@@ -21,6 +21,9 @@ DEFAULT_THRESHOLD = 0.5  # before any validation split chose one
 def is_multilabel(data) -> bool:
     """Whether a Data (vitkit.data.pipeline), or one of its splits, holds multi-hot labels."""
     split = getattr(data, "train", data)
+    flag = getattr(split, "multilabel", None)  # a split that says so itself (ImageArrays and kin)
+    if isinstance(flag, bool):
+        return flag
     labels = getattr(split, "labels", None)
     if labels is None:  # streamed: the index behind the dataset
         labels = getattr(getattr(split, "index", None), "labels", None)

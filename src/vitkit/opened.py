@@ -1,7 +1,7 @@
 """What opening a model gives: the model with what is needed to feed it.
 
 Its own module so that every way of opening a model (vitkit.loading for checkpoints,
-vitkit.export.runtime for exported ONNX files) returns the same type without importing each other.
+vitkit.formats.exported for exported ONNX files) returns the same type without importing each other.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 - training precision "auto": bf16 autocast on GPUs with bf16; on CPUs with native bf16 for
   models of at least BF16_TRAINING_MIN_MACS forward MACs per image (lower with AMX); else fp32;
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
-  CPUs with AVX512-BF16 or AMX), else fp32; `for_inference` stores the weights for it once
-  (and in fp32 on a CPU may run the model's ONNX graph instead: vitkit.export.route).
+  CPUs with AVX512-BF16 or AMX), else fp32 (vitkit.inference prepares a model for it).
+
+Decisions only: nothing here prepares or runs a model, so every layer above may ask
+(docs/architecture.md).
 
 The environment variable VITKIT_NATIVE_BF16=0 (or 1) overrides what the CPU reports, so one
 machine can run everything as a CPU without (or with) native bf16 would; `make test` runs
@@ -128,32 +130,3 @@ def weights_autocast(model: torch.nn.Module):
     bf16 takes fp32 inputs under bf16 autocast, one with fp32 weights runs as it is."""
     p = next((p for p in model.parameters() if p.dtype == torch.bfloat16), None)
     return torch.autocast(p.device.type, dtype=torch.bfloat16) if p is not None else contextlib.nullcontext()
-
-
-def for_inference(model: torch.nn.Module, precision: str, compile: bool | str = "auto",
-                  engine: str = "torch", images: int | None = None) -> torch.nn.Module:
-    """Prepare a model for inference at `precision` and return what to run: the one
-    preparation that prediction, evaluation and serving share.
-
-    The model is put in eval mode in place. For bf16, linear and convolution weights are stored
-    in bf16 once, instead of autocast casting them again on every forward; norms, embeddings
-    and the residual stream stay fp32, so under autocast the results are the same as with fp32
-    weights. `compile` ("auto", True, False) is vitkit.compile's choice of torch.compile.
-    `engine` is vitkit.export.route's: with "auto" (what predict, evaluate and serve pass) or
-    "onnx", fp32 on a CPU may return the model's ONNX graph run by onnxruntime (`images`: the
-    work to come, None for no end); with "torch" (the default here) it is `model`, prepared.
-    Calling this again changes nothing.
-    """
-    from .compile import compile_model
-    from .export.route import onnx_engine
-
-    model.eval()
-    routed = onnx_engine(model, precision, engine, compile, images)
-    if routed is not None:
-        return routed
-    if precision == "bf16":
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
-                m.to(torch.bfloat16)
-    compile_model(model, compile, label="model for inference")
-    return model

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
-from .data.folder import _DECODE_ERRORS, BROKEN_LINKS, IMAGE_EXTENSIONS, _unreadable, is_broken_link
+from .data.folder import _DECODE_ERRORS, list_images
 from .data.preprocess import open_image, prepare_image
+from .inference import for_inference
 from .loading import OpenedModel
 from .multilabel import over_threshold, probabilities, threshold_of
-from .notices import VitkitWarning
-from .precision import autocast, for_inference, inference_precision
-
-
-def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside any directory (sorted, recursive). Links in a
-    directory that lead nowhere (dangling or looping) are skipped with one warning naming them."""
-    out = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-            broken = [f for f in found if f.is_symlink() and is_broken_link(f)]
-            if broken:
-                warnings.warn(_unreadable(p, broken, BROKEN_LINKS), VitkitWarning, stacklevel=2)
-                skip = set(broken)
-                found = [f for f in found if f not in skip]
-            out += found
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-    if not out:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
-    return out
+from .precision import autocast, inference_precision
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,16 @@ class ImageArrays:
                 counts[cols] += 1
                 keep.append(i)
         return torch.tensor(sorted(keep), dtype=torch.long)
+
+
+def iterate_eval(data, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (uint8 images, labels) in order, from arrays or a streaming folder: how
+    evaluation, features and held-out losses read a data set."""
+    if isinstance(data, ImageArrays):
+        for i in range(0, len(data), batch_size):
+            yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
+    else:
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
 
 
 def labels_tensor(labels: list) -> torch.Tensor:

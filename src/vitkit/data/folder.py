@@ -71,6 +71,28 @@ def is_broken_link(p: Path) -> bool:
         return os.path.islink(p)
 
 
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and the image files inside any directory (sorted, recursive). Links in a
+    directory that lead nowhere (dangling or looping) are skipped with one warning naming them."""
+    out = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            broken = [f for f in found if f.is_symlink() and is_broken_link(f)]
+            if broken:
+                warnings.warn(_unreadable(p, broken, BROKEN_LINKS), VitkitWarning, stacklevel=2)
+                skip = set(broken)
+                found = [f for f in found if f not in skip]
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    if not out:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return out
+
+
 def _image_files(d: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(image files, other files, image names that are broken links) under d, in a fixed order
     (a folder's files, then its subfolders'); hidden files and folders are ignored. Links to

@@ -53,7 +53,7 @@ class DataConfig:
     # test, the first there; else val_split of the training split)
     subset: str | None = None  # hf: the configuration (subset) of a Hub dataset that has several
     image_size: int | None = None  # default: the data's own size up to 64 px, moved to the nearest
-    # size the default patch size divides when it has no fitting divisor (31 -> 30); photos: 96
+    # size the default patch size divides when it has no fitting divisor (31 -> 30); photos: PHOTO_SIZE
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
@@ -103,6 +103,7 @@ class Data:
     cropped: bool = False  # streamed training images got their random resized crop on decoding
     augment: AugmentConfig | None = None  # the augmentation with its "auto" values settled
     geometry: geometry.ModelGeometry | None = None  # patch and stem a model built for the data takes
+    photos: bool = False  # natural images larger than the small-image sizes (geometry.is_photo)
 
     @property
     def in_memory(self) -> bool:
@@ -181,7 +182,8 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None)
     channels, size = geo.channels, geo.image_size
     aug, _ = _settle(own, geo, augment, notes)
     train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
-    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug, geometry=geo.model)
+    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug, geometry=geo.model,
+                   photos=geo.photos)
 
 
 def _given_model(model) -> dict | None:
@@ -370,7 +372,7 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
         data = _finish(cfg, train, val, channels, size, notes)
         if train_size != size:
             notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
-        return replace(data, augment=aug, geometry=geo.model)
+        return replace(data, augment=aug, geometry=geo.model, photos=geo.photos)
     # too many to keep decoded: images stream through DataLoader workers
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
@@ -384,7 +386,7 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(_streamed(cfg, index, channels, st.train_tf, st.train_size),
                 _streamed(cfg, val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
-                aug, geo.model)
+                aug, geo.model, geo.photos)
 
 
 def _split_index(cfg: DataConfig, index, notes: list[str] | None):
@@ -417,7 +419,7 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
                 ShardStream(val, channels, size, train=False), train.classes, st.spec,
-                notes, st.cropped, aug, geo.model)
+                notes, st.cropped, aug, geo.model, geo.photos)
 
 
 def _sub_index(index, keep):

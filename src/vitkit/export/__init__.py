@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..data.preprocess import InputSpec
-from ..features import FeatureOptions
 from ..model import ViT
 from ..multilabel import KEY as MULTILABEL_KEY
+from ..representation import FeatureOptions, resolve_options
 from .prepare import calibration_batch, export_ready, metadata
 
 Format = Literal["onnx", "pt2"]
@@ -126,8 +126,8 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
     import torch
 
     from ..checkpoint import check_output_file
+    from ..data.folder import list_images
     from ..loading import open_model
-    from ..predict import list_images
     from .verify import check_features_file, check_file
 
     check_output_file(out, option=None, reading=(model,))
@@ -140,8 +140,6 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
         features = FeatureOptions()
     features = features or None
     if features is not None:  # checked here too, so that the error names the model
-        from ..features import resolve_options
-
         resolve_options(opened.model, features, str(model))
     path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
                                int8, images, features, opened.extra.get(MULTILABEL_KEY), dynamic_size)

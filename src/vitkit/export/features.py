@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..features import FeatureOptions, read_features, resolve_options
 from ..model import ViT
+from ..representation import FeatureOptions, read_features, resolve_options
 
 FEATURES_NAME, TOKENS_NAME = "features", "tokens"
 OUTPUT_NAMES = (FEATURES_NAME, TOKENS_NAME)

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write_bytes
+from ..formats.exported import METADATA_KEY
 from ..model import ViT
-from .prepare import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, dumps
+from .prepare import INPUT_NAME, OUTPUT_NAME, dumps
 
 # Opset 20 is the exporter's default and has Gelu as one op; onnxruntime >= 1.17 runs it.
 OPSET = 20

@@ -1,4 +1,5 @@
-"""The eager model an export starts from, and the metadata that travels inside the file.
+"""The eager model an export starts from, and the metadata that travels inside the file
+(read back by vitkit.formats.exported).
 
 An exported graph is traced once, so everything that depends on the input size is settled
 here: the learned position embeddings are resampled to the export image size before
@@ -21,7 +22,6 @@ from ..data.preprocess import InputSpec
 from ..model import ViT
 from ..posemb import resample_pos_embed
 
-METADATA_KEY = "vitkit"  # ONNX metadata_props key, and the pt2 extra file's stem
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -76,24 +76,8 @@ def metadata(config: ViTConfig, classes: list[str], spec: InputSpec, **extra) ->
             "output_name": OUTPUT_NAME, **extra}
 
 
-def is_features_export(meta: dict) -> bool:
-    """Whether vitkit metadata describes a features export (vitkit.export.features: no head)."""
-    return meta.get("features") is not None
-
-
 def dumps(meta: dict) -> str:
     return json.dumps(meta, separators=(",", ":"))
-
-
-def parse(text: str, where: str) -> tuple[dict, ViTConfig, InputSpec]:
-    """The stored metadata back as (dict, ViTConfig, InputSpec); ValueError naming `where`."""
-    try:
-        meta = json.loads(text)
-        if meta.get("format") != "vitkit":
-            raise ValueError("not vitkit metadata")
-        return meta, ViTConfig.from_dict(meta["model"]), InputSpec.from_dict(meta["input"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{where}: unreadable vitkit metadata ({e})") from None
 
 
 def calibration_batch(images, spec: InputSpec, limit: int | None = None) -> torch.Tensor:

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write_bytes
+from ..formats.exported import METADATA_KEY, parse
 from ..model import ViT
 from .onnx import batch_dim
-from .prepare import METADATA_KEY, dumps, parse
+from .prepare import dumps
 
 EXTRA_FILE = f"{METADATA_KEY}.json"
 

@@ -4,11 +4,11 @@ In fp32 on a CPU, ONNX Runtime runs vitkit's own exported graph faster than eage
 runs the model: on a 2-core Intel Xeon run as a CPU without native bf16
 (VITKIT_NATIVE_BF16=0, benchmarks/export_speed.py), eager fp32 ran at 0.84x / 0.86x ONNX
 Runtime fp32 at batch 1 / 8 for S/16, 0.86x / 0.98x for B/16 and 0.52x / 0.82x for the
-CIFAR-10 hybrid, and this route at 0.99-1.02x everywhere. So where inference
-resolves to fp32 on a CPU (no native bf16, or fp32 asked for), `for_inference` with engine
-"auto" (what predict, evaluate and serve pass) hands back the model's ONNX graph run by
-onnxruntime instead of the module: same weights, same
-preprocessing, logits equal to eager fp32 within float rounding.
+CIFAR-10 hybrid, and this route at 0.99-1.02x everywhere. So where inference resolves to
+fp32 on a CPU (no native bf16, or fp32 asked for), vitkit.inference.for_inference with
+engine "auto" (what predict, evaluate and serve pass) hands back the model's ONNX graph run
+by onnxruntime instead of the module: same weights, same preprocessing, logits equal to
+eager fp32 within float rounding.
 
 The graph is exported once per weights into the user cache (vitkit.cache:
 <cache>/onnx/<fingerprint>.onnx). The key is the fingerprint of every weight, the config and
@@ -113,23 +113,21 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
 
 def _open(path: Path) -> torch.nn.Module:
     """The cached graph as an OnnxViT on torch's intra-op thread count (ValueError if unreadable)."""
-    from .runtime import open_onnx
+    from ..formats.exported import open_onnx
 
     return open_onnx(path, torch.get_num_threads()).model
 
 
 def _export(model: ViT, path: Path) -> None:
-    """Export the fp32 graph of `model` to `path` (atomically), timing it once on stderr; the
-    class names and input spec in its metadata are placeholders (the caller holds the real ones).
-    The steps of export_model, without importing the export package's face (an import cycle)."""
+    """Export the fp32 graph of `model` to `path` as `vitkit export` does, timing it once on
+    stderr; the class names and input spec in its metadata are placeholders (the caller holds
+    the real ones)."""
     from ..data.preprocess import InputSpec
-    from .onnx import export_onnx
-    from .prepare import export_ready, metadata
+    from . import export_model
 
     start = time.perf_counter()
-    ready, notes = export_ready(model)
-    c = ready.config
+    c = model.config
     spec = InputSpec(c.image_hw, c.num_channels, [0.5] * c.num_channels, [0.5] * c.num_channels)
-    export_onnx(ready, metadata(c, [str(i) for i in range(c.num_classes)], spec, notes=notes), path)
+    export_model(model, [str(i) for i in range(c.num_classes)], spec, path)
     print(f"vitkit: fp32 inference runs through ONNX Runtime; exported the graph once in "
           f"{time.perf_counter() - start:.1f} s to {path}", file=sys.stderr, flush=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..features import FeatureOptions
 from ..model import ViT
+from ..representation import FeatureOptions
 
 
 @dataclass
@@ -33,7 +33,7 @@ def run_file(path: str | Path, x: torch.Tensor, batch_size: int = 64) -> torch.T
         module = load_pt2(path)[0].module()
         run = module
     else:
-        from .runtime import open_onnx
+        from ..formats.exported import open_onnx
 
         run = open_onnx(path).model
     with torch.no_grad():
@@ -68,7 +68,7 @@ class FeatureCheck:
 def run_features_file(path: str | Path, x: torch.Tensor, batch_size: int = 64
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, tokens) of a features export (.onnx, onnxruntime) for inputs x."""
-    from .runtime import open_onnx
+    from ..formats.exported import open_onnx
 
     run = open_onnx(path, features=True).model
     with torch.no_grad():

@@ -20,6 +20,7 @@ from ..data.pipeline import DataConfig, load_data
 from ..loading import LoadOptions, open_model
 from ..multilabel import is_multilabel
 from ..training import OptimConfig, RunConfig, TrainConfig, fit
+from ..training.resume import OBJECTIVE_KEY
 from ..training.trainer import RunResult
 from .linear import LinearOptions, linear_finetune
 from .lora import LoraClassification, LoraOptions
@@ -95,5 +96,6 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
     if mode == "full":
         return fit(cfg, model=model.train(), extra_meta=meta, on_step=on_step)
     meta["finetune"].update(lora=vars(lora))  # what a resumed run rebuilds its adapters from
+    meta[OBJECTIVE_KEY] = "lora"  # the registered objective (lora.from_meta) a resumed run trains
     return fit(cfg, model=model.train(), extra_meta=meta, objective=LoraClassification(lora),
                on_step=on_step)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import RECIPE_NAME, save_pretrained
+from ..data.arrays import iterate_eval
 from ..data.augment import AugmentConfig, BatchAugment
 from ..data.pipeline import Data, load_data
-from ..evaluation import iterate_eval
 from ..files import atomic_write_bytes
 from ..model import ViT
 from ..notices import check_ranges, is_number

@@ -8,7 +8,8 @@ The run trains through vitkit's normal Trainer, with LoRA as its objective: the 
 publishes (model.safetensors, every save) are the adapters merged into plain weights, so
 predict, evaluate, export and serve open the result like any vitkit model. state.pt holds
 the adapted model itself and config.json the options, so an interrupted run continues
-exactly (vitkit train --resume RUN rebuilds the adapters: vitkit.training.resume).
+exactly (vitkit train --resume RUN rebuilds the adapters: from_meta, found by name by
+vitkit.training.resume).
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ class LoraClassification(Classification):
 
     def published(self, model: nn.Module) -> ViT:
         return model.merged() if isinstance(model, LoraViT) else model
+
+
+def from_meta(meta: dict) -> LoraClassification:
+    """The objective of a stored LoRA fine-tuning run, rebuilt from its config.json entries
+    (registered as objective "lora", so that training finds it by name when the run resumes)."""
+    try:
+        opts = LoraOptions(**(meta.get("finetune") or {}).get("lora", {}))
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"bad 'finetune.lora' entry ({e})") from None
+    return LoraClassification(opts)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

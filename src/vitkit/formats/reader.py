@@ -196,6 +196,8 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
         f["mlp_size"] = fc1.shape[0]
         f["qkv_bias"] = "blocks.0.attn.qkv.bias" in sd
     f["class_token"] = "cls_token" in sd
+    if "dist_token" in sd:
+        f["distill_token"] = True
     if "reg_token" in sd:
         f["register_tokens"] = sd["reg_token"].shape[1]
     f["pool"] = "cls" if f["class_token"] else "mean"
@@ -211,7 +213,8 @@ def infer_config(sd: dict[str, torch.Tensor], known: dict | None = None,
         notes.append(f"num_heads {heads} assumed from width {f['hidden_size']}; pass num_heads if it differs")
     p = f["patch_size"]
     if "pos_embed" in sd:
-        count = sd["pos_embed"].shape[1] - (1 if f["class_token"] else 0) - f.get("register_tokens", 0)
+        prefix = int(f["class_token"]) + int(f.get("distill_token", False)) + f.get("register_tokens", 0)
+        count = sd["pos_embed"].shape[1] - prefix
         grid = _grid_for(count, p, [known.get("image_size"), image_size])
         if grid is None:
             raise ValueError(f"cannot tell the patch grid of {count} position embeddings: not a square; "
@@ -232,7 +235,8 @@ def _add_class_row(sd: dict[str, torch.Tensor]) -> str | None:
     big_vision) gets zero rows: vitkit adds those rows to the prefix tokens, so zeros leave
     the model unchanged."""
     pos = sd.get("pos_embed")
-    prefix = int("cls_token" in sd) + (sd["reg_token"].shape[1] if "reg_token" in sd else 0)
+    prefix = (int("cls_token" in sd) + int("dist_token" in sd)
+              + (sd["reg_token"].shape[1] if "reg_token" in sd else 0))
     if pos is None or not prefix:
         return None
     n = pos.shape[1]

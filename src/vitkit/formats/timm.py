@@ -2,7 +2,8 @@
 
 timm names the same modules vitkit does, except for the optional parts it has and the
 paper's ViT does not (layer scale, q/k norm, ...): those are refused by name instead of
-being silently dropped. Register tokens (reg_token) are read as vitkit's registers.
+being silently dropped. Register tokens (reg_token) are read as vitkit's registers, and
+DeiT's distillation token and head (dist_token, head_dist) as vitkit's distill_token.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _GELUS = {"gelu": "exact", "gelu_tanh": "tanh"}  # timm's act_layer names
 
 # timm keys that change the architecture away from the paper's ViT.
 _UNSUPPORTED = ("ls1.", "ls2.", "q_norm.", "k_norm.", "norm_pre.", "attn_pool.",
-                "fc_norm.", "norm1_post", "norm2_post", "head_drop", "dist_token", "head_dist.",
+                "fc_norm.", "norm1_post", "norm2_post", "head_drop",
                 "patch_embed.norm.", "patch_embed.backbone.", "mask_token")
 
 

@@ -38,6 +38,9 @@ def _export_state_dict(model: torch.nn.Module, notes: list[str]) -> dict[str, to
 def _check_plain(config: ViTConfig, fmt: str, notes: list[str]) -> None:
     if config.stem != "patch":
         raise ValueError(f"{fmt} has no convolutional stem (stem='conv')")
+    if config.distill_token:
+        raise ValueError(f"{fmt}'s ViT has no distillation token (distill_token=True): keep the vitkit "
+                         "format, or export to ONNX")
     if config.layer_norm_eps != 1e-6:  # e.g. Hugging Face's 1e-12: a tiny difference, worth knowing
         notes.append(f"{fmt} files imply LayerNorm eps 1e-6; this model uses {config.layer_norm_eps:g}")
 

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from ..data.preprocess import prepare_image
+from ..inference import for_inference
 from ..multilabel import over_threshold, probabilities, threshold_of
-from ..precision import autocast, for_inference, inference_precision
+from ..precision import autocast, inference_precision
 from ..visualize.analysis import attention_rollout, capture_attention, readout
 from .images import UploadError
 

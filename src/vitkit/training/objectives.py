@@ -27,8 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ViTConfig
+from ..data.arrays import iterate_eval
+from ..data.preprocess import normalize
 from ..model import EncoderBlock, ViT
 from ..posemb import sincos_2d
+from ..precision import autocast
 
 ObjectiveName = Literal["classification", "multilabel", "mae", "mpp"]
 SUPERVISED = ("classification", "multilabel")  # objectives that learn the class head from labels
@@ -322,10 +325,6 @@ class SelfSupervised:
                  precision: str) -> PretrainEval:
         """The objective's loss on held-out images, with the same masks every time (seed 0)
         and without touching the training run's random state."""
-        from ..data.preprocess import normalize
-        from ..evaluation import iterate_eval
-        from ..precision import autocast
-
         was_training = model.training
         model.eval()
         total, n = 0.0, 0

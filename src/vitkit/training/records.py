@@ -1,5 +1,6 @@
 """A run directory's own files: claiming the directory, metrics.csv with curves.png beside
-it, and TensorBoard events when tensorboard is installed; and how one epoch's row of
+it (drawn by a plotting callback: the trainer's own curves unless the caller gives another),
+and TensorBoard events when tensorboard is installed; and how one epoch's row of
 metrics.csv is tallied while the epoch runs."""
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import torch
 
 from ..checkpoint import CURVES_NAME, METRICS_NAME, SHARDED_NAME, STATE_NAME
 from ..files import atomic_write_bytes
+from .curves import plot_curves
 from .distributed import Dist, all_mean
+
+Plot = Callable[[Path, Path], object]  # plot(metrics.csv, curves.png) draws the curves
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                   "images_per_s", "elapsed_s"]
@@ -48,19 +52,16 @@ def written_files(d: Path) -> list[str]:
     return [n + "/" if (d / n).is_dir() else n for n in names if (d / n).exists()]
 
 
-def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    """metrics.csv (one row per epoch), and curves.png drawn from it."""
+def write_metrics(run_dir: Path, metrics: list[dict], plot: Plot | None = plot_curves) -> None:
+    """metrics.csv (one row per epoch), and curves.png drawn from it by `plot` (None: no figure).
+    A callback, so that a caller above training chooses the figure without training importing it."""
     lines = [",".join(METRIC_COLUMNS)]
     for m in metrics:
         lines.append(",".join("" if m.get(c) is None else f"{m[c]:.6g}" if isinstance(m[c], float)
                               else str(m[c]) for c in METRIC_COLUMNS))
     atomic_write_bytes(run_dir / METRICS_NAME, ("\n".join(lines) + "\n").encode())
-    try:
-        from ..visualize import plot_curves
-    except ImportError:
-        return
-    if metrics:
-        plot_curves(run_dir / METRICS_NAME, run_dir / CURVES_NAME)
+    if metrics and plot is not None:
+        plot(run_dir / METRICS_NAME, run_dir / CURVES_NAME)
 
 
 class TensorBoard:

@@ -1,14 +1,12 @@
 """The paper's figures drawn with matplotlib, written as PNG files.
 
-Figures are built on matplotlib.figure.Figure directly (Agg rendering, no pyplot, no
-display, no global state) and laid out in pixels, so every file has a known size: each
-function returns the path and the (width, height) it was drawn at. Files are written
-atomically, so a viewer (or a training loop rewriting curves.png) never sees half a file.
+Figures are drawn on vitkit.canvas (laid out in pixels, written atomically), so every file
+has a known size: each function returns the path and the (width, height) it was drawn at.
+The training curves are the trainer's own figure (vitkit.training.curves), named here too.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import textwrap
@@ -18,52 +16,20 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from ..canvas import DPI, HEAT, Canvas, Size
 from ..data.geometry import check_patch
-from ..files import atomic_write
+from ..training.curves import curves_size as curves_size  # the trainer draws them: named here too
+from ..training.curves import plot_curves as plot_curves
 from .analysis import upsample
 
-DPI = 100
-HEAT = "inferno"
 TITLE_LINE = 18  # pixels per line of an 11 pt title
-Size = tuple[int, int]
 
 
 def _wrap(title: str, width_px: int) -> tuple[str, int]:
     """Wrap a title to the figure width (about 8 px per character at 11 pt): text, line count."""
     lines = textwrap.wrap(title, max(20, width_px // 8)) or [""]
     return "\n".join(lines), len(lines)
-
-
-class _Canvas:
-    """A figure of exactly width x height pixels with axes placed in pixels from the top left."""
-
-    def __init__(self, width: int, height: int):
-        self.w, self.h = int(width), int(height)
-        self.fig = Figure(figsize=(self.w / DPI, self.h / DPI), dpi=DPI)
-
-    def axes(self, x: float, y: float, w: float, h: float):
-        return self.fig.add_axes((x / self.w, 1 - (y + h) / self.h, w / self.w, h / self.h))
-
-    def colorbar(self, x: float, y: float, h: float, label: str, vmin: float = 0.0, vmax: float = 1.0,
-                 cmap: str = HEAT) -> None:
-        cax = self.axes(x, y, 14, h)
-        sm = ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap)
-        cb = self.fig.colorbar(sm, cax=cax)
-        cb.set_label(label, fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-
-    def title(self, text: str, size: int = 11) -> None:
-        self.fig.suptitle(text, fontsize=size, y=1 - 8 / self.h, va="top")
-
-    def save(self, path: str | Path) -> tuple[Path, Size]:
-        path = Path(path)
-        atomic_write(path, lambda f: self.fig.savefig(f, format="png", dpi=DPI))
-        return path, (self.w, self.h)
 
 
 def display_image(image: np.ndarray, min_side: int = 96) -> np.ndarray:
@@ -129,7 +95,7 @@ def plot_patches(image: np.ndarray, patch_size: int, path: str | Path, title: st
     width = left + w * s + middle + gw * cell - gap + right
     title, lines = _wrap(title, width)
     top += TITLE_LINE * (lines - 1)
-    c = _Canvas(width, top + max(h * s, gh * cell - gap) + bottom)
+    c = Canvas(width, top + max(h * s, gh * cell - gap) + bottom)
     ax = c.axes(left, top, w * s, h * s)
     _show(ax, img)
     for i in range(1, gh):
@@ -164,7 +130,7 @@ def plot_attention_grid(image: np.ndarray, maps: np.ndarray, path: str | Path, t
     left, top, right, bottom = 62, 58, 92, 12
     title, lines = _wrap(title, left + cols * panel + right)
     top += TITLE_LINE * (lines - 1)
-    c = _Canvas(left + cols * panel + right, top + rows * panel + bottom)
+    c = Canvas(left + cols * panel + right, top + rows * panel + bottom)
     for r in range(rows):
         for k in range(cols):
             ax = c.axes(left + k * panel + 2, top + r * panel + 2, panel - 4, panel - 4)
@@ -187,7 +153,7 @@ def plot_rollout(images: Sequence[np.ndarray], maps: np.ndarray, path: str | Pat
     cols = ["input", "rollout", "input x rollout"]
     title, lines = _wrap(title, left + 3 * panel + right)
     top += TITLE_LINE * (lines - 1)
-    c = _Canvas(left + 3 * panel + right, top + n * panel + bottom)
+    c = Canvas(left + 3 * panel + right, top + n * panel + bottom)
     for i, image in enumerate(images):
         img = display_image(image)
         mask = _normalized(upsample(maps[i], img.shape[:2]))
@@ -216,7 +182,7 @@ def plot_reconstruction(images: Sequence[np.ndarray], masked: Sequence[np.ndarra
     left, top, right, bottom = 24, 66, 24, 30
     title, lines = _wrap(title, left + 3 * panel + right)
     top += TITLE_LINE * (lines - 1)
-    c = _Canvas(left + 3 * panel + right, top + n * panel + bottom)
+    c = Canvas(left + 3 * panel + right, top + n * panel + bottom)
     for i, row in enumerate(zip(images, masked, rebuilt, strict=True)):
         axes = [c.axes(left + k * panel + 2, top + i * panel + 2, panel - 4, panel - 24) for k in range(3)]
         for ax, img in zip(axes, row, strict=True):
@@ -235,7 +201,7 @@ def plot_attention_distance(distance: np.ndarray, path: str | Path, title: str,
     """Mean attention distance (L, heads) in pixels against depth, one dot per head, as in
     the paper's Figure 7 (right)."""
     layers, heads = distance.shape
-    c = _Canvas(720, 480)
+    c = Canvas(720, 480)
     ax = c.axes(72, 52, 470, 370)
     depth = np.arange(1, layers + 1)
     colors = colormaps["viridis"](np.linspace(0, 0.9, heads))
@@ -267,7 +233,7 @@ def plot_position_similarity(similarity: np.ndarray, path: str | Path, title: st
     aw, ah = (side, side * mosaic.shape[0] / mosaic.shape[1]) if gw >= gh else \
         (side * mosaic.shape[1] / mosaic.shape[0], side)
     left, top = 72, 56
-    c = _Canvas(left + aw + 110, top + ah + 60)
+    c = Canvas(left + aw + 110, top + ah + 60)
     ax = c.axes(left, top, aw, ah)
     cmap = colormaps["viridis"].with_extremes(bad="white")
     ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
@@ -294,7 +260,7 @@ def plot_patch_pcs(components: np.ndarray, explained: np.ndarray, path: str | Pa
     left, top, bottom = 16, 56, 8
     title, lines = _wrap(title, left * 2 + cols * panel)
     top += TITLE_LINE * (lines - 1)
-    c = _Canvas(left * 2 + cols * panel, top + rows * panel + bottom)
+    c = Canvas(left * 2 + cols * panel, top + rows * panel + bottom)
     for k in range(n):
         comp = components[k]
         comp = (comp - comp.min()) / max(comp.max() - comp.min(), 1e-12)
@@ -304,65 +270,6 @@ def plot_patch_pcs(components: np.ndarray, explained: np.ndarray, path: str | Pa
         ax.set_title(f"PC {k + 1}: {100 * explained[k]:.1f}%", fontsize=7, pad=2)
     c.title(title)
     return c.save(path)
-
-
-# ---- training curves ---------------------------------------------------------------------
-
-def _column(rows: list[dict[str, str]], name: str) -> np.ndarray:
-    """A metrics column as floats, NaN where empty or missing (val_* on epochs without validation)."""
-    out = []
-    for r in rows:
-        v = (r.get(name) or "").strip()
-        try:
-            out.append(float(v))
-        except ValueError:
-            out.append(np.nan)
-    return np.asarray(out, dtype=np.float64)
-
-
-def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Loss, accuracy and learning rate against epoch from a run's metrics.csv.
-
-    Columns: epoch, train_loss, train_acc, val_loss, val_acc, lr (others are ignored;
-    empty val_* cells are gaps). Rewrites out_png atomically, so a trainer can call this
-    after every epoch while someone looks at the file.
-    """
-    metrics_csv = Path(metrics_csv)
-    with metrics_csv.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    epoch = _column(rows, "epoch")
-    c = _Canvas(1200, 400)
-    panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_acc", "val_acc"]),
-              ("learning rate", ["lr"])]
-    for k, (label, names) in enumerate(panels):
-        ax = c.axes(70 + k * 380, 50, 300, 300)
-        drawn = False
-        for name in names:
-            y = _column(rows, name)
-            ok = ~np.isnan(y) & ~np.isnan(epoch)
-            if ok.any():
-                ax.plot(epoch[ok], y[ok], marker="o" if ok.sum() < 30 else None, ms=3,
-                        label=name.replace("_", " "))
-                drawn = True
-        if drawn and len(names) > 1:
-            ax.legend(fontsize=8)
-        if not drawn:
-            ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes,
-                    color="gray")
-        if label == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    c.title(title or f"Training curves ({metrics_csv.parent.name or metrics_csv.name})")
-    path, _ = c.save(out_png)
-    return path
-
-
-def curves_size() -> Size:
-    """The pixel size plot_curves draws at."""
-    return (1200, 400)
 
 
 _DRAW = threading.Lock()  # matplotlib's font and text caches are not safe to use from two threads
@@ -375,7 +282,7 @@ def overlay_png(image: np.ndarray, attn: np.ndarray, min_side: int = 224) -> tup
     img = display_image(image, min_side=min_side)
     h, w = img.shape[:2]
     with _DRAW:
-        canvas = _Canvas(w, h)
+        canvas = Canvas(w, h)
         ax = canvas.axes(0, 0, w, h)
         _overlay(ax, img, attn)
         ax.set_axis_off()

@@ -168,7 +168,6 @@ def torch_runners(model: ViT) -> tuple[dict, str]:
 # ---- OpenVINO ---------------------------------------------------------------------------------
 
 OV_MISSING = "not installed"
-CALIBRATION = 100  # NNCF calibration images per model
 HELD_OUT = {"S/16": 32, "B/16": 16, "cifar": 200, "digits": 360}  # logit comparison images
 
 
@@ -227,14 +226,19 @@ class OpenVINO:
         return time.perf_counter() - start
 
     def compiled(self, source: str, precision: str | None, hint: str, batch: int | None):
-        """source: a key of files; precision "f32" or None (OpenVINO's default); batch: a static
-        batch to reshape to (None: the file's dynamic batch)."""
+        """source: a key of files; precision "f32" or None (OpenVINO's default); batch: the
+        batch to reshape to with --ov-static (THROUGHPUT: each stream's share of it), else the
+        file's dynamic batch."""
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": THREADS or cores(),
                   "CACHE_DIR": str(self.cache)}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         model = str(self.files[source])
         if batch is not None and self.static:
+            if hint == "THROUGHPUT":
+                dynamic = self.core.compile_model(model, "CPU", config)
+                n = dynamic.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+                batch = batch // n if batch % n == 0 else batch
             model = self.core.read_model(model)
             shape = model.input(0).get_partial_shape()
             shape[0] = self.ov.Dimension(batch)
@@ -253,7 +257,7 @@ class OpenVINO:
         used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         details = [] if precision else [used if path == "OpenVINO default" else f"float ops {used}"]
         streams = compiled.get_property("NUM_STREAMS")
-        details.append(hint if hint == "LATENCY" else f"{hint}, {streams} streams")
+        details.append(hint if hint == "LATENCY" else f"{hint}, {streams} stream{'s' * (streams != 1)}")
         return f"{path} ({', '.join(details)})"
 
     def runner(self, compiled, hint: str):
@@ -265,9 +269,11 @@ class OpenVINO:
         n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         queue, out = self.ov.AsyncInferQueue(compiled, n), {}
         queue.set_callback(lambda request, i: out.__setitem__(i, request.get_output_tensor(0).data.copy()))
+        batch = compiled.input(0).get_partial_shape()[0]  # static (--ov-static): each request's batch
 
         def run(x: torch.Tensor):
-            chunks = np.array_split(x.numpy(), min(n, len(x)))
+            parts = len(x) // batch.get_length() if batch.is_static else min(n, len(x))
+            chunks = np.array_split(x.numpy(), parts)
             for i, chunk in enumerate(chunks):
                 queue.start_async({0: chunk}, userdata=i, share_inputs=True)
             queue.wait_all()
@@ -315,18 +321,18 @@ def folder_sample(root: Path, spec: InputSpec, n: int, seed: int) -> torch.Tenso
 
 def model_images(key: str, spec: InputSpec, args) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(calibration images, held-out images, where they come from), uint8, for one model."""
-    held = HELD_OUT[key]
+    held, n = HELD_OUT[key], args.calibration
     if key == "digits":
         train, val, _ = digits_data()
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION]
-        return train[pick], val[:held], f"{CALIBRATION} digits training images (held out: {held} validation)"
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+        return train[pick], val[:held], f"{n} digits training images (held out: {held} validation)"
     if key == "cifar" and (args.data / "train").is_dir() and (args.data / "test").is_dir():
-        return (folder_sample(args.data / "train", spec, CALIBRATION, 0),
-                folder_sample(args.data / "test", spec, held, 1),
-                f"{CALIBRATION} CIFAR-10 training images from {args.data} (held out: {held} test)")
+        calib = folder_sample(args.data / "train", spec, n, 0)
+        test = folder_sample(args.data / "test", spec, held, 1)
+        return calib, test, f"{len(calib)} CIFAR-10 training images at {args.data} (held out: {len(test)})"
     where = "" if key != "cifar" else f" (no CIFAR-10 JPEGs at {args.data})"
-    return (sample_photos(CALIBRATION, spec, 0), sample_photos(held, spec, 1),
-            f"{CALIBRATION} random crops of scikit-learn's 2 sample photos{where} (held out: {held} others)")
+    return (sample_photos(n, spec, 0), sample_photos(held, spec, 1),
+            f"{n} random crops of scikit-learn's 2 sample photos{where} (held out: {held} others)")
 
 
 def run_logits(run, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
@@ -578,6 +584,7 @@ def main() -> None:
                     help="the trained digits run directory (make run writes it)")
     ap.add_argument("--models", nargs="+", default=["S/16", "B/16", "cifar", "digits"],
                     choices=["S/16", "B/16", "cifar", "digits"], help="speed: the models to time")
+    ap.add_argument("--calibration", type=int, default=100, help="NNCF int8: calibration images per model")
     ap.add_argument("--ov-static", action="store_true",
                     help="OpenVINO: reshape each model to the timed batch before compiling (else the "
                          "file's dynamic batch, as an engine serving any batch would run it)")

@@ -28,7 +28,7 @@ from vitkit.model import ViT
 from vitkit.training import ModelSpec, RunConfig, fit
 
 STUDENT = ModelSpec(patch_size=2, hidden_size=16, num_layers=1, num_heads=2, mlp_size=32, stem="patch")
-DATA = DataConfig(dataset="digits", per_class=20)
+DATA = DataConfig(dataset="digits", per_class=20)  # for refusals before anything is computed
 AUGMENT = AugmentConfig(crop="pad", flip=True)
 
 
@@ -39,10 +39,11 @@ def teacher(tmp_path_factory):
     return out
 
 
-def run(teacher, out, loss="hard", epochs=2, views=3, **kw):
-    return distill(teacher, DATA, STUDENT, DistillOptions(loss=loss, views=views), augment=AUGMENT,
+def run(teacher, out, loss="hard", epochs=2, views=3, seed=0, **kw):
+    data = DataConfig(dataset="digits", per_class=20, cache_dir=str(out.parent / "cache"))
+    return distill(teacher, data, STUDENT, DistillOptions(loss=loss, views=views), augment=AUGMENT,
                    run=RunConfig(out=str(out), epochs=epochs, batch_size=50, progress=False,
-                                 precision="fp32"), **kw)
+                                 precision="fp32", seed=seed), **kw)
 
 
 # ---- losses ----------------------------------------------------------------------------------
@@ -117,30 +118,43 @@ def test_distilled_deit_of_timm_opens_with_the_same_logits(tmp_path):
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def test_teacher_runs_once_per_view_whatever_the_epochs(teacher, tmp_path, monkeypatch):
+def test_teacher_runs_once_per_view_and_its_views_are_kept(teacher, tmp_path, monkeypatch, capsys):
     import vitkit.distill as d
 
     seen = []
-    real = d.for_inference
+    real = d.prepare
+
+    class Counted:
+        def __init__(self, runner):
+            self.runner, self.engine, self.precision = runner, runner.engine, runner.precision
+
+        def __call__(self, x):
+            seen.append(len(x))
+            return self.runner(x)
 
     def counting(model, *a, **kw):
-        runner = real(model, *a, **kw)
+        return Counted(real(model, *a, **kw))
 
-        def forward(x):
-            seen.append(len(x))
-            return runner(x)
-        return forward
-
-    monkeypatch.setattr(d, "for_inference", counting)
+    monkeypatch.setattr(d, "prepare", counting)
     counts = []
-    for epochs in (1, 3):
+    for epochs, seed in ((1, 0), (3, 0), (1, 1)):
         seen.clear()
-        res = run(teacher, tmp_path / f"e{epochs}", epochs=epochs, views=3)
+        res = run(teacher, tmp_path / f"e{epochs}s{seed}", epochs=epochs, views=3, seed=seed)
         counts.append(sum(seen))
         assert res.epoch == epochs
     n_train = res.train_images // 3  # the views are the training set
-    assert counts == [3 * n_train, 3 * n_train]
-    meta = json.loads((tmp_path / "e3" / "config.json").read_text())
+    # the second run reads the first one's views from the cache; another seed makes new ones
+    assert counts == [3 * n_train, 0, 3 * n_train]
+    assert "teacher's views read from" in capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "distill").glob("*.safetensors"))
+    assert len(cached) == 2
+    cached[0].write_bytes(b"damaged")
+    seen.clear()
+    with pytest.warns(UserWarning, match="unreadable views cache, ignored and rebuilt"):
+        run(teacher, tmp_path / "again", epochs=1, views=3, seed=0)
+        run(teacher, tmp_path / "again1", epochs=1, views=3, seed=1)
+    assert sum(seen) == 3 * n_train  # the damaged one computed again, the other read
+    meta = json.loads((tmp_path / "e3s0" / "config.json").read_text())
     assert meta["distill"]["views"] == 3 and meta["distill"]["loss"] == "hard"
     assert 0.5 < meta["distill"]["teacher_agreement"] <= 1.0
 
@@ -226,7 +240,8 @@ def test_a_teacher_that_cannot_be_opened_is_one_line(tmp_path, capsys):
 def test_a_student_larger_than_its_teacher_is_warned_about(teacher, tmp_path):
     big = ModelSpec(patch_size=2, hidden_size=64, num_layers=3, num_heads=2, mlp_size=128, stem="patch")
     with pytest.warns(UserWarning, match="as large as or larger than the teacher"):
-        distill(teacher, DATA, big, DistillOptions(views=1), augment=AUGMENT,
+        distill(teacher, DataConfig(dataset="digits", per_class=20, cache_dir=str(tmp_path / "c")), big,
+                DistillOptions(views=1), augment=AUGMENT,
                 run=RunConfig(out=str(tmp_path / "big"), epochs=1, progress=False, precision="fp32"))
 
 
@@ -241,7 +256,7 @@ def test_the_command_distills_and_says_what_to_run_next(teacher, tmp_path, capsy
     main(["distill", str(teacher), "--data.dataset", "digits", "--data.per_class", "10",
           "--model.hidden_size", "16", "--model.num_layers", "1", "--model.num_heads", "2",
           "--model.mlp_size", "32", "--distill.loss", "soft", "--run.epochs", "1", "--run.progress", "false",
-          "--run.out", str(tmp_path / "cli")])
+          "--data.cache_dir", str(tmp_path / "cache"), "--run.out", str(tmp_path / "cli")])
     out = capsys.readouterr().out
     assert "teacher agrees with the labels on" in out and "final test-split accuracy" in out
     assert "vitkit evaluate" in out

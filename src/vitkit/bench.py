@@ -26,7 +26,7 @@ from .compile import compile_model
 from .config import ViTConfig, variant
 from .formats.hf import config_to_hf
 from .formats.timm import timm_kwargs
-from .inference import for_inference
+from .inference import prepare
 from .info import forward_macs
 from .model import ViT
 from .precision import autocast, native_bf16
@@ -111,16 +111,17 @@ def make_step(lib: str, model, w: Workload, device: str):
     h, wd = w.config.image_hw
     x = torch.randn(w.batch, 3, h, wd, device=device)
     if w.mode == "infer":
-        # vitkit's inference path stores bf16 weights once; the others run as their users do
+        # vitkit runs as predict does (vitkit.inference, bf16 weights stored once), in PyTorch;
+        # the others run as their users do, under autocast
+        model.eval()
         if lib in ("vitkit", COMPILED):
-            model = for_inference(model, w.precision, compile=lib == COMPILED)
+            runner = prepare(model, device, w.precision, engine="torch", compile=lib == COMPILED)
         else:
-            model.eval()
+            runner = prepare(model, device, w.precision, engine="torch", compile=False, bf16_weights=False)
 
         @torch.inference_mode()
         def step():
-            with autocast(torch.device(device), w.precision):
-                return model(x)
+            return runner(x)
         return step
     model.train()
     compile_model(model, lib == COMPILED, label="model for training")
@@ -261,7 +262,12 @@ def loader_speed() -> list[tuple[str, float]]:
 def run(device: str = "cpu", repeats: int = 5, only: str | None = None, memory: bool = True,
         json_path: Path | None = None, selected: list[Workload] | None = None,
         loader: bool = True, compiled: bool = False) -> dict:
-    """Time every workload (or `selected`), print the table, return (and write) the results."""
+    """Time every workload (or `selected`), print the table, return (and write) the results;
+    `json_path` is checked before any work."""
+    if json_path is not None:
+        from .checkpoint import check_output_file
+
+        check_output_file(json_path)
     try:
         import timm  # noqa: F401
         import transformers  # noqa: F401

@@ -74,9 +74,12 @@ def write_meta(directory: str | Path, config: ViTConfig, extra: dict | None = No
     return atomic_write_json(Path(directory) / CONFIG_NAME, {"model": config.to_dict(), **(extra or {})})
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write a model folder: the weights, then config.json with `extra` (classes, "data": the
-    input spec, ...) so that a loader prepares inputs the way the model was trained."""
+def save_pretrained(model: torch.nn.Module, directory: str | Path, extra: dict | None = None, *,
+                    classes: list[str] | None = None, data: dict | None = None) -> Path:
+    """Write a model folder that every vitkit command opens: the weights, then config.json with
+    `extra`, `classes` and `data` (the input spec: image_size, channels, mean, std), so that a
+    loader prepares inputs the way the model was trained."""
+    extra = {**(extra or {}), **{k: v for k, v in dict(classes=classes, data=data).items() if v is not None}}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_weights(directory, model)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import json as _json
-import shlex
 import sys
 from pathlib import Path
 from typing import Literal
 
+from .cli_support import is_main_process, json_mode, print_json, print_lines
+from .cli_support import run as run_commands
 from .data.augment import AugmentConfig
 from .data.pipeline import DataConfig
 from .distill import DistillOptions
@@ -21,7 +20,7 @@ from .training.objectives import PretrainConfig
 
 
 def info(models: list[str] | None = None, image_size: int = 224, json: bool = False,
-         load: LoadOptions = LoadOptions()) -> None:  # noqa: B008 (read-only defaults)
+         load: LoadOptions = LoadOptions()) -> None:
     """Print the named variants: layers, width, MLP size, heads, parameters and GFLOPs; or, given
     models, what each is and how its images will be prepared (size, mean, std, crop) and why.
 
@@ -35,33 +34,21 @@ def info(models: list[str] | None = None, image_size: int = 224, json: bool = Fa
         load: what the checkpoints may not record (heads, classes, normalization, --load.preprocess).
     """
     from .info import describe, format_model, format_table, variant_rows
+    from .loading import open_model
 
-    if models:
-        from .loading import open_model
-
-        with _json_mode(json):
-            found = [describe(open_model(m, load)) for m in models]
-        if json:
-            return _print_json({"models": found})
-        print("\n".join(format_model(d) for d in found))
-        return None
-    rows = variant_rows(image_size)
+    with json_mode(json):
+        found = [describe(open_model(m, load)) for m in models or []]
+    rows = [] if models else variant_rows(image_size)
     if json:
-        return _print_json({"image_size": image_size, "variants": rows})
-    print(f"ViT variants (1000 classes, {image_size}x{image_size}; GFLOPs = 2 x multiply-adds "
-          "of one forward pass, counted analytically)")
-    print(format_table(rows, image_size))
+        return print_json({"models": found} if models else {"image_size": image_size, "variants": rows})
+    print("\n".join(format_model(d) for d in found) if models else
+          f"ViT variants (1000 classes, {image_size}x{image_size}; GFLOPs = 2 x multiply-adds of one forward "
+          f"pass, counted analytically)\n{format_table(rows, image_size)}")
 
 
-def bench(
-    device: Literal["cpu", "cuda"] = "cpu",
-    repeats: int = 5,
-    only: Literal["infer", "train"] | None = None,
-    memory: bool = True,
-    out: str | None = "speed.json",
-    compiled: bool = False,
-    json: bool = False,
-) -> None:
+def bench(device: Literal["cpu", "cuda"] = "cpu", repeats: int = 5,
+          only: Literal["infer", "train"] | None = None, memory: bool = True, out: str | None = "speed.json",
+          compiled: bool = False, json: bool = False) -> None:
     """Time vitkit, timm and Hugging Face transformers on the same ViTs, interleaved, in one run.
 
     Prints a table per workload and writes the results to --out. Example: vitkit bench --only infer
@@ -76,24 +63,16 @@ def bench(
         json: print the results as JSON alone on stdout (the tables go to stderr).
     """
     from .bench import run
-    from .checkpoint import check_output_file
 
-    if out:
-        check_output_file(out)
-    with _json_mode(json):
+    with json_mode(json):
         result = run(device, repeats, only, memory, Path(out) if out else None, compiled=compiled)
     if json:
-        _print_json(result)
+        print_json(result)
 
 
-def train(
-    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
-    model: ModelSpec = ModelSpec(),  # noqa: B008 (read-only defaults)
-    optim: OptimConfig = OptimConfig(),  # noqa: B008 (read-only defaults)
-    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (read-only defaults)
-    run: RunConfig = RunConfig(),  # noqa: B008 (read-only defaults)
-    resume: str | None = None,
-) -> None:
+def train(data: DataConfig = DataConfig(), model: ModelSpec = ModelSpec(), optim: OptimConfig = OptimConfig(),
+          augment: AugmentConfig = AugmentConfig(), run: RunConfig = RunConfig(),
+          resume: str | None = None) -> None:
     """Train a ViT; with no arguments, on the built-in digits set (recipes: configs/*.yaml).
 
     Reads the data (--data.*), writes a run directory (--run.out): model.safetensors, config.json,
@@ -124,15 +103,11 @@ def train(
     _after_training(fit(None if resume else cfg, resume=resume), cfg, suggest_finetune=True)
 
 
-def pretrain(
-    pretrain: PretrainConfig = PretrainConfig(),  # noqa: B008 (read-only defaults)
-    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
-    model: ModelSpec = ModelSpec(),  # noqa: B008 (read-only defaults)
-    optim: OptimConfig = OptimConfig(lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95)),  # noqa: B008
-    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (read-only defaults)
-    run: RunConfig = RunConfig(out="runs/pretrain"),  # noqa: B008 (read-only defaults)
-    resume: str | None = None,
-) -> None:
+def pretrain(pretrain: PretrainConfig = PretrainConfig(), data: DataConfig = DataConfig(),
+             model: ModelSpec = ModelSpec(),
+             optim: OptimConfig = OptimConfig(lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95)),
+             augment: AugmentConfig = AugmentConfig(), run: RunConfig = RunConfig(out="runs/pretrain"),
+             resume: str | None = None) -> None:
     """Pre-train an encoder without labels: MAE (--pretrain.objective mae, 75% of patches
     masked, the encoder sees the rest) or the paper's masked patch prediction (mpp).
 
@@ -150,100 +125,39 @@ def pretrain(
         run: epochs, batch size, output directory, seed, precision, device, time budget.
         resume: a pre-training run directory to continue exactly where it stopped.
     """
+    from .pretrain import closing_lines
     from .pretrain import pretrain as run_pretrain
     from .training import TrainConfig
 
     cfg = None if resume else TrainConfig(data=data, model=model, optim=optim, augment=augment, run=run)
     result = run_pretrain(cfg, pretrain, resume=resume)
-    if _is_main_process() and result.status != "done":
-        last = result.metrics[-1] if result.metrics else {}
-        print(f"pre-trained ({pretrain.objective if not resume else 'resumed'}) for {result.epoch} epochs, "
-              f"{result.step} steps; last train loss {last.get('train_loss', float('nan')):.4f}"
-              + (f", held-out loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else ""))
-        d = _q(result.run_dir)
-        print(f"wrote {d}/model.safetensors (the encoder) and config.json")
-        if result.status == "interrupted":
-            print(f"continue with: vitkit pretrain --resume {d}")
-            raise SystemExit(130)
-        print(f"next: vitkit finetune {d} --data.dataset folder --data.path LABELLED/")
-
-
-# Below this many labelled training images a pre-trained model is the better start.
-FEW_IMAGES = 5000
+    if is_main_process() and result.status != "done":
+        _close(result, closing_lines(result, "resumed" if resume else pretrain.objective))
 
 
 def _after_training(result, cfg, suggest_finetune: bool = False) -> None:
-    """The closing lines of a training command: the result and what to run next."""
-    from .training.records import written_files
+    """The closing lines of a training command (a finished run resumed has said them already)."""
+    from .training.records import closing_lines
 
-    if not _is_main_process() or result.status == "done":  # a finished run resumed: said already
-        return
-    d = result.run_dir
-    if result.val_acc is not None:
-        split = "validation" if cfg.data.dataset in ("folder", "csv", "hf", "shards") else "test-split"
-        print(f"final {split} {getattr(result, 'val_metric', 'accuracy')} {result.val_acc:.2%} "
-              f"(best {result.best_acc:.2%}) after "
-              f"{result.epoch} epochs, {result.step} steps")
-    names = written_files(d)
-    print(f"wrote {d}/{', '.join(names)}" if names else f"nothing written to {d}")
+    if is_main_process() and result.status != "done":
+        _close(result, closing_lines(result, cfg, suggest_finetune))
+
+
+def _close(result, lines: list[str]) -> None:
+    """Print a run's closing lines; an interrupted run exits with status 130 after them."""
+    print_lines(lines)
     if result.status == "interrupted":
-        print(f"continue with: vitkit train --resume {_q(d)}")
         raise SystemExit(130)
-    data = (cfg.data.val_path or cfg.data.path) if cfg.data.dataset == "folder" else None
-    data_hint = "digits" if cfg.data.dataset == "digits" else _q(data or "IMAGES")
-    print(f"next: vitkit evaluate {_q(d)}    vitkit predict {_q(d)} IMAGE\n"
-          f"      vitkit visualize {_q(d)} --data {data_hint} --out {_q(d / 'figures')}")
-    few = (result.train_images or 0) < FEW_IMAGES
-    if suggest_finetune and cfg.data.dataset in ("folder", "csv", "hf") and few:
-        val = f" --data.val_path {_q(cfg.data.val_path)}" if cfg.data.val_path else ""
-        print(f"with {result.train_images} labelled images a pre-trained ViT usually does better: vitkit "
-              f"finetune google/vit-base-patch16-224 --data.dataset {cfg.data.dataset} "
-              f"--data.path {_q(cfg.data.path)}{val} "
-              "--mode linear (on 500 CIFAR-10 images transfer beat training from scratch by 10-17 points, "
-              "benchmarks/README.md)")
 
 
-def _q(path) -> str:
-    """A path as the shell reads it back (quoted where it holds spaces or other specials)."""
-    return shlex.quote(str(path))
-
-
-@contextlib.contextmanager
-def _json_mode(on: bool):
-    """With --json true, stdout carries the JSON document alone: whatever else the work prints
-    (progress, notes, downloads) goes to stderr meanwhile."""
-    if not on:
-        yield
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def _print_json(obj) -> None:
-    print(_json.dumps(obj, indent=2, default=str), flush=True)
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
-def finetune(
-    weights: str,
-    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
-    image_size: int | None = None,
-    optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, warmup=0.1),  # noqa: B008
-    augment: AugmentConfig = AugmentConfig(),  # noqa: B008
-    run: RunConfig = RunConfig(out="runs/finetune", epochs=10),  # noqa: B008
-    mode: Literal["full", "linear", "lora"] = "full",
-    views: int = 1,
-    linear: LinearOptions = LinearOptions(),  # noqa: B008
-    lora: LoraOptions = LoraOptions(),  # noqa: B008
-    linear_probe: bool = False,
-    resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-) -> None:
+def finetune(weights: str, data: DataConfig = DataConfig(), image_size: int | None = None,
+             optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, warmup=0.1),
+             augment: AugmentConfig = AugmentConfig(),
+             run: RunConfig = RunConfig(out="runs/finetune", epochs=10),
+             mode: Literal["full", "linear", "lora"] = "full", views: int = 1,
+             linear: LinearOptions = LinearOptions(), lora: LoraOptions = LoraOptions(),
+             linear_probe: bool = False, resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
+             load: LoadOptions = LoadOptions()) -> None:
     """Fine-tune pre-trained weights (any format vitkit reads) on new data, as in the paper:
     a new zero-initialized head, pre-logits dropped, position embeddings interpolated to
     --image_size, SGD with momentum 0.9 and no weight decay, clipping at 1, warmup + cosine.
@@ -315,16 +229,9 @@ def distill(
     _after_training(result, TrainConfig(data=data, optim=optim, augment=augment, run=run))
 
 
-def evaluate(
-    weights: str,
-    data: DataConfig | None = None,
-    out: str | None = None,
-    batch_size: int = 500,
-    precision: Literal["auto", "fp32", "bf16"] = "auto",
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-    engine: Literal["auto", "torch", "onnx"] = "auto",
-    json: bool = False,
-) -> None:
+def evaluate(weights: str, data: DataConfig | None = None, out: str | None = None, batch_size: int = 500,
+             precision: Literal["auto", "fp32", "bf16"] = "auto", load: LoadOptions = LoadOptions(),
+             engine: Literal["auto", "torch", "onnx"] = "auto", json: bool = False) -> None:
     """Top-1 / top-5 and per-class accuracy, and a confusion matrix (PNG and CSV).
 
     Reads WEIGHTS and the data; prints the accuracies and writes confusion.png, confusion.csv
@@ -344,30 +251,15 @@ def evaluate(
             graph, or enough images to repay exporting one), torch, or onnx.
         json: print eval.json's summary alone on stdout instead of the table.
     """
-    from .evaluation import evaluate_path
+    from .evaluation import evaluate_path, summary_lines
 
-    with _json_mode(json):
+    with json_mode(json):
         done = evaluate_path(weights, data, out, batch_size, precision, load, engine=engine)
-    res = done.result
-    if json:
-        return _print_json({**done.summary, "precision": done.precision, "data": done.where,
-                            "out": str(done.out_dir)})
-    if getattr(res, "multilabel", False):
-        from .evaluation import multilabel_lines
-
-        print("\n".join(multilabel_lines(done)))
-        return
-    print(f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
-          f"loss {res.loss:.4f}")
-    width = max(len(c) for c in res.classes)
-    for c, acc in res.per_class.items():
-        print(f"  {c:<{width}}  {acc:.2%}")
-    print(f"wrote {done.out_dir}/confusion.png, confusion.csv, eval.json")
+    print_json(done.to_json()) if json else print_lines(summary_lines(done))
 
 
 def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
-            precision: Literal["auto", "fp32", "bf16"] = "auto",
-            load: LoadOptions = LoadOptions(),  # noqa: B008
+            precision: Literal["auto", "fp32", "bf16"] = "auto", load: LoadOptions = LoadOptions(),
             engine: Literal["auto", "torch", "onnx"] = "auto") -> None:
     """Top-k classes with probabilities for image files or directories of images.
 
@@ -387,36 +279,17 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
         engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
             graph, or enough images to repay exporting one), torch, or onnx.
     """
-    from .predict import predict_paths
+    from .predict import predict_paths, report_unreadable, result_lines
 
-    with _json_mode(json):
+    with json_mode(json):
         results = predict_paths(weights, images, topk, precision, load, engine)
-    if json:
-        _print_json(results)
-    for r in results:
-        if "error" in r:
-            print(f"vitkit: warning: {r['file']}: {r['error']}", file=sys.stderr)
-        elif not json and "labels" in r:  # a multi-label model: every tag over its threshold
-            tags = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["labels"])
-            print(f"{r['file']}: {tags or 'no tag over ' + format(r['threshold'], 'g')}")
-        elif not json:
-            tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
-            print(f"{r['file']}: {tops}")
-    if all("error" in r for r in results):
-        raise ValueError(f"none of the {len(results)} input(s) could be read as an image")
+    print_json(results) if json else print_lines(result_lines(results))
+    report_unreadable(results, lambda message: print(f"vitkit: warning: {message}", file=sys.stderr))
 
 
-def visualize(
-    path: str,
-    images: list[str] | None = None,
-    out: str = "figures",
-    data: str | None = None,
-    num_samples: int = 16,
-    max_images: int = 4,
-    seed: int = 0,
-    device: str = "cpu",
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-) -> None:
+def visualize(path: str, images: list[str] | None = None, out: str = "figures", data: str | None = None,
+              num_samples: int = 16, max_images: int = 4, seed: int = 0, device: str = "cpu",
+              load: LoadOptions = LoadOptions()) -> None:
     """Attention maps, attention rollout and the paper's Figure 6 and 7 plots, plus report.html.
 
     Usage: vitkit visualize RUN_OR_WEIGHTS [IMAGES ...] --out DIR (options after the files).
@@ -438,25 +311,13 @@ def visualize(
     """
     from .visualize import visualize_path
 
-    result = visualize_path(path, out, images, data, num_samples, max_images, seed, device, load)
-    for p in result.figures:
-        print(f"wrote {p}")
-    for title, reason in result.skipped.items():
-        print(f"skipped {title}: {reason}")
-    print(f"wrote {result.report}")
+    print_lines(visualize_path(path, out, images, data, num_samples, max_images, seed, device, load).lines())
 
 
-def convert(
-    src: str,
-    out: str,
-    to: Literal["vitkit", "timm", "hf", "npz"] = "vitkit",
-    naming: Literal["vit_jax", "big_vision"] = "vit_jax",
-    image_size: int | None = None,
-    num_classes: int | None = None,
-    resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-    overwrite: bool = False,
-) -> None:
+def convert(src: str, out: str, to: Literal["vitkit", "timm", "hf", "npz"] = "vitkit",
+            naming: Literal["vit_jax", "big_vision"] = "vit_jax", image_size: int | None = None,
+            num_classes: int | None = None, resize_mode: Literal["bicubic", "bilinear", "jax"] = "bicubic",
+            load: LoadOptions = LoadOptions(), overwrite: bool = False) -> None:
     """Convert a ViT checkpoint (official .npz, timm, Hugging Face, torchvision, vitkit) to another format.
 
     Usage: vitkit convert SRC OUT --to timm|hf|npz|vitkit. Prints what was found and done.
@@ -483,24 +344,13 @@ def convert(
 
     path, report = convert_checkpoint(src, out, to=to, naming=naming, options=load, image_size=image_size,
                                       num_classes=num_classes, resize_mode=resize_mode, overwrite=overwrite)
-    print(report)
-    print(f"wrote {path} ({to})")
+    print(f"{report}\nwrote {path} ({to})")
 
 
-def serve(
-    model: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_batch: int = 16,
-    max_wait_ms: float = 5.0,
-    max_bytes: int = 20 * 1024 * 1024,
-    max_pixels: int = 40_000_000,
-    api_key: str | None = None,
-    threads: int | None = None,
-    precision: str = "auto",
-    access_log: bool = True,
-    engine: Literal["auto", "torch", "onnx"] = "auto",
-) -> None:
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16,
+          max_wait_ms: float = 5.0, max_bytes: int = 20 * 1024 * 1024, max_pixels: int = 40_000_000,
+          api_key: str | None = None, threads: int | None = None, precision: str = "auto",
+          access_log: bool = True, engine: Literal["auto", "torch", "onnx"] = "auto") -> None:
     """Serve a model over HTTP: a JSON API and a web page that shows what the model sees.
 
     POST /v1/predict and /v1/explain (top classes; attention rollout), GET /v1/model, /health,
@@ -527,32 +377,20 @@ def serve(
         engine: what runs fp32 inference on a CPU: auto (ONNX Runtime, the graph exported once
             and cached, where that pays), torch, or onnx.
     """
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--port {port}: must be a TCP port from 1 to 65535")
     try:
         from .serve import ServeOptions
         from .serve import serve as run_server
     except ImportError as e:
         raise ValueError(f"vitkit serve needs the serve extra: pip install 'vitkit[serve]' ({e})") from None
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes,
-                           max_pixels=max_pixels, api_key=api_key, precision=precision,
-                           engine=engine)
+                           max_pixels=max_pixels, api_key=api_key, precision=precision, engine=engine)
     run_server(model, host, port, options, threads=threads, access_log=access_log)
 
 
-def export(
-    model: str,
-    out: str,
-    format: Literal["onnx", "pt2"] = "onnx",
-    image_size: int | None = None,
-    int8: bool = False,
-    calibration: str | None = None,
-    calibration_limit: int = 256,
-    verify: bool = True,
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-    features: FeatureOptions | bool = False,
-    dynamic_size: bool = False,
-) -> None:
+def export(model: str, out: str, format: Literal["onnx", "pt2"] = "onnx", image_size: int | None = None,
+           int8: bool = False, calibration: str | None = None, calibration_limit: int = 256,
+           verify: bool = True, load: LoadOptions = LoadOptions(), features: FeatureOptions | bool = False,
+           dynamic_size: bool = False) -> None:
     """Export a model to ONNX (for onnxruntime, optionally int8) or a torch.export .pt2 file
     that holds the class names, input spec and config; then check it against eager fp32.
     With --features true: an ONNX file of the feature extractor instead of the classifier.
@@ -583,13 +421,7 @@ def export(
 
     done = export_file(model, out, format, image_size, int8, calibration, calibration_limit, verify, load,
                        features, dynamic_size)
-    for note in done.notes:
-        print(f"note: {note}")
-    size = done.path.stat().st_size / 2**20
-    print(f"wrote {done.path} ({size:.2f} MiB, {format}{', int8' if int8 else ''}"
-          f"{', features' if features else ''}{', dynamic size' if dynamic_size else ''})")
-    if done.check is not None:
-        print(f"check against eager fp32 on {done.checked_on}: {done.check}")
+    print_lines(done.lines())
 
 
 def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
@@ -604,14 +436,9 @@ def shards(src: str, out: str, shard_size: int = 1000, seed: int = 0) -> None:
         shard_size: images per shard.
         seed: the random order in which images are spread over the shards (classes mixed).
     """
-    from .data.folder import scan_folder
-    from .data.shards import write_shards
+    from .data.shards import shard_folder
 
-    index = scan_folder(src)
-    write_shards(index, out, shard_size, seed)
-    n = -(-len(index.paths) // shard_size)
-    print(f"wrote {len(index.paths)} images of {len(index.classes)} classes as {n} shards to {out}; "
-          f"train with --data.dataset shards --data.path {out}")
+    print(shard_folder(src, out, shard_size, seed))
 
 
 def consolidate(run: str, out: str, ema: bool | None = None, overwrite: bool = False) -> None:
@@ -632,22 +459,10 @@ def consolidate(run: str, out: str, ema: bool | None = None, overwrite: bool = F
     print(f"wrote {write(run, out, ema)}")
 
 
-def probe(
-    weights: str,
-    data: DataConfig = DataConfig(),  # noqa: B008 (read-only defaults)
-    features: FeatureOptions = FeatureOptions(),  # noqa: B008
-    shots: list[int] | None = None,
-    draws: int = 5,
-    seed: int = 0,
-    linear: bool = True,
-    c: float = 1.0,
-    knn_k: int = 20,
-    temperature: float = 0.07,
-    cache_dir: str | None = None,
-    out: str | None = None,
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-    json: bool = False,
-) -> None:
+def probe(weights: str, data: DataConfig = DataConfig(), features: FeatureOptions = FeatureOptions(),
+          shots: list[int] | None = None, draws: int = 5, seed: int = 0, linear: bool = True, c: float = 1.0,
+          knn_k: int = 20, temperature: float = 0.07, cache_dir: str | None = None, out: str | None = None,
+          load: LoadOptions = LoadOptions(), json: bool = False) -> None:
     """Measure a frozen representation: few-shot linear accuracy as in the paper (closed-form
     ridge to {-1,1}^K targets), a logistic-regression probe and weighted k-NN, on the test split.
 
@@ -671,37 +486,19 @@ def probe(
         load: what the checkpoint may not record (heads, classes, normalization).
         json: print the results as JSON alone on stdout instead of the table.
     """
-    from .checkpoint import check_output_file
-    from .files import atomic_write_json
-    from .loading import open_model
-    from .probe import SHOTS, format_table, probe_model
+    from .probe import SHOTS, probe_path
 
-    if out:
-        check_output_file(out)
-    with _json_mode(json):
-        opened = open_model(weights, load)
-        result = probe_model(opened, data, features, cache_dir,
-                             shots=list(SHOTS) if shots is None else shots, draws=draws, seed=seed,
-                             linear=linear, c=c, knn_k=knn_k, temperature=temperature)
-        print(format_table(result))
-        if out:
-            atomic_write_json(out, _json.loads(_json.dumps(result.to_dict())))
-            print(f"wrote {out}")
+    with json_mode(json):
+        result = probe_path(weights, data, features, cache_dir, out, load, shots=list(SHOTS) if shots is None
+                            else shots, draws=draws, seed=seed, linear=linear, c=c, knn_k=knn_k,
+                            temperature=temperature)
     if json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
 
 
-def embed(
-    weights: str,
-    images: list[str],
-    out: str | None = None,
-    query: str | None = None,
-    top: int = 5,
-    features: FeatureOptions = FeatureOptions(),  # noqa: B008
-    cache_dir: str | None = None,
-    load: LoadOptions = LoadOptions(),  # noqa: B008
-    json: bool = False,
-) -> None:
+def embed(weights: str, images: list[str], out: str | None = None, query: str | None = None, top: int = 5,
+          features: FeatureOptions = FeatureOptions(), cache_dir: str | None = None,
+          load: LoadOptions = LoadOptions(), json: bool = False) -> None:
     """Embeddings of image files (frozen features), written with the file names, or the images
     most similar to a query image (cosine).
 
@@ -720,45 +517,11 @@ def embed(
         load: what the checkpoint may not record (heads, classes, normalization).
         json: print what was computed, written and found as JSON alone on stdout.
     """
-    from .embed import embed_images
+    from .embed import embed_images, summary_lines
 
-    with _json_mode(json):
-        s = embed_images(weights, images, out, query, top, features, cache_dir, load)
-    if json:
-        return _print_json(s)
-    print(f"{s['images']} images, {s['features']} features each ({s['token']} token of block {s['layer']}, "
-          f"{s['precision']})" + (", from the cache" if s["from_cache"] else ""))
-    if out:
-        print("wrote " + ", ".join(s["written"]))
-    if query:
-        print(f"nearest to {query} (cosine similarity):")
-        for rank, n in enumerate(s["nearest"], 1):
-            print(f"  {rank:>2}. {n['similarity']:.4f}  {n['file']}")
-
-
-def _run_with_file_list(name: str, argv: list[str]) -> None:
-    """Run a command whose required parameters are positional and whose list parameter
-    (FILE_LISTS[name]) takes all further positional arguments, e.g. `visualize RUN a.png b.png`;
-    jsonargparse cannot derive such a variable-length positional from a signature."""
-    import inspect
-    import re
-
-    func, files = COMMANDS[name], FILE_LISTS[name]
-    doc = inspect.getdoc(func) or ""
-
-    def arg_help(arg: str) -> str:
-        m = re.search(rf"^\s*{arg}: (.*)$", doc, re.MULTILINE)
-        return m.group(1) if m else ""
-
-    params = inspect.signature(func).parameters
-    required = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p != files]
-    parser = _parser_class()(prog=f"vitkit {name}", description=doc.split("\nArgs:")[0].strip())
-    for p in required:
-        parser.add_argument(p, help=arg_help(p))
-    parser.add_argument(files, nargs="*", default=[], help=arg_help(files))
-    parser.add_function_arguments(func, skip=set(required) | {files})
-    init = parser.instantiate(parser.parse_args(argv))
-    func(**{p: init[p] for p in params})
+    with json_mode(json):
+        summary = embed_images(weights, images, out, query, top, features, cache_dir, load)
+    print_json(summary) if json else print_lines(summary_lines(summary))
 
 
 COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": finetune, "distill": distill,
@@ -770,86 +533,8 @@ COMMANDS = {"info": info, "train": train, "pretrain": pretrain, "finetune": fine
 FILE_LISTS = {"visualize": "images", "predict": "images", "embed": "images", "info": "models"}
 
 
-_NEGATIVE = r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan"
-
-
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """`--optim.lr -1e-3` as `--optim.lr=-1e-3`: argparse takes a negative number in exponent
-    notation for an option, so a value that looks like a negative number is joined to its option."""
-    import re
-
-    out: list[str] = []
-    for a in argv:
-        if out and re.fullmatch(_NEGATIVE, a) and out[-1].startswith("--") and "=" not in out[-1]:
-            out[-1] = f"{out[-1]}={a}"
-        else:
-            out.append(a)
-    return out
-
-
-def _described(description: str | None) -> str | None:
-    """A command's whole docstring before its Args (inputs, outputs, an example) for its --help,
-    where jsonargparse gives only the first line."""
-    import inspect
-
-    for func in COMMANDS.values():
-        doc = inspect.getdoc(func) or ""
-        if description and doc.startswith(description.strip()):
-            return doc.split("\nArgs:")[0].strip()
-    return description
-
-
-def _parser_class():
-    from jsonargparse import ArgumentParser
-
-    class Parser(ArgumentParser):
-        def __init__(self, *args, description: str | None = None, **kwargs):
-            super().__init__(*args, description=_described(description), **kwargs)
-
-        def error(self, message: str, ex: Exception | None = None):
-            """One line naming the option and the value, instead of the usage and a list of the
-            types jsonargparse tried."""
-            print(f"vitkit: error: {_one_line_parse_error(message)} (--help lists the options)",
-                  file=sys.stderr)
-            raise SystemExit(2)
-
-    return Parser
-
-
-def _one_line_parse_error(message: str) -> str:
-    """'Parser key "run.epochs": ... Given value: abc' -> '--run.epochs abc: expected an int'."""
-    import re
-
-    key = re.search(r'Parser key "([^"]+)"', message)
-    given = re.search(r"Given value: (.*)", message) or re.search(r"Got value: (.*)", message)
-    wanted = [t for t in re.findall(r"Expected a <class '(\w+)'>", message) if t != "NoneType"]
-    choices = re.search(r"Literal\[([^\]]*)\]", message)
-    if key and given:
-        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
-            wanted[0] if wanted else "", "a value of the option's type")
-        if choices:
-            kind = "one of " + ", ".join(c.strip().strip("'\"") for c in choices.group(1).split(","))
-        return f"--{key.group(1)} {given.group(1).strip()}: expected {kind}"
-    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    return " ".join(lines[:2]) if lines else "bad arguments"
-
-
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import CLI
-
-    from .notices import plain_warnings
-    from .training.stop import NonFiniteLoss
-
-    argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
-    plain_warnings()
-    try:
-        if argv and argv[0] in FILE_LISTS:
-            _run_with_file_list(argv[0], argv[1:])
-        else:
-            CLI(COMMANDS, args=argv, parser_class=_parser_class())
-    except (ValueError, FileNotFoundError, PermissionError, NonFiniteLoss) as e:
-        print(f"vitkit: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_commands(COMMANDS, FILE_LISTS, argv)
 
 
 if __name__ == "__main__":

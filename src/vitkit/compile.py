@@ -1,23 +1,23 @@
 """torch.compile for inference and training, decided in one place.
 
-- compile "auto": off. On a 2-core Zen 5 EPYC (native bf16) inductor took 10 s (warm
-  cache) to 140 s (cold) for a 2-layer test model and 3-6 minutes for S/16, again for each
-  new batch size; compiled S/16 bf16 inference ran 1.8-2.1x eager at batch 1 and 1.08x at
-  batch 8. Minutes of compilation cost every prediction, evaluation and short run more than
-  the milliseconds saved, so only long-lived serving or long runs gain: ask for it there.
-  On GPUs it is unmeasured, so off there too;
+- compile "auto": off. On a CPU inductor takes seconds to minutes per model and again per
+  batch size, and gained at batch 1 only (docs/evaluate-predict.md has the figures): that
+  costs every prediction, evaluation and short run more than it saves, so only long-lived
+  serving or long runs gain: ask for it there. On GPUs it is unmeasured, so off there too;
 - compile True: compile anyway (inductor, on any device); False: never.
 
-The model is compiled in place (nn.Module.compile): its state dict, its methods and
+compile_model compiles a model in place (nn.Module.compile): its state dict, its methods and
 everything that holds it stay as they are; only calling it goes through the compiled
-graph. Methods other than forward (forward_features with attention, used by attention
-capture) run eagerly. The first call compiles; its time is printed once.
+graph. compiled_call leaves the model alone and returns a compiled callable instead (what
+vitkit.inference runs). Methods other than forward (forward_features with attention, used by
+attention capture) run eagerly. The first call compiles; its time is printed once.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -60,3 +60,30 @@ def compile_model(model: torch.nn.Module, choice: CompileChoice | str = "auto", 
 
     model._compiled_call_impl = first_call
     return True
+
+
+def compiled_call(model: torch.nn.Module, choice: CompileChoice | str = "auto", *, backend: str = "inductor",
+                  label: str = "model") -> Callable | None:
+    """torch.compile of `model` as a separate callable when `choice` says so, else None; the
+    model object itself is not changed. The first call (the compilation) is timed on stderr."""
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    if model._compiled_call_impl is not None:
+        return model  # compiled in place already
+    if not compile_wanted(choice, device):
+        return None
+    graph = torch.compile(model, backend=backend)
+    timed = False
+
+    def call(*args, **kwargs):
+        nonlocal timed
+        if timed:
+            return graph(*args, **kwargs)
+        start = time.perf_counter()
+        out = graph(*args, **kwargs)
+        timed = True
+        print(f"vitkit: compiled the {label} ({backend}) in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr, flush=True)
+        return out
+
+    return call

@@ -48,3 +48,17 @@ def embed_images(weights: str, images: list[str], out: str | None = None, query:
         summary["nearest"] = [{"file": emb.names[keep[i]], "similarity": float(s)}
                               for i, s in zip(idx[0], sim[0], strict=True)]
     return summary
+
+
+def summary_lines(s: dict) -> list[str]:
+    """What `vitkit embed` prints of embed_images' summary: the features, the files written and
+    the query's nearest neighbours."""
+    lines = [f"{s['images']} images, {s['features']} features each ({s['token']} token of block "
+             f"{s['layer']}, {s['precision']})" + (", from the cache" if s["from_cache"] else "")]
+    if "written" in s:
+        lines.append("wrote " + ", ".join(s["written"]))
+    if "query" in s:
+        lines.append(f"nearest to {s['query']} (cosine similarity):")
+        lines += [f"  {rank:>2}. {n['similarity']:.4f}  {n['file']}"
+                  for rank, n in enumerate(s["nearest"], 1)]
+    return lines

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .data.arrays import ImageArrays, iterate_eval
 from .data.preprocess import InputSpec, normalize
-from .precision import autocast
+from .inference import Runner, as_runner, prepare
 
 
 @dataclass
@@ -100,28 +100,25 @@ class MultiLabelResult:
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, data, spec: InputSpec, classes: list[str],
+def evaluate_model(model: torch.nn.Module | Runner, data, spec: InputSpec, classes: list[str],
                    batch_size: int = 500, device: torch.device | str = "cpu",
                    precision: str = "fp32", workers: int = 0) -> EvalResult:
-    """Evaluate in eval mode; images are normalized with the model's InputSpec."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    """Evaluate a Runner (vitkit.inference.prepare), or a module in eval mode at `precision`;
+    images are normalized with the model's InputSpec."""
+    runner = as_runner(model, device, precision)
+    device = runner.device
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.long)
     loss_sum, top5_hits = 0.0, 0
     for x, y in iterate_eval(data, batch_size, workers):
         x = normalize(x.to(device, non_blocking=True), spec)
         y = y.to(device)
-        with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
+        logits = runner(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         pred = logits.argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         topk = logits.topk(min(5, k), dim=1).indices
         top5_hits += (topk == y[:, None]).any(1).sum().item()
-    model.train(was_training)
     n = int(confusion.sum())
     if n == 0:
         raise ValueError("no images to evaluate")
@@ -130,20 +127,18 @@ def evaluate_model(model: torch.nn.Module, data, spec: InputSpec, classes: list[
 
 
 @torch.no_grad()
-def evaluate_multilabel(model: torch.nn.Module, data, spec: InputSpec, classes: list[str],
+def evaluate_multilabel(model: torch.nn.Module | Runner, data, spec: InputSpec, classes: list[str],
                         batch_size: int = 500, device: torch.device | str = "cpu", precision: str = "fp32",
                         workers: int = 0, threshold: float = 0.5) -> MultiLabelResult:
-    """Sigmoid probabilities of every image against its multi-hot labels, in eval mode."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    """Sigmoid probabilities of every image against its multi-hot labels (a Runner, or a module
+    in eval mode at `precision`)."""
+    runner = as_runner(model, device, precision)
+    device = runner.device
     scores, targets = [], []
     loss_sum = 0.0
     for x, y in iterate_eval(data, batch_size, workers):
         x = normalize(x.to(device, non_blocking=True), spec)
-        with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
+        logits = runner(x).float()
         y = y.to(device).float()
         if y.ndim != 2 or y.shape[1] != logits.shape[1]:
             raise ValueError(f"multi-label evaluation needs (N, {logits.shape[1]}) multi-hot labels, "
@@ -151,7 +146,6 @@ def evaluate_multilabel(model: torch.nn.Module, data, spec: InputSpec, classes: 
         loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
         scores.append(logits.sigmoid().cpu())
         targets.append(y.cpu().to(torch.uint8))
-    model.train(was_training)
     if not scores:
         raise ValueError("no images to evaluate")
     s, t = torch.cat(scores).numpy(), torch.cat(targets).numpy()
@@ -205,6 +199,11 @@ class Evaluated:
     out_dir: Path
     summary: dict  # what eval.json holds
 
+    def to_json(self) -> dict:
+        """What `vitkit evaluate --json true` prints: eval.json's summary, the precision, the data
+        and where the files went."""
+        return {**self.summary, "precision": self.precision, "data": self.where, "out": str(self.out_dir)}
+
 
 def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[object, int, str]:
     """(images, count, description) to evaluate an opened model on: all of `data` (a DataConfig),
@@ -241,10 +240,8 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     import json
 
     from .files import atomic_write_json
-    from .inference import for_inference
     from .loading import open_model
     from .multilabel import threshold_of
-    from .precision import inference_precision
 
     if batch_size < 1:
         raise ValueError(f"--batch_size {batch_size}: must be 1 or more")
@@ -255,25 +252,36 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     images, count, where = evaluation_images(opened, data)
     if log:
         log(f"evaluating on {count} images: {where}")
-    precision = inference_precision(precision, opened.device)
-    model = for_inference(opened.model, precision, engine=engine, images=count)
+    runner = prepare(opened.model, opened.device, precision, engine, images=count)
+    precision = runner.precision
     workers = getattr(data, "workers", 0 if isinstance(data, ImageArrays) else 2)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
     threshold = threshold_of(opened.extra)
     if threshold is not None:
-        ml = evaluate_multilabel(model, images, opened.spec, opened.classes, batch_size, opened.device,
-                                 precision, workers, threshold)
+        ml = evaluate_multilabel(runner, images, opened.spec, opened.classes, batch_size, workers=workers,
+                                 threshold=threshold)
         summary = ml.summary()
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
         return Evaluated(ml, where, precision, out_dir, summary)
-    res = evaluate_model(model, images, opened.spec, opened.classes, batch_size, opened.device, precision,
-                         workers)
+    res = evaluate_model(runner, images, opened.spec, opened.classes, batch_size, workers=workers)
     write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
     summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
                "per_class": res.per_class}
     atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
     return Evaluated(res, where, precision, out_dir, summary)
+
+
+def summary_lines(done: Evaluated) -> list[str]:
+    """What `vitkit evaluate` prints: the accuracies and each class's, and the files written."""
+    res = done.result
+    if getattr(res, "multilabel", False):
+        return multilabel_lines(done)
+    lines = [f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
+             f"loss {res.loss:.4f}"]
+    width = max(len(c) for c in res.classes)
+    lines += [f"  {c:<{width}}  {acc:.2%}" for c, acc in res.per_class.items()]
+    return [*lines, f"wrote {done.out_dir}/confusion.png, confusion.csv, eval.json"]
 
 
 def multilabel_lines(done: Evaluated) -> list[str]:

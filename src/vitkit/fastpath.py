@@ -47,11 +47,9 @@ def _checkpointed_attention(q, k, v, scale: float, dropout: float, max_elements:
 
 
 # Attention matrices (batch x heads x N x N) up to this many elements are kept for the backward
-# pass (a few MiB per block in bf16). Recomputing them made the training step 1.24x slower for
-# the default model of a 28x28 folder (128 x 4 x 50 x 50) and 1.26x for the CIFAR-10 recipe
-# (128 x 3 x 65 x 65) on a 2-core Intel Xeon with AMX; beyond the limit (ViT-B/16 at 224:
-# 12 x 197 x 197 per image) keeping them would cost more memory than the fused kernel's
-# training, which keeps none.
+# pass (a few MiB per block in bf16): recomputing them slowed small models' training steps by
+# a quarter (benchmarks/README.md). Beyond it (ViT-B/16 at 224: 12 x 197 x 197 per image)
+# keeping them would cost more memory than the fused kernel's training, which keeps none.
 KEEP_ATTENTION_ELEMENTS = 2**22
 
 

@@ -8,7 +8,6 @@ a safetensors file (no pickle) under the vitkit cache directory; a second call r
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import warnings
@@ -22,10 +21,9 @@ from .cache import default_cache_dir, model_fingerprint
 from .data.arrays import ImageArrays, iterate_eval
 from .data.folder import _DECODE_ERRORS, file_stamp
 from .data.preprocess import DECODING, normalize, open_image, prepare_image
-from .inference import for_inference
+from .inference import prepare
 from .notices import VitkitWarning, one_line
 from .opened import OpenedModel
-from .precision import autocast, inference_precision
 from .representation import FeatureOptions, read_features, resolve_options
 
 # bump when what is stored changes, so old cache files are not read (2: images turned upright by
@@ -46,8 +44,8 @@ class Features:
 
 
 class FeatureModel:
-    """A model prepared once for feature extraction: eval mode at the inference precision, on
-    a copy when bf16 weights are stored (the caller's model is left as it was)."""
+    """A model prepared once for feature extraction by vitkit.inference.prepare (PyTorch, at the
+    inference precision; the caller's model is left as it was)."""
 
     def __init__(self, opened: OpenedModel, options: FeatureOptions):
         model = opened.model
@@ -57,11 +55,9 @@ class FeatureModel:
         layer, token = resolve_options(model, options, opened.source)
         self.options, self.token, self.spec = options, token, opened.spec
         self.device = opened.device
-        self.precision = inference_precision(options.precision, self.device)
         self.fingerprint = model_fingerprint(model, opened.spec.to_dict())
-        if self.precision == "bf16":
-            model = copy.deepcopy(model)
-        self.model = for_inference(model, self.precision)
+        self.runner = prepare(model, self.device, options.precision, engine="torch")
+        self.precision = self.runner.precision
         self.layer = layer
 
     def key(self, data_key: str) -> str:
@@ -70,11 +66,9 @@ class FeatureModel:
         text = json.dumps([FORMAT_VERSION, DECODING, self.fingerprint, data_key, opts], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images (B, C, H, W) -> features (B, D) float32."""
-        with autocast(self.device, self.precision):
-            features, _ = read_features(self.model, x.to(self.device), self.layer, self.token,
+        features, _ = self.runner.apply(read_features, x.to(self.device), self.layer, self.token,
                                         self.options.norm)
         return features.float().cpu()
 

@@ -6,8 +6,8 @@ or a Hugging Face Hub id (from the local cache, else downloaded: vitkit.hub), an
 model with its class names, its input spec (size, channels, mean/std, resize rule) and the
 load report. What a file does not record (heads, classes, normalization) comes from
 LoadOptions, which every command takes as ``--load.KEY``; otherwise the report names the
-default used. ``load`` and ``convert`` are the same path for callers that want the model
-alone or another file format.
+default used. ``load`` (the model alone), ``load_with_report`` (the model and the report) and
+``convert`` (another file format) go through ``open_model`` too.
 """
 
 from __future__ import annotations
@@ -85,18 +85,18 @@ def load_with_report(path: str | Path, *, image_size: int | tuple[int, int] | No
                      num_classes: int | None = None, resize_mode: ResizeMode = "bicubic", strict: bool = True,
                      keep_pre_logits: bool = False, drop_zero_head: bool = True, **overrides: Any
                      ) -> tuple[ViT, LoadReport]:
-    """Load a ViT checkpoint of any supported format (see `load`); returns the model (in eval
-    mode) and the report of what was found and done."""
-    return load_checkpoint(ViT, resolve(path), image_size=image_size, num_classes=num_classes,
-                           resize_mode=resize_mode, strict=strict, keep_pre_logits=keep_pre_logits,
-                           drop_zero_head=drop_zero_head, **overrides)
+    """`open_model`'s model (in eval mode) and load report alone; the arguments are `load`'s."""
+    opened = open_model(path, LoadOptions(strict=strict), image_size=image_size, num_classes=num_classes,
+                        resize_mode=resize_mode, keep_pre_logits=keep_pre_logits,
+                        drop_zero_head=drop_zero_head, **overrides)
+    return opened.model, opened.report
 
 
 def load(path: str | Path, *, image_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
          resize_mode: ResizeMode = "bicubic", strict: bool = True, keep_pre_logits: bool = False,
          drop_zero_head: bool = True, verbose: bool = False, **overrides: Any) -> ViT:
-    """Load a ViT from an official .npz, a timm / torchvision / Hugging Face checkpoint, a
-    vitkit model folder or a Hub id, inferring the architecture from the tensors.
+    """`open_model`'s model alone: a ViT from an official .npz, a timm / torchvision / Hugging
+    Face checkpoint, a vitkit model folder or a Hub id, the architecture inferred from the tensors.
 
     Args:
         path: a file (.npz, .pth/.pt/.bin, .safetensors), a folder (vitkit, Hugging Face,
@@ -124,13 +124,16 @@ def load(path: str | Path, *, image_size: int | tuple[int, int] | None = None, n
 
 def open_model(source: str | Path, options: LoadOptions | None = None, *, device: str | torch.device = "cpu",
                image_size: int | tuple[int, int] | None = None, num_classes: int | None = None,
-               resize_mode: ResizeMode = "bicubic", **overrides: Any) -> OpenedModel:
+               resize_mode: ResizeMode = "bicubic", keep_pre_logits: bool = False,
+               drop_zero_head: bool = True, **overrides: Any) -> OpenedModel:
     """Open any model vitkit reads for use: the model (eval mode, on `device`), its class
-    names, its input spec and the load report.
+    names, its input spec and the load report. The one way to open a model: every command
+    comes here, and `load`, `load_with_report` and `vitkit.serve.open_for_serving` are
+    shorter spellings of it.
 
-    `options` carries what the files may not record; `image_size`, `num_classes` and
-    `resize_mode` build a changed model as `load` does; `overrides` are further ViTConfig
-    fields (dropout, drop_path, ...).
+    `options` carries what the files may not record; `image_size`, `num_classes`,
+    `resize_mode`, `keep_pre_logits` and `drop_zero_head` build a changed model (see `load`);
+    `overrides` are further ViTConfig fields (num_heads, pool, dropout, drop_path, ...).
     """
     options = options or LoadOptions()
     preset = get_preset(options.preprocess) if options.preprocess else None  # refused before any reading
@@ -152,6 +155,7 @@ def open_model(source: str | Path, options: LoadOptions | None = None, *, device
     path = resolve(source, options.offline)
     model, report = load_checkpoint(ViT, path, image_size=image_size, num_classes=num_classes,
                                     resize_mode=resize_mode, strict=options.strict,
+                                    keep_pre_logits=keep_pre_logits, drop_zero_head=drop_zero_head,
                                     **{**options.overrides(), **overrides})
     cfg = model.config
     classes = _classes(options.classes, report, cfg.num_classes, source)

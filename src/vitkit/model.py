@@ -8,9 +8,8 @@ image -> patches -> linear projection -> [class] token + position embeddings
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -19,6 +18,9 @@ from . import fastpath
 from .config import ViTConfig, conv_stem_plan
 from .fastpath import explicit_attention
 from .posemb import resample_pos_embed, sincos_2d
+
+if TYPE_CHECKING:
+    from os import PathLike
 
 POS_CACHE_SIZE = 8  # grids whose resampled position embeddings inference keeps
 
@@ -207,24 +209,20 @@ class ViT(nn.Module):
 
         return cls(variant(name, **overrides))
 
+    # ---- opening and saving, done elsewhere (vitkit.open_model is the way to open a model) -------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **options) -> ViT:
-        """Load a vitkit model folder or an official .npz, timm, Hugging Face or torchvision
-        checkpoint; the options are those of vitkit.load (image_size, num_classes, strict, ...).
-        Hub ids and input specs: vitkit.open_model."""
+    def from_pretrained(cls, path: str | PathLike[str], **options) -> ViT:
+        """vitkit.load of a local folder or file, as a class method (its options)."""
         from .formats.reader import load_checkpoint
 
         return load_checkpoint(cls, path, **options)[0]
 
-    def save_pretrained(self, directory: str | os.PathLike[str], classes: list[str] | None = None,
-                        data: dict | None = None) -> os.PathLike[str]:
-        """Write a vitkit model folder (config.json + model.safetensors) that every vitkit
-        command opens; `classes` and `data` (input spec: image_size, channels, mean, std) go
-        into config.json so that predictions prepare images as training did."""
+    def save_pretrained(self, directory: str | PathLike[str], classes: list[str] | None = None,
+                        data: dict | None = None) -> PathLike[str]:
+        """vitkit.checkpoint.save_pretrained: a model folder that every vitkit command opens."""
         from .checkpoint import save_pretrained
 
-        extra = {k: v for k, v in dict(classes=classes, data=data).items() if v is not None}
-        return save_pretrained(self, directory, extra)
+        return save_pretrained(self, directory, classes=classes, data=data)
 
     # ---- initialization -------------------------------------------------------------
     @torch.no_grad()

@@ -4,7 +4,7 @@
 - training precision "auto": bf16 autocast on GPUs with bf16; on CPUs with native bf16 for
   models of at least BF16_TRAINING_MIN_MACS forward MACs per image (lower with AMX); else fp32;
 - inference precision "auto": bf16 wherever the hardware computes it natively (GPUs,
-  CPUs with AVX512-BF16 or AMX), else fp32 (vitkit.inference prepares a model for it).
+  CPUs with AVX512-BF16 or AMX), else fp32 (vitkit.inference runs a model at it).
 
 Decisions only: nothing here prepares or runs a model, so every layer above may ask
 (docs/architecture.md).
@@ -35,18 +35,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# bf16 autocast pays in CPU training once the matrix products outweigh what it adds (casts,
-# fp32 norms, per-op overhead); where that happens depends on the CPU's bf16 units, so the rule
-# is in forward MACs per image (vitkit.info.forward_macs), step times interleaved in one process:
-# - AVX512-BF16 without AMX (2-core Zen 5 EPYC, family 26): bf16 ran 0.55x fp32 on the digits
-#   recipe (3.1 MMACs), 0.66x on the CIFAR-10 recipe (137 MMACs), 0.98x on S/16 (4.6 GMACs) and
-#   1.12x on B/16 (17.6 GMACs): bf16 from 8 GMACs;
-# - AMX (2-core Intel Xeon, family 6 model 167; benchmarks/train_precision.py): 0.98x on the
-#   digits recipe (3.1 MMACs), 1.04x on the default photo model (64x64 RGB, patch 8; 11.5
-#   MMACs, and its whole 60-epoch run 1.08x, 2 points lower on 150 test images), 1.78x on the
-#   default model of a 28x28 folder (16.9 MMACs), 2.12x on the CIFAR-10 recipe, 2.58x on S/16
-#   and 2.84x on B/16: bf16 from 12 MMACs. (The conv stems gain most: the default model of a
-#   16x16 folder, 5.3 MMACs, ran 1.40x, and stays in fp32 under this rule.)
+# bf16 autocast pays in CPU training once a model's matrix products outweigh the casts and fp32
+# norms it adds, and how soon depends on the CPU's bf16 units: the forward MACs per image
+# (vitkit.info.forward_macs) from which it trained faster, with AMX and with AVX512-BF16 alone
+# (benchmarks/train_precision.py; the figures are in docs/evaluate-predict.md).
 BF16_TRAINING_MIN_MACS = {"amx": 12e6, "avx512": 8e9}
 
 
@@ -54,8 +46,7 @@ def training_precision(name: str, device: torch.device, macs: float | None = Non
     """"auto" for training: bf16 on GPUs that have it, and on CPUs with native bf16 for models
     of at least BF16_TRAINING_MIN_MACS forward MACs per image for the CPU's kind (`macs`;
     unknown: fp32); else fp32. bf16 asked for on a CPU that only emulates it becomes fp32,
-    with a warning: emulated bf16 trains the CIFAR-10 recipe 14x slower than fp32 (7 against
-    100 img/s on a 2-core Zen 3 EPYC)."""
+    with a warning: emulated bf16 trains an order of magnitude slower than fp32."""
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX) and would emulate "
                       "it, about 10x slower than fp32; training in fp32", VitkitWarning, stacklevel=2)
@@ -120,13 +111,8 @@ def inference_precision(name: str, device: torch.device | str) -> str:
 
 
 def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` on `device`: bf16 autocast, or nothing for fp32.
+    Training wraps its step in it; inference gets it from vitkit.inference's Runner."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def weights_autocast(model: torch.nn.Module):
-    """Autocast matching how `model`'s weights are stored: a model that for_inference put in
-    bf16 takes fp32 inputs under bf16 autocast, one with fp32 weights runs as it is."""
-    p = next((p for p in model.parameters() if p.dtype == torch.bfloat16), None)
-    return torch.autocast(p.device.type, dtype=torch.bfloat16) if p is not None else contextlib.nullcontext()

@@ -8,10 +8,9 @@ import torch
 
 from .data.folder import _DECODE_ERRORS, list_images
 from .data.preprocess import open_image, prepare_image
-from .inference import for_inference
+from .inference import prepare
 from .loading import OpenedModel
 from .multilabel import over_threshold, probabilities, threshold_of
-from .precision import autocast, inference_precision
 
 
 @torch.no_grad()
@@ -23,13 +22,11 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
     tag at or over its stored threshold (most probable first), "top" the k most probable tags as
     for any model, and "threshold" the threshold used.
 
-    precision "auto" runs bf16 autocast where the hardware has native bf16 (norms and
-    softmax stay in fp32), else fp32; the model is prepared by for_inference (in place),
-    `compile` being vitkit.compile's choice and `engine` vitkit.export.route's.
+    The model runs through vitkit.inference.prepare: precision "auto" is bf16 where the
+    hardware has native bf16 (norms and softmax stay in fp32), else fp32; `compile` is
+    vitkit.compile's choice and `engine` vitkit.export.route's.
     """
-    device = opened.device
-    precision = inference_precision(precision, device)
-    model = for_inference(opened.model, precision, compile, engine, images=len(files))
+    runner = prepare(opened.model, opened.device, precision, engine, images=len(files), compile=compile)
     topk = min(topk, len(opened.classes))
     threshold = threshold_of(opened.extra)
     results: list[dict] = []
@@ -38,8 +35,7 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
     def flush():
         if not batch:
             return
-        with autocast(device, precision):
-            probs = probabilities(model, torch.stack(batch).to(device), threshold is not None).float()
+        probs = probabilities(runner, torch.stack(batch), threshold is not None).float()
         p, idx = probs.topk(topk, dim=1)
         for name, row, pi, ii in zip(names, probs.cpu(), p.tolist(), idx.tolist(), strict=True):
             entry = {"file": str(name)}
@@ -76,3 +72,28 @@ def predict_paths(weights: str | Path, inputs: list[str | Path], topk: int = 5, 
         raise ValueError(f"--topk {topk}: must be 1 or more")
     return predict_files(open_model(weights, options), list_images(inputs), topk, precision=precision,
                          engine=engine)
+
+
+def result_lines(results: list[dict]) -> list[str]:
+    """What `vitkit predict` prints: a line per image with its top classes (a multi-label model:
+    every tag over its threshold); files that could not be read are left to the warnings."""
+    lines = []
+    for r in results:
+        if "error" in r:
+            continue
+        if "labels" in r:
+            tags = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["labels"])
+            lines.append(f"{r['file']}: {tags or 'no tag over ' + format(r['threshold'], 'g')}")
+        else:
+            tops = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+            lines.append(f"{r['file']}: {tops}")
+    return lines
+
+
+def report_unreadable(results: list[dict], warn) -> None:
+    """warn(message) for every file that could not be read; ValueError when none could."""
+    for r in results:
+        if "error" in r:
+            warn(f"{r['file']}: {r['error']}")
+    if all("error" in r for r in results):
+        raise ValueError(f"none of the {len(results)} input(s) could be read as an image")

@@ -9,6 +9,7 @@ whose model.safetensors is the encoder alone (a ViT with no head), so `vitkit fi
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
 from .checkpoint import read_meta
@@ -41,3 +42,16 @@ def pretrain(cfg: TrainConfig | None, objective: PretrainConfig | None = None,
                          "set them to 0")
     return fit(cfg, resume=resume, extra_meta={PRETRAIN_KEY: dataclasses.asdict(objective)},
                objective=SelfSupervised(objective), on_step=on_step)
+
+
+def closing_lines(result: RunResult, objective: str) -> list[str]:
+    """What `vitkit pretrain` prints when its run ends (`objective`: its name, or "resumed")."""
+    last = result.metrics[-1] if result.metrics else {}
+    held_out = f", held-out loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else ""
+    d = shlex.quote(str(result.run_dir))
+    lines = [f"pre-trained ({objective}) for {result.epoch} epochs, {result.step} steps; last train loss "
+             f"{last.get('train_loss', float('nan')):.4f}{held_out}",
+             f"wrote {d}/model.safetensors (the encoder) and config.json"]
+    if result.status == "interrupted":
+        return [*lines, f"continue with: vitkit pretrain --resume {d}"]
+    return [*lines, f"next: vitkit finetune {d} --data.dataset folder --data.path LABELLED/"]

@@ -230,6 +230,27 @@ def probe_model(opened, data_cfg, options=None, cache_dir=None, **readouts) -> P
     return probe_features(train, test, result=r, **readouts)
 
 
+def probe_path(weights: str, data_cfg, options=None, cache_dir=None, out: str | None = None, load=None,
+               log=print, **readouts) -> ProbeResult:
+    """`vitkit probe`: open `weights` (anything vitkit.open_model opens), probe it on the data
+    (probe_model; `readouts` as there), log the table and write the result as JSON to `out`.
+    `out` is checked before any work."""
+    import json
+
+    from .checkpoint import check_output_file
+    from .files import atomic_write_json
+    from .loading import open_model
+
+    if out:
+        check_output_file(out)
+    result = probe_model(open_model(weights, load), data_cfg, options, cache_dir, **readouts)
+    log(format_table(result))
+    if out:
+        atomic_write_json(out, json.loads(json.dumps(result.to_dict())))
+        log(f"wrote {out}")
+    return result
+
+
 def format_table(r: ProbeResult) -> str:
     """One table: every read-out's test accuracy (few-shot: mean +- std over the draws)."""
     rows = []

@@ -641,3 +641,15 @@ def probe_shards(shards: ShardSet, n: int = 32) -> tuple[tuple[int, int], int]:
 
     first = (io.BytesIO(data) for _, data, _ in read_shard(shards.location(0), 0, n, shards.classes))
     return probe_images(first, shards.location(0))
+
+
+def shard_folder(src: str | Path, out: str | Path, shard_size: int = 1000, seed: int = 0) -> str:
+    """Write the image folder `src` (root/<class>/<image>) as shards in `out`; returns the
+    closing line of `vitkit shards`."""
+    from .folder import scan_folder
+
+    index = scan_folder(src)
+    write_shards(index, out, shard_size, seed)
+    n = -(-len(index.paths) // shard_size)
+    return (f"wrote {len(index.paths)} images of {len(index.classes)} classes as {n} shards to {out}; "
+            f"train with --data.dataset shards --data.path {out}")

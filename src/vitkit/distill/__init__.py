@@ -23,19 +23,19 @@ import torch
 from ..checkpoint import read_meta
 from ..data.augment import AugmentConfig
 from ..data.pipeline import Data, DataConfig, load_data
-from ..inference import for_inference
+from ..inference import prepare
 from ..loading import LoadOptions, open_model
 from ..model import ViT
 from ..multilabel import is_multilabel
 from ..notices import VitkitWarning, check_ranges, is_number, one_line
-from ..precision import inference_precision, pick_device
+from ..precision import pick_device
 from ..training import OptimConfig, RunConfig, TrainConfig, fit
 from ..training.batches import default_epochs
 from ..training.config import ModelSpec
 from ..training.resume import OBJECTIVE_KEY, stored_config
 from ..training.trainer import RunResult
 from .objective import LOSSES, Distillation
-from .views import TaughtViews, teach, views_bytes
+from .views import TaughtViews, read_views, teach, views_bytes, views_key, views_path, write_views
 
 __all__ = ["KEY", "DistillOptions", "Lessons", "distill", "lessons"]
 
@@ -138,16 +138,24 @@ def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOpt
     if need > data.cache_gb * 2**30 * 4:
         raise ValueError(f"--distill.views {opts.views}: {n:,} images x {opts.views} views at "
                          f"{ssize[0]}x{ssize[1]} take {need / 2**30:.1f} GiB in memory; use fewer views")
-    precision = inference_precision(cfg.run.precision, device)
     model = opened.model.to(device)
-    runner = for_inference(model, precision, engine="auto", images=n * opts.views) if isinstance(model, ViT) \
-        else model
     teacher_cost = sum(p.numel() for p in model.parameters()) if isinstance(model, ViT) else None
-    log(f"teacher {one_line(teacher)}: {tsize[0]}x{tsize[1]}, {len(opened.classes)} classes, {precision}; "
+    log(f"teacher {one_line(teacher)}: {tsize[0]}x{tsize[1]}, {len(opened.classes)} classes; "
         f"student at {ssize[0]}x{ssize[1]}; {opts.views} views x {n:,} training images")
-    views = teach(runner, big.train, aug, opts.views, small.classes, class_map,
-                  list(tspec.mean), list(tspec.std), tsize, ssize, opts.teacher_batch, device, precision,
-                  cfg.run.seed, cfg.data.workers if not big.in_memory else 0, log)
+    key = views_key(model if isinstance(model, ViT) else None, tspec, big.train, class_map, aug, opts.views,
+                    tsize, ssize, cfg.run.precision, cfg.run.seed)
+    path = views_path(data.cache_dir, key) if key else None
+    views = read_views(path, small.classes) if path else None
+    if views is None:
+        runner = prepare(model, device, cfg.run.precision, engine="auto", images=n * opts.views)
+        log(f"teacher runs on {runner.engine}, {runner.precision}")
+        views = teach(runner, big.train, aug, opts.views, small.classes, class_map,
+                      list(tspec.mean), list(tspec.std), tsize, ssize, opts.teacher_batch, device,
+                      cfg.run.seed, cfg.data.workers if not big.in_memory else 0, log)
+        if path is not None and need <= data.cache_gb * 2**30:
+            write_views(path, views)
+    else:
+        log(f"teacher's views read from {path}")
     agree = _agreement(views, n, len(small.classes))
     log(f"teacher agrees with the labels on {agree:.2%} of the unaugmented training images")
     student = Data(views, small.val, small.classes, small.spec, small.notes, geometry=small.geometry,
@@ -217,7 +225,9 @@ def distill(teacher: str | Path | None, data: DataConfig | None = None, model: M
     spec = student_data.spec
     config = cfg.model.build_config(spec.image_size, spec.channels, len(student_data.classes),
                                     student_data.geometry)
-    student = ViT(config)
+    with torch.random.fork_rng():  # the student's first weights follow the run's seed alone
+        torch.manual_seed(cfg.run.seed)
+        student = ViT(config)
     size, teacher_size = student.num_params(), entry.get("teacher_parameters")
     if teacher_size and size >= teacher_size:
         warnings.warn(f"the student ({size:,} parameters) is as large as or larger than the teacher "

@@ -7,20 +7,29 @@ gets the same view resized to its own resolution. Fixing K views is what lets th
 outputs be cached: a fresh random view per epoch would need a teacher forward per step (on a
 CPU the teacher's forward costs about as much as the student's whole training step). The
 views are held in memory at the student's resolution (float16 pixels); `views_bytes` says
-beforehand how much that is.
+beforehand how much that is. They are also kept in the cache folder (distill/KEY.safetensors,
+keyed by the teacher's weights, the images, the augmentation, the sizes, the seed and the
+views), so a resumed run, or a second student taught by the same teacher, reads them back.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..cache import default_cache_dir, model_fingerprint
 from ..data.arrays import ImageArrays, iterate_eval
 from ..data.augment import AugmentConfig, BatchAugment
-from ..precision import autocast
+from ..features import data_fingerprint
+from ..files import atomic_write_bytes
+from ..notices import VitkitWarning, one_line
 
 
 @dataclass
@@ -47,8 +56,7 @@ def views_bytes(images: int, views: int, channels: int, size: tuple[int, int], c
 @torch.no_grad()
 def teach(teacher, train, augment: AugmentConfig, views: int, classes: list[str], class_map: list[int],
           mean: list[float], std: list[float], teacher_size: tuple[int, int], student_size: tuple[int, int],
-          batch_size: int, device: torch.device, precision: str, seed: int, workers: int = 0,
-          log=print) -> TaughtViews:
+          batch_size: int, device: torch.device, seed: int, workers: int = 0, log=print) -> TaughtViews:
     """`views` passes over `train` (uint8 images): view 0 as evaluation prepares images, the others
     augmented by `augment`; each batch's teacher logits (columns reordered by class_map to the
     data's classes) beside the view at the student's size. The randomness of view v comes from
@@ -65,8 +73,7 @@ def teach(teacher, train, augment: AugmentConfig, views: int, classes: list[str]
             torch.manual_seed(seed * 1_000_003 + v)
             for x, y in iterate_eval(train, batch_size, workers):
                 x, y = (plain if v == 0 else augmented)(x.to(device), y.to(device))
-                with autocast(device, precision):
-                    logits = teacher(x).float()[:, index]
+                logits = teacher(x).float()[:, index]  # a vitkit.inference Runner: its own precision
                 if tuple(x.shape[-2:]) != tuple(student_size):
                     x = F.interpolate(x, size=student_size, mode="bilinear", antialias=True,
                                       align_corners=False)
@@ -76,3 +83,50 @@ def teach(teacher, train, augment: AugmentConfig, views: int, classes: list[str]
                 seen += len(x)
         log(f"teacher: view {v + 1}/{views}, {seen:,} images, {seen / (time.perf_counter() - t0):.0f} img/s")
     return TaughtViews(torch.cat(images), torch.cat(labels), list(classes))
+
+
+VERSION = "views1"  # changes whenever what a view holds changes
+
+
+def views_key(teacher, spec, train, class_map: list[int], augment: AugmentConfig, views: int,
+              teacher_size: tuple[int, int], student_size: tuple[int, int], precision: str,
+              seed: int) -> str | None:
+    """What the views are computed from, as one digest; None when the teacher is not a vitkit
+    ViT (an ONNX session's weights are not read) or the images have no stable identity: the
+    views are then computed every time."""
+    data = data_fingerprint(train) if teacher is not None else None
+    if data is None:
+        return None
+    weights = model_fingerprint(teacher, spec.to_dict())
+    parts = [VERSION, weights, data, class_map, asdict(augment), views, list(teacher_size),
+             list(student_size), precision, seed]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def views_path(cache_dir: str | Path | None, key: str) -> Path:
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "distill" / f"{key}.safetensors"
+
+
+def read_views(path: Path, classes: list[str]) -> TaughtViews | None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))
+        return TaughtViews(t["images"], t["labels"], list(classes))
+    except Exception:  # a damaged cache file is recomputed, never trusted
+        warnings.warn(f"{one_line(path)}: unreadable views cache, ignored and rebuilt", VitkitWarning,
+                      stacklevel=3)
+        return None
+
+
+def write_views(path: Path, views: TaughtViews) -> None:
+    from safetensors.torch import save
+
+    try:
+        tensors = {"images": views.images.contiguous(), "labels": views.labels.contiguous()}
+        atomic_write_bytes(path, save(tensors))
+    except OSError as e:  # a read-only cache folder costs a recomputation, nothing else
+        warnings.warn(f"{one_line(path)}: cannot write the views cache ({e.strerror})", VitkitWarning,
+                      stacklevel=3)

@@ -111,6 +111,16 @@ class Exported:
     notes: list[str]
     check: object | None = None
     checked_on: str = ""
+    kind: str = ""  # the format and its options, as the closing line names them
+
+    def lines(self) -> list[str]:
+        """What `vitkit export` prints: the notes, the file with its size, and the check."""
+        size = self.path.stat().st_size / 2**20
+        lines = [f"note: {note}" for note in self.notes]
+        lines.append(f"wrote {self.path} ({size:.2f} MiB, {self.kind})")
+        if self.check is not None:
+            lines.append(f"check against eager fp32 on {self.checked_on}: {self.check}")
+        return lines
 
 
 def export_file(model: str | Path, out: str | Path, format: Format = "onnx", image_size: int | None = None,
@@ -143,7 +153,9 @@ def export_file(model: str | Path, out: str | Path, format: Format = "onnx", ima
         resolve_options(opened.model, features, str(model))
     path, notes = export_model(opened.model, opened.classes, opened.spec, Path(out), format, image_size,
                                int8, images, features, opened.extra.get(MULTILABEL_KEY), dynamic_size)
-    done = Exported(path, notes)
+    kind = ", ".join([format] + [name for name, on in (("int8", int8), ("features", features),
+                                                       ("dynamic size", dynamic_size)) if on])
+    done = Exported(path, notes, kind=kind)
     if not verify:
         return done
     spec = opened.spec

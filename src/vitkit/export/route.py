@@ -1,14 +1,11 @@
 """fp32 inference on a CPU through ONNX Runtime, where that was measured to pay.
 
 In fp32 on a CPU, ONNX Runtime runs vitkit's own exported graph faster than eager PyTorch
-runs the model: on a 2-core Intel Xeon run as a CPU without native bf16
-(VITKIT_NATIVE_BF16=0, benchmarks/export_speed.py), eager fp32 ran at 0.84x / 0.86x ONNX
-Runtime fp32 at batch 1 / 8 for S/16, 0.86x / 0.98x for B/16 and 0.52x / 0.82x for the
-CIFAR-10 hybrid, and this route at 0.99-1.02x everywhere. So where inference resolves to
-fp32 on a CPU (no native bf16, or fp32 asked for), vitkit.inference.for_inference with
-engine "auto" (what predict, evaluate and serve pass) hands back the model's ONNX graph run
-by onnxruntime instead of the module: same weights, same preprocessing, logits equal to
-eager fp32 within float rounding.
+runs the model (benchmarks/export_speed.py; the figures are in benchmarks/README.md). So
+where inference resolves to fp32 on a CPU (no native bf16, or fp32 asked for), the runner of
+vitkit.inference.prepare with engine "auto" (what predict, evaluate and serve pass) runs the
+model's ONNX graph by onnxruntime instead of the module: same weights, same preprocessing,
+logits equal to eager fp32 within float rounding.
 
 The graph is exported once per weights into the user cache (vitkit.cache:
 <cache>/onnx/<fingerprint>.onnx). The key is the fingerprint of every weight, the config and
@@ -41,9 +38,8 @@ from ..notices import VitkitWarning, first_line
 Engine = Literal["auto", "torch", "onnx"]
 ENGINES = get_args(Engine)
 ROUTE_FORMAT = 1  # bump when the exported graph changes, so old cached graphs are not run
-# Images after which exporting once costs less than eager fp32 would lose: on that CPU the
-# export took 5.0 s (S/16), 9.0 s (B/16) and 2.9 s (CIFAR-10 hybrid) and saved 8, 26 and 2 ms
-# per image at batch 1, so it paid after about 600, 350 and 1,450 images (more at batch 8).
+# Images after which exporting once (seconds) costs less than eager fp32 loses: measured, the
+# export paid after a few hundred to about 1,500 images at batch 1 (benchmarks/README.md).
 EXPORT_PAYS_AFTER = 1000
 
 

@@ -25,9 +25,10 @@ from ..data.arrays import iterate_eval
 from ..data.augment import AugmentConfig, BatchAugment
 from ..data.pipeline import Data, load_data
 from ..files import atomic_write_bytes
+from ..inference import Runner, prepare
 from ..model import ViT
 from ..notices import check_ranges, is_number
-from ..precision import autocast, inference_precision, pick_device
+from ..precision import pick_device
 from ..training.config import TrainConfig
 from ..training.records import prepare_run_dir, write_metrics
 from ..training.schedule import lr_factor
@@ -74,17 +75,19 @@ def _headless(model: ViT):
         model.head = head
 
 
+def _pooled(model: ViT, x: torch.Tensor) -> torch.Tensor:
+    with _headless(model) as backbone:
+        return backbone(x)
+
+
 @torch.no_grad()
-def features(model: ViT, batches, prepare, device: torch.device, precision: str
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def features(runner: Runner, batches, augment) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 (N, D), targets) of every batch, one backbone pass per batch."""
     feats, targets = [], []
-    with _headless(model.eval()) as backbone:
-        for x, y in batches:
-            x, y = prepare(x.to(device), y.to(device))
-            with autocast(device, precision):
-                feats.append(backbone(x).float().cpu())
-            targets.append(y.cpu())
+    for x, y in batches:
+        x, y = augment(x.to(runner.device), y.to(runner.device))
+        feats.append(runner.apply(_pooled, x).float().cpu())
+        targets.append(y.cpu())
     return torch.cat(feats), targets
 
 
@@ -95,8 +98,8 @@ def _targets(parts: list[torch.Tensor], k: int) -> torch.Tensor:
     return torch.cat([F.one_hot(t, k).float() if t.ndim == 1 else t.float() for t in parts])
 
 
-def cached_features(model: ViT, data: Data, augment: AugmentConfig, views: int, batch_size: int,
-                    eval_batch_size: int, device: torch.device, precision: str, workers: int = 0):
+def cached_features(runner: Runner, data: Data, augment: AugmentConfig, views: int, batch_size: int,
+                    eval_batch_size: int, workers: int = 0):
     """Training features for `views` views and validation features, each image through the
     backbone once per view."""
     k, spec = len(data.classes), data.spec
@@ -105,11 +108,10 @@ def cached_features(model: ViT, data: Data, augment: AugmentConfig, views: int, 
     wk = workers if not data.in_memory else 0
     train_x, train_y = [], []
     for view in range(views):
-        f, t = features(model, iterate_eval(data.train, batch_size, wk), plain if view == 0 else augmented,
-                        device, precision)
+        f, t = features(runner, iterate_eval(data.train, batch_size, wk), plain if view == 0 else augmented)
         train_x.append(f)
         train_y += t
-    val_x, val_y = features(model, iterate_eval(data.val, eval_batch_size, wk), plain, device, precision)
+    val_x, val_y = features(runner, iterate_eval(data.val, eval_batch_size, wk), plain)
     return torch.cat(train_x), _targets(train_y, k), val_x, torch.cat(val_y)
 
 
@@ -176,11 +178,12 @@ def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOption
         raise ValueError(f"model has {model.config.num_classes} classes, data has {len(data.classes)}")
     out = Path(run.out)
     prepare_run_dir(out, run.overwrite)
-    precision = inference_precision(run.precision, device)
     model = model.to(device)
+    runner = prepare(model, device, run.precision, engine="torch", compile=False)  # the frozen backbone
+    precision = runner.precision
     t0 = time.perf_counter()
-    x, y, val_x, val_y = cached_features(model, data, cfg.augment, views, run.batch_size, run.eval_batch_size,
-                                         device, precision, cfg.data.workers)
+    x, y, val_x, val_y = cached_features(runner, data, cfg.augment, views, run.batch_size,
+                                         run.eval_batch_size, cfg.data.workers)
     seconds = time.perf_counter() - t0
     print(f"features: {len(x):,} training ({views} view{'s' * (views > 1)}), {len(val_x):,} validation, "
           f"dimension {x.shape[1]}, {precision}; {(len(x) + len(val_x)) / max(seconds, 1e-9):.0f} img/s, "

@@ -1,11 +1,10 @@
 """The served model: preparing one image, and running a batch of them on the worker thread.
 
 Prediction goes through the same steps as `vitkit predict`: prepare_image with the model's
-input spec, for_inference and autocast at the precision inference_precision("auto") picks,
-and the model's predict_proba (a multi-label model: a sigmoid per tag, and the tags at or over
-its stored threshold), so the server returns what the command line would. The
-rollout for /v1/explain is vitkit.visualize's capture_attention, attention_rollout and
-readout.
+input spec, the Runner of vitkit.inference.prepare, and the softmax of its logits (a
+multi-label model: a sigmoid per tag, and the tags at or over its stored threshold), so the
+server returns what the command line would. The rollout for /v1/explain is vitkit.visualize's
+capture_attention, attention_rollout and readout, run by the same Runner.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ import torch
 from PIL import Image
 
 from ..data.preprocess import prepare_image
-from ..inference import for_inference
+from ..inference import as_runner, prepare
 from ..multilabel import over_threshold, probabilities, threshold_of
-from ..precision import autocast, inference_precision
 from ..visualize.analysis import attention_rollout, capture_attention, readout
 from .images import UploadError
 
@@ -51,15 +49,17 @@ class Engine:
         params = list(self.model.parameters())
         self.device = params[0].device if params else torch.device("cpu")
         self.num_params = sum(p.numel() for p in params)
-        self.precision = inference_precision(precision, self.device)
-        # what predictions run on: the model, or its ONNX graph (vitkit.export.route); a
-        # server's work has no end, so "auto" exports the graph where the route pays
-        self.runner = for_inference(self.model, self.precision, compile, engine, images=None)
-        self.engine = "onnxruntime" if self.runner is not self.model else "torch"
+        # a server's work has no end (images=None), so engine "auto" takes the ONNX route
+        # wherever it pays (vitkit.export.route)
+        self.runner = prepare(self.model, self.device, precision, engine, images=None, compile=compile)
+        self.precision = self.runner.precision
+        self.engine = "onnxruntime" if self.runner.engine == "onnx" else "torch"
         config = getattr(self.model, "config", None)
         # Attention capture needs vitkit's own forward_features(return_attention=True) (an
-        # ONNX model run by onnxruntime has no such thing).
+        # ONNX model run by onnxruntime has no such thing): on the ONNX route it runs the
+        # PyTorch model in fp32, the precision of the route.
         self.can_explain = bool(params) and config is not None and hasattr(self.model, "forward_features")
+        self.explainer = self.runner if self.runner.engine == "torch" else as_runner(self.model)
         self.config = config
 
     def prepare(self, img: Image.Image, explain: bool = False) -> Prepared:
@@ -79,11 +79,11 @@ class Engine:
     def run_batch(self, kind: str, items: Sequence[Prepared]) -> list:
         """One forward pass for a batch: probabilities (and for "explain" the rollout maps)."""
         x = torch.stack([it.tensor for it in items]).to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with torch.inference_mode():
             probs = probabilities(self.runner, x, self.threshold is not None).float().cpu()
             if kind == "predict":
                 return list(probs)
-            attn = capture_attention(self.model, x, batch_size=len(x))
+            attn = capture_attention(self.explainer, x, batch_size=len(x))
         maps = self.rollout(attn, tuple(x.shape[-2:]))
         return list(zip(probs, maps, strict=True))
 

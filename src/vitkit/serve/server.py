@@ -25,8 +25,8 @@ from .app import API_KEY_ENV, ServeOptions, create_app
 
 
 def open_for_serving(source: str | Path) -> Any:
-    """Open a run directory, model directory, checkpoint or .onnx file for serving: an
-    OpenedModel (model, classes, input spec, load report, source, name)."""
+    """vitkit.open_model(source), as the server opens its model: a run directory, model
+    directory, checkpoint or .onnx file as an OpenedModel."""
     from ..loading import open_model
 
     return open_model(source)
@@ -60,6 +60,9 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, options
           threads: int | None = None, log_level: str = "info", access_log: bool = True) -> None:
     """Open the model and serve it until SIGINT/SIGTERM; requests in flight are finished."""
     import uvicorn
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port}: must be a TCP port from 1 to 65535")
 
     options = options or ServeOptions()
     n = configure_threads(threads)

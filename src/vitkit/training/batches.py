@@ -12,10 +12,8 @@ from .distributed import Dist
 
 # The default length of a run: 60 epochs (what the digits and photo defaults were measured
 # at), except that without a time budget a set of more than 4,000 training images trains for
-# about 240,000 images in all (at least 10 epochs). A 28x28 folder of 8,000 images reached
-# 98.6% held-out by epoch 22 of a 60-epoch run and 99.1% after it, on 5.9 s per epoch of a
-# 2-core CPU (benchmarks/folder_default.py): 60 epochs spend most of six minutes on the last
-# 0.5 points.
+# about 240,000 images in all (at least 10 epochs): a larger set learns as much in fewer passes
+# (benchmarks/folder_default.py; benchmarks/README.md).
 DEFAULT_EPOCHS, DEFAULT_IMAGES, MIN_DEFAULT_EPOCHS = 60, 240_000, 10
 
 

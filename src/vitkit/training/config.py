@@ -143,7 +143,9 @@ class RunConfig:
     overwrite: bool = False  # replace a finished or stopped run in `out` instead of refusing
     seed: int = 0
     deterministic: bool = False
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    # auto: bf16 on GPUs that have it, and on CPUs with native bf16 for models large enough to
+    # gain (vitkit.precision.training_precision); else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: Literal["auto"] | bool = "auto"  # torch.compile the model (vitkit.compile decides "auto")
     time_budget: float | None = None  # minutes; the schedule then ends at the deadline

@@ -29,9 +29,9 @@ from torch import nn
 from ..config import ViTConfig
 from ..data.arrays import iterate_eval
 from ..data.preprocess import normalize
+from ..inference import as_runner
 from ..model import EncoderBlock, ViT
 from ..posemb import sincos_2d
-from ..precision import autocast
 
 ObjectiveName = Literal["classification", "multilabel", "mae", "mpp"]
 SUPERVISED = ("classification", "multilabel")  # objectives that learn the class head from labels
@@ -325,18 +325,14 @@ class SelfSupervised:
                  precision: str) -> PretrainEval:
         """The objective's loss on held-out images, with the same masks every time (seed 0)
         and without touching the training run's random state."""
-        was_training = model.training
-        model.eval()
+        runner = as_runner(model, device, precision)
         total, n = 0.0, 0
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
             for x, _ in iterate_eval(data, batch_size):
-                x = normalize(x.to(device), spec)
-                with autocast(device, precision):
-                    loss, _, _ = model(x)
+                loss, _, _ = runner(normalize(x.to(device), spec))
                 total += loss.item() * len(x)
                 n += len(x)
-        model.train(was_training)
         if n == 0:
             raise ValueError("no images to evaluate")
         return PretrainEval(total / n)

@@ -59,36 +59,56 @@ class RunResult:
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
                  extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None):
+        """Set a run up in the order its random state needs: device and processes, the seed, data,
+        objective, model, optimizer, augmentation, batch size and epochs, then the run directory
+        (a resumed run's state is loaded last, over everything set up before it)."""
         self.cfg = cfg
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
-        self.device = pick_device(cfg.run.device)
-        self.dist: Dist = init_distributed(self.device.type, need_group=cfg.run.strategy == "fsdp")
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        self.set_up_device()
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
         stored = read_config(self.run_dir) if resume and model is None else None
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
+        self.set_up_data(data, extra_meta)
+        self.set_up_objective(objective)
+        self.set_up_model(model, stored, bool(resume))
+        self.set_up_optimizer()
+        self.set_up_augmentation()
+        self.set_up_length()
+        self.set_up_run_dir(resume)
+
+    def set_up_device(self) -> None:
+        """The device, the process group of a distributed run, and the CPU threads."""
+        run = self.cfg.run
+        self.device = pick_device(run.device)
+        self.dist: Dist = init_distributed(self.device.type, need_group=run.strategy == "fsdp")
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if run.threads:
+            torch.set_num_threads(run.threads)
+
+    def set_up_data(self, data: Data | None, extra_meta: dict | None) -> None:
+        """The images: given in memory, or loaded from the config (once per host)."""
         self.extra_meta = dict(extra_meta or {})
         if data is not None:  # images given in memory: the stored DataConfig cannot read them back
             self.extra_meta["data_source"] = "in memory"
         elif self.extra_meta.get("data_source") == "in memory":
             raise ValueError(f"{self.run_dir}: trained on images given in memory; pass them again "
                              "(vitkit.training.fit(..., data=...)) to continue it")
-
         # the decoded-image cache is per host (~/.cache/vitkit): the first process of each host
         # (LOCAL_RANK 0) builds it while the others wait, then they read it
         first_on_host = self.dist.local_rank == 0
         if self.dist.enabled and not first_on_host:
             barrier(self.dist)
+        cfg = self.cfg
         self.data: Data = data if data is not None else load_data(cfg.data, cfg.augment, cfg.model)
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
-        # what is learnt (head, loss, metric): multi-hot labels pick MultiLabel unless one is given
+
+    def set_up_objective(self, objective) -> None:
+        """What is learnt (head, loss, metric): multi-hot labels pick MultiLabel unless one is given."""
         multi_hot = is_multilabel(self.data)
         if objective is not None and objective.name in SUPERVISED and \
                 (objective.name == "multilabel") != multi_hot:
@@ -101,14 +121,19 @@ class Trainer:
         # a multi-label run's decision threshold: the stored one of a resumed run until evaluated
         self.threshold = threshold_of(self.extra_meta) or DEFAULT_THRESHOLD
         if self.supervised:
-            self.data.require_labels(str(cfg.data.path or cfg.data.dataset), "supervised training",
+            self.data.require_labels(str(self.cfg.data.path or self.cfg.data.dataset), "supervised training",
                                      "; vitkit pretrain learns from unlabelled images")
+
+    def set_up_model(self, model: ViT | None, stored, resume: bool) -> None:
+        """The model (given, stored by a resumed run, or built for the data), its training
+        precision and the strategy that places it."""
+        cfg = self.cfg
         config = model.config if model is not None else stored or cfg.model.build_config(
             self.data.spec.image_size, self.data.spec.channels,
             len(self.data.classes) if self.supervised else 0, self.data.geometry)
         self.precision = training_precision(cfg.run.precision, self.device, forward_macs(config))
         self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
-        on_meta = self.strategy.build_on_meta(bool(resume))
+        on_meta = self.strategy.build_on_meta(resume)
         with torch.device("meta") if on_meta and model is None else contextlib.nullcontext():
             if model is None:
                 model = ViT(config)
@@ -117,36 +142,47 @@ class Trainer:
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("head."))
         self.model = self.strategy.setup(model, self.objective, self.data.spec,
-                                         cfg.run.activation_checkpointing, bool(resume))
-        model = self.model
-        c = model.config
+                                         cfg.run.activation_checkpointing, resume)
+        c = self.model.config
         self.log(f"model: {c.num_layers} layers, D {c.hidden_size}, MLP {c.mlp_size}, {c.num_heads} heads, "
                  f"patch {c.patch_size} ({c.grid_size[0]}x{c.grid_size[1]} grid), stem {c.stem}, "
-                 f"{sum(p.numel() for p in model.parameters()):,} parameters; {self.device.type}, "
+                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters; {self.device.type}, "
                  f"{self.precision}"
                  + (f"; {cfg.run.strategy} over {self.dist.world} processes" if self.dist.enabled else "")
                  + (f"; activation checkpointing: {cfg.run.activation_checkpointing}"
                     if cfg.run.activation_checkpointing != "none" else ""))
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.ema = self.strategy.make_ema(cfg.optim.ema)
+
+    def set_up_optimizer(self) -> None:
+        """The optimizer, the EMA and torch.compile."""
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.ema = self.strategy.make_ema(self.cfg.optim.ema)
         # in place, after the EMA copied the model: a copy of a compiled module would call the original
-        self.compiled = compile_model(self.model, cfg.run.compile, label="model for training")
+        self.compiled = compile_model(self.model, self.cfg.run.compile, label="model for training")
+
+    def set_up_augmentation(self) -> None:
         # a streamed random resized crop was taken on decoding, at full resolution
-        self.augment = BatchAugment(self.data.batch_augment(cfg.augment), len(self.data.classes),
-                                    self.data.spec.mean, self.data.spec.std, size=self.data.spec.image_size)
-        n_train = len(self.data.train)
+        spec = self.data.spec
+        self.augment = BatchAugment(self.data.batch_augment(self.cfg.augment), len(self.data.classes),
+                                    spec.mean, spec.std, size=spec.image_size)
+
+    def set_up_length(self) -> None:
+        """The batch size, the epochs and the steps they make."""
+        cfg, n_train = self.cfg, len(self.data.train)
         self.batch_size, note = batch_size_for(cfg.run.batch_size, n_train, self.dist, cfg.optim.accumulate)
         self.log(*([note] if note else []))
         self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget)
         self.log(*([note] if note else []))
         self.steps_per_epoch = num_batches(n_train, self.batch_size)
         self.total_steps = self.steps_per_epoch * self.epochs
+
+    def set_up_run_dir(self, resume: str | Path | None) -> None:
+        """The run's state: continued from the run directory, or a new one claimed."""
         self.state = RunState()
         self.tb = TensorBoard(self.run_dir)
         if resume:
             self.load_state()
         elif self.dist.main:
-            prepare_run_dir(self.run_dir, cfg.run.overwrite)
+            prepare_run_dir(self.run_dir, self.cfg.run.overwrite)
 
     # -- logging
     def log(self, *lines: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..precision import weights_autocast
+from ..inference import Runner, as_runner
 
 ArrayLike = np.ndarray | torch.Tensor
 Grid = tuple[int, int]
@@ -32,25 +32,25 @@ def _check_layer(a: np.ndarray, i: int) -> None:
         raise ValueError(f"attention of layer {i} must be (B, heads, T, T), got {a.shape}")
 
 
-@torch.no_grad()
-def capture_attention(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 16
+def capture_attention(model: torch.nn.Module | Runner, x: torch.Tensor, batch_size: int = 16
                       ) -> list[np.ndarray]:
     """Every layer's attention probabilities for inputs x, as float32 (B, heads, T, T) arrays.
 
-    Runs in eval mode (no attention dropout) in chunks of batch_size, so large sets of
-    images do not hold every intermediate activation at once.
+    `model` is a vitkit ViT (run as its weights are stored) or a Runner of one
+    (vitkit.inference.prepare, at its precision). Runs in eval mode (no attention dropout)
+    in chunks of batch_size, so large sets of images do not hold every intermediate
+    activation at once.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        chunks: list[list[np.ndarray]] = []
-        for start in range(0, len(x), batch_size):
-            with weights_autocast(model):  # a model stored in bf16 by for_inference takes fp32 x
-                _, maps = model.forward_features(x[start:start + batch_size], return_attention=True)
-            chunks.append([m.float().cpu().numpy() for m in maps])
-    finally:
-        model.train(was_training)
+    runner = as_runner(model)
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, len(x), batch_size):
+        _, maps = runner.apply(_attention, x[start:start + batch_size])
+        chunks.append([m.float().cpu().numpy() for m in maps])
     return [np.concatenate(layer) for layer in zip(*chunks, strict=True)]
+
+
+def _attention(model: torch.nn.Module, x: torch.Tensor):
+    return model.forward_features(x, return_attention=True)
 
 
 def readout(matrix: ArrayLike, grid: Grid, num_prefix_tokens: int = 1, pool: str = "cls") -> np.ndarray:

@@ -45,6 +45,11 @@ class Result:
     figures: dict[Path, tuple[int, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
+    def lines(self) -> list[str]:
+        """What `vitkit visualize` prints: every file written, and why a figure was skipped."""
+        return ([f"wrote {p}" for p in self.figures] + [f"skipped {t}: {r}" for t, r in self.skipped.items()]
+                + [f"wrote {self.report}"])
+
 
 def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
     """Image files, converted and resized exactly as for prediction."""
@@ -114,6 +119,186 @@ NOISE_NOTE = ("Inputs are random-noise images because no images and no --data fo
               "these maps show how the model responds to noise, not to real data.")
 
 
+@dataclass
+class Page:
+    """What the figures of one report share while make_figures draws them, and what they add up
+    to: the report's sections and the Result."""
+
+    model: ViT
+    spec: InputSpec
+    inputs: Inputs
+    out_dir: Path
+    run_dir: Path | None
+    attn: list[np.ndarray]  # every layer's attention on every input
+    shown: list[int]  # the inputs that get figures of their own
+    result: Result
+    sections: list[Section] = field(default_factory=list)
+
+    @property
+    def cfg(self):
+        return self.model.config
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self.inputs.raw.numpy()
+
+    @property
+    def noise(self) -> str:
+        return " (random-noise inputs)" if self.inputs.noise else ""
+
+    @property
+    def token(self) -> str:
+        return "class token" if self.cfg.pool == "cls" else "mean token"
+
+    def add(self, section: Section, files: list[tuple[Path, tuple[int, int]]]) -> None:
+        for path, size in files:
+            self.result.figures[path] = size
+            section.images.append(path)
+        self.sections.append(section)
+
+    def skip(self, title: str, reason: str) -> None:
+        self.result.skipped[title] = reason
+        self.sections.append(Section(title, note=reason))
+
+
+def attention_figures(p: Page) -> None:
+    """1. The attention of the pooled token, per layer and head, for each image shown."""
+    cfg, raw = p.cfg, p.raw
+    per_token = A.class_token_attention([a[p.shown] for a in p.attn], cfg.grid_size, cfg.num_prefix_tokens,
+                                        cfg.pool)  # (L, B, H, gh, gw)
+    layers, heads = cfg.num_layers, cfg.num_heads
+    heads_labels = [f"head {h + 1}" for h in range(heads)]
+    files = []
+    for b in p.shown:
+        title = f"Attention of the {p.token} to each patch: {p.inputs.names[b]}{p.noise}"
+        if layers * heads <= MAX_GRID_PANELS:
+            files.append(fig.plot_attention_grid(
+                raw[b], per_token[:, b], p.out_dir / f"attention_{b + 1}.png", title,
+                [f"layer {i + 1}" for i in range(layers)], heads_labels))
+        else:
+            for i in range(layers):
+                files.append(fig.plot_attention_grid(
+                    raw[b], per_token[i:i + 1, b], p.out_dir / f"attention_{b + 1}_layer{i + 1:02d}.png",
+                    f"{title}, layer {i + 1}", [f"layer {i + 1}"], heads_labels))
+    what = ("the class token's attention row" if cfg.pool == "cls" else
+            "the mean over the patch tokens' attention rows (this model pools by averaging the patch tokens)")
+    p.add(Section(f"Attention of the {p.token}, per layer and head",
+                  f"For each layer (rows) and head (columns): {what}, over the patches, upsampled to the "
+                  "image and overlaid on it. Each panel is scaled to its own maximum.",
+                  note=NOISE_NOTE if p.inputs.noise else None), files)
+
+
+def rollout_figure(p: Page) -> None:
+    """2. Attention rollout (paper Figure 6)."""
+    cfg, raw = p.cfg, p.raw
+    rollout = A.readout(A.attention_rollout([a[p.shown] for a in p.attn]), cfg.grid_size,
+                        cfg.num_prefix_tokens, cfg.pool)
+    p.add(Section("Attention rollout (paper Figure 6)",
+                  "Attention rollout (Abnar and Zuidema, 2020): per layer the heads are averaged, the "
+                  "identity is added for the residual connection and the rows renormalized; the layers "
+                  f"are multiplied through. Shown: what the {p.token} draws from each input patch, overlaid "
+                  "on the image, and the image masked by it."),
+          [fig.plot_rollout([raw[b] for b in p.shown], rollout, p.out_dir / "rollout.png",
+                            f"Attention rollout{p.noise}", [p.inputs.names[b] for b in p.shown])])
+
+
+def distance_figure(p: Page) -> None:
+    """3. Mean attention distance (paper Figure 7, right)."""
+    cfg, spec = p.cfg, p.spec
+    dist = A.mean_attention_distance(p.attn, cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens)
+    uniform = A.uniform_attention_distance(cfg.grid_size, cfg.patch_size)
+    p.add(Section("Mean attention distance (paper Figure 7, right)",
+                  f"For each head (dots) and layer: the distance in pixels between a query patch and the "
+                  f"patches it attends to, weighted by attention, averaged over query patches and "
+                  f"{p.inputs.description}. Image {spec.image_size[0]}x{spec.image_size[1]}, patch "
+                  f"{cfg.patch_size}; the dashed line is uniform attention over all patches "
+                  f"({uniform:.1f} px).", note=NOISE_NOTE if p.inputs.noise else None),
+          [fig.plot_attention_distance(dist, p.out_dir / "attention_distance.png",
+                                       f"Mean attention distance, {len(p.inputs.raw)} images{p.noise}",
+                                       uniform)])
+
+
+def position_figure(p: Page) -> None:
+    """4. Position-embedding similarity (paper Figure 7, centre)."""
+    title, cfg = "Position embedding similarity (paper Figure 7, centre)", p.cfg
+    if p.model.pos_embed is None:
+        return p.skip(title, "this model has no position embeddings")
+    sim = A.position_embedding_similarity(p.model.pos_embed, cfg.grid_size, cfg.num_prefix_tokens)
+    kind = "learned" if cfg.pos_embed == "learn" else "fixed 2D sin-cos (not learned)"
+    p.add(Section(title, f"Cosine similarity of the {kind} position embedding of each patch (tile at "
+                         "its row and column) with those of all patches."),
+          [fig.plot_position_similarity(sim, p.out_dir / "position_similarity.png",
+                                        "Position embedding similarity")])
+
+
+def patch_filters_figure(p: Page) -> None:
+    """5. Principal components of the patch-embedding filters (paper Figure 7, left)."""
+    title, cfg = "Patch-embedding filters (paper Figure 7, left)", p.cfg
+    if cfg.stem == "conv":
+        return p.skip(title, "this hybrid model's patch filters act on CNN features, not on pixels, "
+                             "so they have no image-like picture")
+    comps, ratio = A.patch_embedding_pcs(p.model.patch_embed.proj.weight, 28)
+    p.add(Section(title, f"The leading {len(comps)} principal components of the {cfg.hidden_size} "
+                         f"patch-embedding filters ({cfg.num_channels}x{cfg.patch_size}x{cfg.patch_size} "
+                         "each), each scaled to its own range, with the share of variance it explains."),
+          [fig.plot_patch_pcs(comps, ratio, p.out_dir / "patch_embedding_pcs.png",
+                              f"Patch-embedding filters: top {len(comps)} principal components "
+                              f"({100 * ratio.sum():.0f}% of variance)")])
+
+
+def curves_figure(p: Page) -> None:
+    """6. The training curves of a run directory."""
+    title = "Training curves"
+    metrics = p.run_dir / "metrics.csv" if p.run_dir is not None else None
+    if metrics is None or not metrics.is_file():
+        where = f"in {p.run_dir}" if p.run_dir is not None else "(not a training run directory)"
+        return p.skip(title, f"no metrics.csv {where}")
+    path = fig.plot_curves(metrics, p.out_dir / "curves.png")
+    p.add(Section(title, "Loss, accuracy and learning rate per epoch from metrics.csv."),
+          [(path, fig.curves_size())])
+
+
+def reconstruction_figure(p: Page) -> None:
+    """7. A masked autoencoder's reconstructions (MAE pre-training runs only; nothing otherwise)."""
+    if p.run_dir is None:
+        return
+    rebuilt = mae_reconstruction(p.run_dir, p.model, p.inputs.normalized(p.spec)[p.shown], p.spec)
+    if rebuilt is None:
+        return
+    masked, recon = rebuilt
+    p.add(Section("Masked autoencoder reconstruction",
+                  "MAE pre-training: each input, the patches the encoder saw (the masked ones blanked) "
+                  "and the decoder's reconstruction of the masked patches beside the visible ones. "
+                  "The predicted patches are given each true patch's mean and spread back, as in the "
+                  "MAE paper's figures."),
+          [fig.plot_reconstruction([p.raw[b] for b in p.shown], masked, recon,
+                                   p.out_dir / "reconstruction.png", f"MAE reconstruction{p.noise}",
+                                   [p.inputs.names[b] for b in p.shown])])
+
+
+FIGURES = (attention_figures, rollout_figure, distance_figure, position_figure, patch_filters_figure,
+           curves_figure, reconstruction_figure)
+
+
+def report_summary(p: Page, source: str, classes: list[str] | None) -> dict:
+    """The table at the top of report.html: the model, its inputs and its classes."""
+    cfg, spec, grid = p.cfg, p.spec, p.cfg.grid_size
+    summary = {
+        "model": source or "(in memory)",
+        "architecture": (f"{cfg.num_layers} layers, D={cfg.hidden_size}, {cfg.num_heads} heads, "
+                         f"MLP {cfg.mlp_size}, patch {cfg.patch_size}, grid {grid[0]}x{grid[1]}"),
+        "input": f"{spec.image_size[0]}x{spec.image_size[1]}, {spec.channels} channel(s)",
+        "pooling": "class token" if cfg.pool == "cls" else "mean of the patch tokens",
+        "position embeddings": cfg.pos_embed,
+        "parameters": f"{p.model.num_params():,}",
+        "inputs": p.inputs.description,
+    }
+    if classes:
+        summary["classes"] = f"{len(classes)}: " + ", ".join(map(str, classes[:12])) + (
+            " ..." if len(classes) > 12 else "")
+    return summary
+
+
 def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Inputs,
                  run_dir: str | Path | None = None, max_images: int = 4,
                  device: str | torch.device = "cpu", source: str = "", classes: list[str] | None = None
@@ -121,138 +306,15 @@ def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Input
     """Write every figure for model on inputs (prepared with spec) into out_dir, then report.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
     model = model.to(device).eval()
-    result = Result(report=out_dir / "report.html")
-    sections: list[Section] = []
-    noise = " (random-noise inputs)" if inputs.noise else ""
-    prefix, pool, grid = cfg.num_prefix_tokens, cfg.pool, cfg.grid_size
-    token = "class token" if pool == "cls" else "mean token"
-
-    def add(section: Section, files: list[tuple[Path, tuple[int, int]]]) -> None:
-        for path, size in files:
-            result.figures[path] = size
-            section.images.append(path)
-        sections.append(section)
-
     attn = A.capture_attention(model, inputs.normalized(spec).to(device))
-    shown = list(range(min(max_images, len(inputs.raw))))
-    raw = inputs.raw.numpy()
-
-    # 1. attention of the pooled token, per layer and head
-    per_token = A.class_token_attention([a[shown] for a in attn], grid, prefix, pool)  # (L, B, H, gh, gw)
-    layers, heads = cfg.num_layers, cfg.num_heads
-    files = []
-    for b in shown:
-        name = inputs.names[b]
-        title = f"Attention of the {token} to each patch: {name}{noise}"
-        heads_labels = [f"head {h + 1}" for h in range(heads)]
-        if layers * heads <= MAX_GRID_PANELS:
-            files.append(fig.plot_attention_grid(
-                raw[b], per_token[:, b], out_dir / f"attention_{b + 1}.png", title,
-                [f"layer {i + 1}" for i in range(layers)], heads_labels))
-        else:
-            for i in range(layers):
-                files.append(fig.plot_attention_grid(
-                    raw[b], per_token[i:i + 1, b], out_dir / f"attention_{b + 1}_layer{i + 1:02d}.png",
-                    f"{title}, layer {i + 1}", [f"layer {i + 1}"], heads_labels))
-    what = ("the class token's attention row" if pool == "cls" else
-            "the mean over the patch tokens' attention rows (this model pools by averaging the patch tokens)")
-    add(Section(f"Attention of the {token}, per layer and head",
-                f"For each layer (rows) and head (columns): {what}, over the patches, upsampled to the "
-                "image and overlaid on it. Each panel is scaled to its own maximum.",
-                note=NOISE_NOTE if inputs.noise else None), files)
-
-    # 2. attention rollout
-    rollout = A.readout(A.attention_rollout([a[shown] for a in attn]), grid, prefix, pool)
-    add(Section("Attention rollout (paper Figure 6)",
-                "Attention rollout (Abnar and Zuidema, 2020): per layer the heads are averaged, the "
-                "identity is added for the residual connection and the rows renormalized; the layers "
-                f"are multiplied through. Shown: what the {token} draws from each input patch, overlaid on "
-                "the image, and the image masked by it."),
-        [fig.plot_rollout([raw[b] for b in shown], rollout, out_dir / "rollout.png",
-                          f"Attention rollout{noise}", [inputs.names[b] for b in shown])])
-
-    # 3. mean attention distance
-    dist = A.mean_attention_distance(attn, grid, cfg.patch_size, prefix)
-    uniform = A.uniform_attention_distance(grid, cfg.patch_size)
-    add(Section("Mean attention distance (paper Figure 7, right)",
-                f"For each head (dots) and layer: the distance in pixels between a query patch and the "
-                f"patches it attends to, weighted by attention, averaged over query patches and "
-                f"{inputs.description}. Image {spec.image_size[0]}x{spec.image_size[1]}, patch "
-                f"{cfg.patch_size}; the dashed line is uniform attention over all patches "
-                f"({uniform:.1f} px).", note=NOISE_NOTE if inputs.noise else None),
-        [fig.plot_attention_distance(dist, out_dir / "attention_distance.png",
-                                     f"Mean attention distance, {len(inputs.raw)} images{noise}", uniform)])
-
-    # 4. position-embedding similarity
-    title = "Position embedding similarity (paper Figure 7, centre)"
-    if model.pos_embed is None:
-        result.skipped[title] = "this model has no position embeddings"
-        sections.append(Section(title, note=result.skipped[title]))
-    else:
-        sim = A.position_embedding_similarity(model.pos_embed, grid, prefix)
-        kind = "learned" if cfg.pos_embed == "learn" else "fixed 2D sin-cos (not learned)"
-        add(Section(title, f"Cosine similarity of the {kind} position embedding of each patch (tile at "
-                           "its row and column) with those of all patches."),
-            [fig.plot_position_similarity(sim, out_dir / "position_similarity.png",
-                                          "Position embedding similarity")])
-
-    # 5. principal components of the patch-embedding filters
-    title = "Patch-embedding filters (paper Figure 7, left)"
-    if cfg.stem == "conv":
-        result.skipped[title] = ("this hybrid model's patch filters act on CNN features, not on pixels, "
-                                 "so they have no image-like picture")
-        sections.append(Section(title, note=result.skipped[title]))
-    else:
-        comps, ratio = A.patch_embedding_pcs(model.patch_embed.proj.weight, 28)
-        add(Section(title, f"The leading {len(comps)} principal components of the {cfg.hidden_size} "
-                           f"patch-embedding filters ({cfg.num_channels}x{cfg.patch_size}x{cfg.patch_size} "
-                           "each), each scaled to its own range, with the share of variance it explains."),
-            [fig.plot_patch_pcs(comps, ratio, out_dir / "patch_embedding_pcs.png",
-                                f"Patch-embedding filters: top {len(comps)} principal components "
-                                f"({100 * ratio.sum():.0f}% of variance)")])
-
-    # 6. training curves
-    title = "Training curves"
-    metrics = Path(run_dir) / "metrics.csv" if run_dir is not None else None
-    if metrics is None or not metrics.is_file():
-        where = f"in {run_dir}" if run_dir is not None else "(not a training run directory)"
-        result.skipped[title] = f"no metrics.csv {where}"
-        sections.append(Section(title, note=result.skipped[title]))
-    else:
-        path = fig.plot_curves(metrics, out_dir / "curves.png")
-        add(Section(title, "Loss, accuracy and learning rate per epoch from metrics.csv."),
-            [(path, fig.curves_size())])
-
-    # 7. a masked autoencoder's reconstructions (MAE pre-training runs only)
-    rebuilt = mae_reconstruction(run_dir, model, inputs.normalized(spec)[shown], spec) if run_dir else None
-    if rebuilt is not None:
-        masked, recon = rebuilt
-        add(Section("Masked autoencoder reconstruction",
-                    "MAE pre-training: each input, the patches the encoder saw (the masked ones blanked) "
-                    "and the decoder's reconstruction of the masked patches beside the visible ones. "
-                    "The predicted patches are given each true patch's mean and spread back, as in the "
-                    "MAE paper's figures."),
-            [fig.plot_reconstruction([raw[b] for b in shown], masked, recon, out_dir / "reconstruction.png",
-                                     f"MAE reconstruction{noise}", [inputs.names[b] for b in shown])])
-
-    summary = {
-        "model": source or "(in memory)",
-        "architecture": (f"{cfg.num_layers} layers, D={cfg.hidden_size}, {cfg.num_heads} heads, "
-                         f"MLP {cfg.mlp_size}, patch {cfg.patch_size}, grid {grid[0]}x{grid[1]}"),
-        "input": f"{spec.image_size[0]}x{spec.image_size[1]}, {spec.channels} channel(s)",
-        "pooling": "class token" if pool == "cls" else "mean of the patch tokens",
-        "position embeddings": cfg.pos_embed,
-        "parameters": f"{model.num_params():,}",
-        "inputs": inputs.description,
-    }
-    if classes:
-        summary["classes"] = f"{len(classes)}: " + ", ".join(map(str, classes[:12])) + (
-            " ..." if len(classes) > 12 else "")
-    write_report(out_dir, f"Looking inside {Path(source).name or 'a ViT'}", sections, summary,
-                 [NOISE_NOTE] if inputs.noise else None)
-    return result
+    page = Page(model, spec, inputs, out_dir, Path(run_dir) if run_dir else None, attn,
+                list(range(min(max_images, len(inputs.raw)))), Result(report=out_dir / "report.html"))
+    for draw in FIGURES:
+        draw(page)
+    write_report(out_dir, f"Looking inside {Path(source).name or 'a ViT'}", page.sections,
+                 report_summary(page, source, classes), [NOISE_NOTE] if inputs.noise else None)
+    return page.result
 
 
 def mae_reconstruction(run_dir: str | Path, model: ViT, x: torch.Tensor, spec: InputSpec

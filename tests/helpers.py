@@ -1,5 +1,8 @@
 """Small builders shared by the tests."""
 
+import os
+import signal
+
 from vitkit.data.augment import AugmentConfig
 from vitkit.data.pipeline import DataConfig
 from vitkit.training import ModelSpec, OptimConfig, RunConfig, TrainConfig
@@ -19,3 +22,17 @@ def tiny_train_config(out, epochs=2, **sections) -> TrainConfig:
         for k, v in changes.items():
             setattr(getattr(cfg, name), k, v)
     return cfg
+
+
+# The model and run options of a CLI run small enough to train on digits in a few seconds.
+TINY_ARGS = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
+             "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
+             "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
+
+
+def interrupt_at(step: int):
+    """An on_step hook that sends this process SIGINT at `step`, as Ctrl-C would."""
+    def hook(trainer):
+        if trainer.state.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook

@@ -13,13 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_ARGS
 from PIL import Image
 
 from vitkit.cli import main
-
-TINY = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
-        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
-        "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
 
 
 def _fail(argv, capsys) -> tuple[int, str, str]:
@@ -35,7 +32,7 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad") / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        main(["train", *TINY, "--data.per_class", "20", "--run.epochs", "1", "--run.out", str(d)])
+        main(["train", *TINY_ARGS, "--data.per_class", "20", "--run.epochs", "1", "--run.out", str(d)])
     return d, printed.getvalue()
 
 
@@ -168,7 +165,7 @@ def test_folder_of_splits_is_read_as_splits(tmp_path, capsys):
                 px = np.clip(level + rng.integers(-20, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(px).save(root / split / c / f"{i}.png")
     out = tmp_path / "run"
-    main(["train", *TINY, "--data.dataset", "folder", "--data.path", str(root), "--run.epochs", "1",
+    main(["train", *TINY_ARGS, "--data.dataset", "folder", "--data.path", str(root), "--run.epochs", "1",
           "--run.out", str(out), "--data.cache_dir", str(tmp_path / "cache")])
     printed = capsys.readouterr().out
     meta = json.loads((out / "config.json").read_text())
@@ -345,7 +342,7 @@ def test_closing_hints_quote_paths_with_spaces(tmp_path, capsys):
     import shlex
 
     d = tmp_path / "my runs" / "first try"
-    main(["train", *TINY, "--data.per_class", "10", "--run.epochs", "1", "--run.out", str(d)])
+    main(["train", *TINY_ARGS, "--data.per_class", "10", "--run.epochs", "1", "--run.out", str(d)])
     hints = [ln for ln in capsys.readouterr().out.splitlines() if "vitkit evaluate" in ln]
     assert len(hints) == 1 and f"vitkit evaluate {shlex.quote(str(d))}" in hints[0]
     assert shlex.split(hints[0])[3] == str(d)

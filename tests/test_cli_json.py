@@ -5,19 +5,16 @@ import json
 
 import numpy as np
 import pytest
+from helpers import TINY_ARGS
 from PIL import Image
 
 from vitkit.cli import main
-
-TINY = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
-        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
-        "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("json")
-    main(["train", *TINY, "--data.per_class", "20", "--run.epochs", "1", "--run.out", str(root / "run")])
+    main(["train", *TINY_ARGS, "--data.per_class", "20", "--run.epochs", "1", "--run.out", str(root / "run")])
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_train_config
+from helpers import interrupt_at, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -159,17 +157,11 @@ def test_teacher_runs_once_per_view_and_its_views_are_kept(teacher, tmp_path, mo
     assert 0.5 < meta["distill"]["teacher_agreement"] <= 1.0
 
 
-def _interrupt_at(step):
-    def hook(trainer):
-        if trainer.state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
-
 
 @pytest.mark.parametrize("loss", ["token", "soft"])
 def test_interrupted_distillation_resumes_exactly(teacher, loss, tmp_path, capsys):
     full = run(teacher, tmp_path / "full", loss=loss, epochs=3)
-    cut = run(teacher, tmp_path / "cut", loss=loss, epochs=3, on_step=_interrupt_at(4))
+    cut = run(teacher, tmp_path / "cut", loss=loss, epochs=3, on_step=interrupt_at(4))
     assert cut.status == "interrupted" and cut.step == 4
     capsys.readouterr()
     main(["train", "--resume", str(tmp_path / "cut")])  # what the interrupted command says to run

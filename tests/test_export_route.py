@@ -126,3 +126,45 @@ def opened_image(path):
     with Image.open(path) as im:
         im.load()
         return im
+
+
+def test_engine_openvino_runs_the_same_graph_with_eager_logits(tmp_path, tiny_model, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    from vitkit.formats.openvino import OpenVINOViT
+    from vitkit.inference import prepare
+    from vitkit.loading import open_model
+    from vitkit.predict import predict_paths
+    from vitkit.serve.inference import Engine
+
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        eager = tiny_model(x)
+    runner = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="openvino")
+    assert runner.engine == "openvino" and isinstance(runner.module, OpenVINOViT)
+    torch.testing.assert_close(runner(x), eager, atol=1e-4, rtol=1e-4)
+    assert [p.name for p in cache.glob("*.onnx")] == [graph_path(tiny_model).name]  # ORT's graph, shared
+    assert any((cache / "openvino").iterdir())  # the compiled blob, read back by the next compile
+    twin = copy.deepcopy(runner.module)  # a server's worker copy: its own compiled model
+    torch.testing.assert_close(twin(x[:1]), eager[:1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="engine openvino: inference runs in bf16"):
+        prepare(copy.deepcopy(tiny_model), "cpu", "bf16", engine="openvino")
+
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "0")
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir, classes=CLASSES, data={
+        "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
+    files = real_images(tmp_path / "images")
+    plain = predict_paths(model_dir, files, topk=2, engine="torch")
+    ov = predict_paths(model_dir, files, topk=2, engine="openvino")
+    for a, b in zip(ov, plain, strict=True):
+        assert a["top"][0]["class"] == b["top"][0]["class"]
+        assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-4)
+    served = Engine(open_model(model_dir), engine="openvino")
+    assert served.describe()["engine"] == "openvino"
+
+
+def test_engine_openvino_without_openvino_is_one_line(tiny_model, cache, monkeypatch):
+    monkeypatch.setattr("vitkit.export.route.openvino_available", lambda: False)
+    with pytest.raises(ValueError, match=r"engine openvino: openvino is not installed \(pip install"):
+        for_inference(copy.deepcopy(tiny_model), "fp32", engine="openvino")
+    assert not cache.exists()

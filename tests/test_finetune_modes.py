@@ -3,14 +3,12 @@ batch and view), and LoRA adapters through peft, published merged into plain wei
 every command opens as any other vitkit model."""
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 from conftest import randomize_
-from helpers import tiny_train_config
+from helpers import interrupt_at, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -150,12 +148,6 @@ def test_lora_run_opens_predicts_and_exports(pretrained, tmp_path, capsys):
     assert done.check.max_abs_diff < 1e-4 and done.check.top1_agreement == 1.0
 
 
-def _interrupt_at(step):
-    def hook(trainer):
-        if trainer.state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
-
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_interrupted_finetuning_resumes_exactly(mode, pretrained, tmp_path, monkeypatch, capsys):
@@ -172,7 +164,7 @@ def test_interrupted_finetuning_resumes_exactly(mode, pretrained, tmp_path, monk
                         lora=LoraOptions(rank=4, alpha=8, dropout=0.1), on_step=on_step)
 
     full = run("full")
-    cut = run("cut", on_step=_interrupt_at(6))  # 4 steps per epoch: within the second
+    cut = run("cut", on_step=interrupt_at(6))  # 4 steps per epoch: within the second
     assert cut.status == "interrupted" and cut.step == 6
     capsys.readouterr()
     main(["train", "--resume", str(tmp_path / "cut")])  # what the interrupted command prints

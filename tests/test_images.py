@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import randomize_
+from helpers import TINY_ARGS
 from PIL import Image, ImageOps
 
 from vitkit.config import ViTConfig
@@ -33,9 +34,7 @@ from vitkit.opened import OpenedModel
 
 H, W = 32, 48  # the upright picture: wider than high
 SPEC = InputSpec((H, W), 3, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
-TINY = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
-        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
-        "--run.batch_size", "8", "--run.progress", "false", "--run.precision", "fp32"]
+TINY = [*TINY_ARGS, "--run.batch_size", "8"]
 
 
 def upright_picture() -> Image.Image:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_ARGS
 from PIL import Image
 
 from vitkit.cli import main
@@ -138,9 +139,6 @@ def test_as_runner_runs_weights_as_stored():
 
 # ---- predict, evaluate and serve against an eager model ---------------------------------------
 
-ARGS = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
-        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
-        "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +147,7 @@ def saved(tmp_path_factory):
     from sklearn.datasets import load_digits
 
     root = tmp_path_factory.mktemp("inference")
-    main(["train", *ARGS, "--data.per_class", "40", "--run.epochs", "3", "--run.out", str(root / "run")])
+    main(["train", *TINY_ARGS, "--data.per_class", "40", "--run.epochs", "3", "--run.out", str(root / "run")])
     digits = load_digits()
     folder = root / "images"
     rng = np.random.default_rng(0)

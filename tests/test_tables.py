@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_ARGS
 from PIL import Image
 from test_hub import COMMIT, StandInHub
 
@@ -31,9 +32,6 @@ CLASSES = ["cat", "dog", "fox"]
 # (height, width) of each class's four images; the fourth is a JPEG stored 16 wide and 12 high
 # with EXIF orientation 6, so upright it is 12 wide and 16 high, the most common size
 SIZES = [(12, 16), (16, 12), (14, 14), (12, 16)]
-TINY = ["--model.patch_size", "2", "--model.hidden_size", "32", "--model.num_layers", "2",
-        "--model.num_heads", "2", "--model.mlp_size", "64", "--model.stem", "patch",
-        "--run.batch_size", "64", "--run.progress", "false", "--run.precision", "fp32"]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 FEATURES = {"image": {"_type": "Image"}, "label": {"names": CLASSES, "_type": "ClassLabel"}}
 
@@ -377,7 +375,7 @@ def test_bad_tables_are_one_line_before_training(kind, pets, tmp_path, capsys):
     root, rows = pets
     data, names = _case(kind, root, rows, tmp_path)
     out = tmp_path / "run"
-    code, err = _fail(["train", *TINY, "--data.dataset", data[0], "--data.path", *data[1:],
+    code, err = _fail(["train", *TINY_ARGS, "--data.dataset", data[0], "--data.path", *data[1:],
                        "--data.cache_dir", str(tmp_path / "cache"), "--run.out", str(out)], capsys)
     assert code == 2 and err.startswith("vitkit: error: ") and len(err.splitlines()) == 1, err
     assert all(n in err for n in names), err
@@ -399,7 +397,7 @@ def test_train_on_a_csv_then_evaluate_on_parquet(pets, tmp_path, capsys):
     root, _ = pets
     run = tmp_path / "run"
     cache = ["--data.cache_dir", str(tmp_path / "cache")]
-    main(["train", *TINY, "--data.dataset", "csv", "--data.path", str(root / "labels.csv"),
+    main(["train", *TINY_ARGS, "--data.dataset", "csv", "--data.path", str(root / "labels.csv"),
           "--data.val_split", "0.25", *cache, "--run.epochs", "1", "--run.out", str(run)])
     capsys.readouterr()
     main(["evaluate", str(run), "--data.dataset", "hf", "--data.path", str(root / "data.parquet"), *cache,

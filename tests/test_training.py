@@ -1,12 +1,10 @@
 """The training loop: it learns, it resumes exactly, it fails cleanly and never loses a checkpoint."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
-from helpers import tiny_train_config
+from helpers import interrupt_at, tiny_train_config
 from safetensors.torch import load_file
 
 from vitkit.training import fit
@@ -38,12 +36,6 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         fit(tiny_train_config(tmp_path / "r", epochs=1))
 
 
-def _interrupt_at(step):
-    def hook(trainer):
-        if trainer.state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
-
 
 def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path):
     sections = dict(model={"dropout": 0.1, "drop_path": 0.1}, augment={"crop": "pad", "flip": True},
@@ -51,7 +43,7 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path):
     full = fit(tiny_train_config(tmp_path / "full", epochs=3, **sections))
     steps_per_epoch = 1437 // 64
     cut = fit(tiny_train_config(tmp_path / "cut", epochs=3, **sections),
-              on_step=_interrupt_at(steps_per_epoch + 5))
+              on_step=interrupt_at(steps_per_epoch + 5))
     assert cut.status == "interrupted" and cut.step == steps_per_epoch + 5
     state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["batch_in_epoch"] == 5

@@ -37,7 +37,8 @@ class Runner:
     precision, without gradients; `apply` runs another function of the module (features,
     attention maps) the same way.
 
-    engine: "torch" (a PyTorch module) or "onnx" (an ONNX graph run by onnxruntime);
+    engine: "torch" (a PyTorch module), "onnx" (an ONNX graph run by onnxruntime) or
+    "openvino" (the graph compiled by OpenVINO);
     precision: "fp32", "bf16", or "int8" for an int8 ONNX file; model: the model given to
     `prepare`; module: what runs (that model, its bf16 copy, or the ONNX graph)."""
 
@@ -91,19 +92,20 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
 
     precision: "auto" (bf16 where the hardware computes it natively, else fp32; vitkit.precision),
     "fp32" or "bf16". engine: vitkit.export.route's choice: "auto" or "onnx" may run the
-    model's ONNX graph in fp32 on a CPU, "torch" never does; `images` is the work to come
-    (None: no end, as in serving). compile: vitkit.compile's choice. bf16_weights=False runs
-    the model's own weights under autocast in bf16 (no copy: what evaluation during training
-    does); the results are the same. An opened ONNX file runs as it is, in fp32 (or int8).
+    model's ONNX graph in fp32 on a CPU by onnxruntime, "openvino" by OpenVINO, "torch" never;
+    `images` is the work to come (None: no end, as in serving). compile: vitkit.compile's
+    choice. bf16_weights=False runs the model's own weights under autocast in bf16 (no copy:
+    what evaluation during training does); the results are the same. An opened ONNX file runs
+    as it is, in fp32 (or int8).
     What this does to `model` is in the module docstring: nothing that lasts.
     """
     device = torch.device(device) if device is not None else _device_of(model)
     if _is_graph(model):
-        return Runner(model, model, device, "int8" if getattr(model, "int8", False) else "fp32", "onnx")
+        return Runner(model, model, device, "int8" if getattr(model, "int8", False) else "fp32", model.engine)
     precision = inference_precision(precision, device)
     routed = onnx_engine(model, precision, engine, compile, images)
     if routed is not None:
-        return Runner(routed, model, device, precision, "onnx", owned=True)
+        return Runner(routed, model, device, precision, routed.engine, owned=True)
     module, owned = model, False
     if precision == "bf16" and bf16_weights and not _stored_bf16(model):
         module, owned = _bf16_copy(model), True
@@ -146,7 +148,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _is_graph(model: torch.nn.Module) -> bool:
-    """An exported ONNX file opened by vitkit.formats.exported: an onnxruntime session."""
+    """An exported ONNX file opened by vitkit.formats.exported (a runtime's session)."""
     return hasattr(model, "session") and next(model.parameters(), None) is None
 
 

@@ -18,7 +18,10 @@ engine "auto": the route when the device is the CPU, the precision fp32, the mod
 vitkit ViT (no adapters or wrappers), torch.compile not asked for, onnxruntime and the
 exporter installed, and the graph cached already or the job at least EXPORT_PAYS_AFTER
 images (serving, whose work has no end, counts as enough); "torch": never; "onnx": whenever
-it can run, with a one-line error naming what stops it.
+it can run, with a one-line error naming what stops it. "openvino": the same graph compiled
+by OpenVINO (the openvino extra; compiled blobs cached beside the graph). "auto" keeps
+onnxruntime: on the CPU measured, OpenVINO f32 was not faster at batch 1 and 8 on S/16, B/16
+and the small models but for one case (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from typing import Literal, get_args
 import torch
 
 from ..cache import default_cache_dir, model_fingerprint
+from ..formats.openvino import available as openvino_available
 from ..model import ViT
 from ..notices import VitkitWarning, first_line
 
-Engine = Literal["auto", "torch", "onnx"]
+Engine = Literal["auto", "torch", "onnx", "openvino"]
 ENGINES = get_args(Engine)
 ROUTE_FORMAT = 1  # bump when the exported graph changes, so old cached graphs are not run
 # Images after which exporting once (seconds) costs less than eager fp32 loses: measured, the
@@ -84,9 +88,11 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
     if engine == "torch":
         return None
     problem = route_problem(model, precision, compile)
+    if problem is None and engine == "openvino" and not openvino_available():
+        problem = "openvino is not installed (pip install 'vitkit[openvino]')"
     if problem:
-        if engine == "onnx":
-            raise ValueError(f"engine onnx: {problem}")
+        if engine != "auto":
+            raise ValueError(f"engine {engine}: {problem}")
         return None
     path = graph_path(model)
     if not path.is_file() and engine == "auto" and images is not None and images < EXPORT_PAYS_AFTER:
@@ -94,24 +100,34 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
     try:
         if path.is_file():
             try:
-                return _open(path)
+                return _open(path, model, engine)
             except ValueError:
                 path.unlink(missing_ok=True)  # a damaged cache file: export it again
         _export(model, path)
-        return _open(path)
+        return _open(path, model, engine)
     except Exception as e:
-        if engine == "onnx":
-            raise ValueError(f"engine onnx: {first_line(e)}") from None
+        if engine != "auto":
+            raise ValueError(f"engine {engine}: {first_line(e)}") from None
         warnings.warn(f"the ONNX route failed ({first_line(e)}); running eager PyTorch", VitkitWarning,
                       stacklevel=2)
         return None
 
 
-def _open(path: Path) -> torch.nn.Module:
-    """The cached graph as an OnnxViT on torch's intra-op thread count (ValueError if unreadable)."""
+def _open(path: Path, model: ViT, engine: str) -> torch.nn.Module:
+    """The cached graph as an OnnxViT (or, for engine "openvino", an OpenVINOViT) on torch's
+    intra-op thread count (ValueError if unreadable)."""
     from ..formats.exported import open_onnx
 
-    return open_onnx(path, torch.get_num_threads()).model
+    if engine != "openvino":
+        return open_onnx(path, torch.get_num_threads()).model
+    from ..formats.openvino import OpenVINOViT, compile_file
+
+    threads, blobs = torch.get_num_threads(), path.parent / "openvino"
+    try:
+        compiled = compile_file(path, threads, blobs)
+    except Exception as e:  # OpenVINO's errors on a damaged file
+        raise ValueError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from None
+    return OpenVINOViT(compiled, model.config, {}, path, threads, blobs).eval()
 
 
 def _export(model: ViT, path: Path) -> None:

@@ -47,14 +47,19 @@ def parse(text: str, where: str) -> tuple[dict, ViTConfig, InputSpec]:
 class OnnxViT(nn.Module):
     """An onnxruntime session (CPUExecutionProvider) as a torch module without parameters."""
 
+    engine = "onnx"  # what vitkit.inference's Runner reports
+
     def __init__(self, session, config: ViTConfig, meta: dict, path: Path):
         super().__init__()
         self.session = session
         self.config = config
         self.meta = meta
         self.path = path
-        self.input_name = session.get_inputs()[0].name
+        self.input_name = self._input_name()
         self.int8 = bool(meta.get("int8"))
+
+    def _input_name(self) -> str:
+        return self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 logits (B, classes) for a normalized float batch (B, C, H, W)."""
@@ -76,7 +81,11 @@ class OnnxViT(nn.Module):
                 raise ValueError(f"{self.path.name} takes (B, {c}, {h}, {w}) inputs "
                                  f"(the image size is fixed at export), got {tuple(x.shape)}")
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return [torch.from_numpy(o).to(x.device) for o in self.session.run(None, {self.input_name: arr})]
+        return [torch.from_numpy(o).to(x.device) for o in self._infer(arr)]
+
+    def _infer(self, arr: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for one input array (the runtime's call)."""
+        return self.session.run(None, {self.input_name: arr})
 
     def __deepcopy__(self, memo: dict) -> OnnxViT:
         """A copy with its own session (onnxruntime sessions cannot be copied)."""

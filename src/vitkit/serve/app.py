@@ -53,7 +53,7 @@ class ServeOptions:
     api_key: str | None = None
     decode_threads: int | None = None  # default: the cores available
     precision: str = "auto"
-    engine: str = "auto"  # vitkit.export.route: auto, torch or onnx (fp32 on a CPU)
+    engine: str = "auto"  # vitkit.export.route: auto, torch, onnx or openvino (fp32 on a CPU)
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1:

@@ -53,7 +53,7 @@ class Engine:
         # wherever it pays (vitkit.export.route)
         self.runner = prepare(self.model, self.device, precision, engine, images=None, compile=compile)
         self.precision = self.runner.precision
-        self.engine = "onnxruntime" if self.runner.engine == "onnx" else "torch"
+        self.engine = {"onnx": "onnxruntime"}.get(self.runner.engine, self.runner.engine)
         config = getattr(self.model, "config", None)
         # Attention capture needs vitkit's own forward_features(return_attention=True) (an
         # ONNX model run by onnxruntime has no such thing): on the ONNX route it runs the

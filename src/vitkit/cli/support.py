@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
-from .notices import plain_warnings
+from ..notices import plain_warnings
 
 Command = Callable[..., object]
 
@@ -127,7 +127,7 @@ def run(commands: dict[str, Command], file_lists: dict[str, str], argv: list[str
     other errors a user's input causes) is one line on stderr and exit status 2."""
     from jsonargparse import CLI
 
-    from .training.stop import NonFiniteLoss
+    from ..training.stop import NonFiniteLoss
 
     argv = join_negative_values(sys.argv[1:] if argv is None else list(argv))
     plain_warnings()

@@ -1,0 +1,5 @@
+"""`python -m vitkit.cli` (as torchrun launches it)."""
+
+from . import main
+
+main()

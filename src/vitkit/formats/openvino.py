@@ -1,0 +1,66 @@
+"""An ONNX file compiled by OpenVINO behind vitkit's model interface.
+
+OpenVINO (the runtime optimum-intel uses) compiles the same ONNX graph onnxruntime runs; on
+some CPUs it runs it faster in fp32 (benchmarks/export_speed.py; the figures are in
+benchmarks/README.md), which is when vitkit.export.route picks it. It is an optional extra:
+pip install 'vitkit[openvino]'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ViTConfig
+from .exported import OnnxViT
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compile_file(path: str | Path, threads: int | None = None, cache_dir: str | Path | None = None):
+    """The file compiled for the CPU in f32 for latency (one request, every thread it is
+    given); compiled blobs are kept in `cache_dir`, so a second compile reads them."""
+    import openvino as ov
+
+    core = ov.Core()
+    if cache_dir is not None:
+        core.set_property({"CACHE_DIR": str(cache_dir)})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(str(path), "CPU", config)
+
+
+class OpenVINOViT(OnnxViT):
+    """An ONNX classifier file compiled by OpenVINO, as a torch module without parameters."""
+
+    engine = "openvino"
+
+    def __init__(self, compiled, config: ViTConfig, meta: dict, path: Path, threads: int | None = None,
+                 cache_dir: str | Path | None = None):
+        super().__init__(compiled, config, meta, path)  # session: the compiled model
+        self.threads, self.cache_dir = threads, cache_dir
+
+    def _input_name(self) -> str:
+        return self.session.inputs[0].get_any_name()
+
+    def _infer(self, arr: np.ndarray) -> list[np.ndarray]:
+        # a fresh infer request per call: concurrent callers (serving threads) never share one
+        result = self.session.create_infer_request().infer({0: arr}, share_inputs=True)
+        return [np.array(result[out]) for out in self.session.outputs]
+
+    def __deepcopy__(self, memo: dict) -> OpenVINOViT:
+        """A copy with its own compiled model (read from the cache when there is one)."""
+        compiled = compile_file(self.path, self.threads, self.cache_dir)
+        copied = type(self)(compiled, self.config, dict(self.meta), self.path, self.threads, self.cache_dir)
+        return copied.train(self.training)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace("onnxruntime", "openvino")

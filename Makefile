@@ -10,7 +10,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,export,serve,docs,lora,parquet,hf]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,serve,docs,lora,parquet,hf,openvino]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -20,6 +20,7 @@ vitkit's default inference path, ONNX int8), median of 5 rounds. CPU named, bf16
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tarfile
@@ -33,14 +34,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.bench import cpu_name  # noqa: E402
+from vitkit.data.augment import AugmentConfig  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.distill import DistillOptions, distill, lessons  # noqa: E402
 from vitkit.finetune import finetune  # noqa: E402
 from vitkit.loading import LoadOptions, open_model  # noqa: E402
 from vitkit.notices import plain_warnings  # noqa: E402
-from vitkit.precision import cpu_has_amx, inference_precision, native_bf16  # noqa: E402
+from vitkit.precision import cpu_has_amx, cpu_name, inference_precision, native_bf16  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
+from vitkit.training.config import ModelSpec  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEIT = SHARED / "models" / "deit-tiny-patch16-224-in1k.safetensors"
@@ -71,8 +73,21 @@ def cifar10(per_class: int, val_per_class: int) -> DataConfig:
         dest.mkdir(parents=True, exist_ok=True)
         archive = SHARED / "datasets" / "cifar10-jpg.tar.gz"
         subprocess.run(["tar", "-xzf", str(archive), "-C", str(dest)], check=True)
-    return DataConfig(dataset="folder", path=str(data / "train"), val_path=str(data / "test"),
-                      per_class=per_class, val_per_class=val_per_class, cache_dir=str(dest / "cache"))
+    # a folder of links to the first images of each class (sorted names), so only those are decoded
+    subset = dest / f"subset-{per_class}-{val_per_class}"
+    for split, src, n in (("train", data / "train", per_class), ("val", data / "test", val_per_class)):
+        for cls in sorted(d for d in src.iterdir() if d.is_dir()):
+            out = subset / split / cls.name
+            if out.is_dir():
+                continue
+            tmp = out.with_name(cls.name + ".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls.iterdir())[:n]:
+                if not (tmp / f.name).exists():
+                    (tmp / f.name).symlink_to(f)
+            tmp.rename(out)
+    return DataConfig(dataset="folder", path=str(subset / "train"), val_path=str(subset / "val"),
+                      cache_dir=str(dest / "cache"))
 
 
 def speed(model: torch.nn.Module, size: tuple[int, int], channels: int, batch: int, precision: str,
@@ -128,6 +143,13 @@ def main() -> None:
     ap.add_argument("--losses", default="labels,hard,soft,token")
     ap.add_argument("--epochs", type=int, default=None,
                     help="student epochs over the views (default: vitkit's)")
+    ap.add_argument("--student", type=json.loads, default={},
+                    help='the student\'s --model options as JSON, e.g. \'{"hidden_size": 192}\' '
+                         "(default: vitkit train's model for the data)")
+    ap.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha of the views")
+    ap.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha of the views")
+    ap.add_argument("--alpha", type=float, default=DistillOptions.alpha, help="soft: the teacher's weight")
+    ap.add_argument("--tau", type=float, default=DistillOptions.tau, help="soft: the temperature")
     args = ap.parse_args()
     plain_warnings()
     torch.manual_seed(0)
@@ -143,13 +165,15 @@ def main() -> None:
     rows = [("teacher: DeiT-Tiny, linear fine-tuning", teacher.val_acc, None, teacher_s, work / "teacher")]
 
     run = RunConfig(out=str(work / "s"), overwrite=True, progress=False, epochs=args.epochs)
-    taught = lessons(teacher.run_dir, TrainConfig(data=data, run=run), DistillOptions(views=args.views))
+    student, augment = ModelSpec(**args.student), AugmentConfig(mixup=args.mixup, cutmix=args.cutmix)
+    taught = lessons(teacher.run_dir, TrainConfig(data=data, model=student, augment=augment, run=run),
+                     DistillOptions(views=args.views))
     print(f"teacher's views: {taught.seconds:.1f}s", flush=True)
     times = {}
     for loss in args.losses.split(","):
         t0 = time.perf_counter()
-        r = distill(teacher.run_dir, data, options=DistillOptions(loss=loss),
-                    run=replace(run, out=str(work / loss)), lessons=taught)
+        r = distill(teacher.run_dir, data, student, DistillOptions(loss=loss, alpha=args.alpha, tau=args.tau),
+                    augment=augment, run=replace(run, out=str(work / loss)), lessons=taught)
         times[loss] = time.perf_counter() - t0
         extra = 0.0 if loss == "labels" else taught.seconds
         rows.append((f"student: {loss}" + (" (no teacher)" if loss == "labels" else ""), r.val_acc, r.epoch,
@@ -158,13 +182,14 @@ def main() -> None:
         epochs = rows[1][2]
         longer = max(epochs, round(epochs * (times["labels"] + taught.seconds) / times["labels"]))
         t0 = time.perf_counter()
-        r = distill(teacher.run_dir, data, options=DistillOptions(loss="labels"),
+        r = distill(teacher.run_dir, data, student, DistillOptions(loss="labels"), augment=augment,
                     run=replace(run, out=str(work / "labels-long"), epochs=longer), lessons=taught)
         rows.append(("student: labels, equal time", r.val_acc, r.epoch, time.perf_counter() - t0, r.run_dir))
     t0 = time.perf_counter()
-    r = fit(TrainConfig(data=data, run=RunConfig(out=str(work / "train"), overwrite=True, progress=False)))
-    rows.append(("student: vitkit train (fresh augmentation)", r.val_acc, r.epoch, time.perf_counter() - t0,
-                 r.run_dir))
+    r = fit(TrainConfig(data=data, model=student, augment=augment,
+                        run=RunConfig(out=str(work / "train"), overwrite=True, progress=False)))
+    rows.append(("student: vitkit train (fresh augmentation, its epochs)", r.val_acc, r.epoch,
+                 time.perf_counter() - t0, r.run_dir))
 
     measured = {str(rows[0][4]): speeds(rows[0][4], work)}
     student = next((row[4] for row in rows if "token" in row[0]), rows[1][4])

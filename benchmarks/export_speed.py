@@ -14,7 +14,7 @@ there, else an untrained model of configs/cifar10.yaml (speed does not depend on
 the digits model likewise (--digits-run, else configs/digits.yaml, the model `make run` trains).
 Accuracy uses the CIFAR-10 JPEG test images at --data/test/<class>/*.jpg.
 
-OpenVINO rows (pip install 'vitkit[openvino]'; "not installed" without it) run the same ONNX
+OpenVINO rows (pip install 'vitkit[openvino,nncf]'; "not installed" without it) run the same ONNX
 files: f32 (INFERENCE_PRECISION_HINT f32), OpenVINO's default precision (bf16 where the CPU
 has native bf16 or AMX, else f32; the row names the one it used), int8 from NNCF post-training
 quantization of the fp32 file (about 100 calibration images of the data the model is for:
@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit import ViT, ViTConfig, variant  # noqa: E402
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.preprocess import InputSpec, image_to_uint8, normalize  # noqa: E402
 from vitkit.export import export_model  # noqa: E402
 from vitkit.export.onnx import export_onnx  # noqa: E402
@@ -52,7 +51,7 @@ from vitkit.export.prepare import export_ready, metadata  # noqa: E402
 from vitkit.export.quantize import quantize_onnx  # noqa: E402
 from vitkit.export.runtime import OnnxViT, session  # noqa: E402
 from vitkit.inference import for_inference  # noqa: E402
-from vitkit.precision import autocast, inference_precision, native_bf16  # noqa: E402
+from vitkit.precision import autocast, cpu_name, inference_precision, native_bf16  # noqa: E402
 
 RUN, DATA = Path("/tmp/vitkit-cifar/run"), Path("/tmp/vitkit-cifar/cifar10")
 
@@ -152,7 +151,8 @@ def torch_runners(model: ViT) -> tuple[dict, str]:
     precision = inference_precision("auto", "cpu")
     default = for_inference(copy.deepcopy(eager), precision, engine="auto", images=None)
     device = torch.device("cpu")
-    route = ", ONNX route" if isinstance(default, OnnxViT) else ""
+    # the route's runtime: onnxruntime, OpenVINO, or each batch on the one timed faster here
+    route = f", ONNX route: {default.engine}" if isinstance(default, OnnxViT) else ""
 
     def run_eager(x):
         with torch.inference_mode():

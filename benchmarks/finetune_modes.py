@@ -22,10 +22,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vitkit.bench import cpu_name, profiled_events
+from vitkit.bench import profiled_events
 from vitkit.config import variant
 from vitkit.finetune.lora import LoraOptions, LoraViT, trainable_parameters
 from vitkit.model import ViT
+from vitkit.precision import cpu_name
 from vitkit.training import OptimConfig
 from vitkit.training.schedule import build_optimizer
 

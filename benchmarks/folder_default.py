@@ -32,10 +32,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.info import forward_macs  # noqa: E402
-from vitkit.precision import native_bf16, training_precision  # noqa: E402
+from vitkit.precision import cpu_name, native_bf16, training_precision  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
 from vitkit.training.config import ModelSpec  # noqa: E402
 

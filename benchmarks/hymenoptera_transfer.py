@@ -33,8 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.bench import cpu_name  # noqa: E402
-from vitkit.precision import cpu_has_amx, native_bf16  # noqa: E402
+from vitkit.precision import cpu_has_amx, cpu_name, native_bf16  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCHIVE = SHARED / "datasets" / "hymenoptera.tar.gz"

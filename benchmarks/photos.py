@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from cifar10_budget import extract  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.augment import AugmentConfig  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.notices import plain_warnings  # noqa: E402
+from vitkit.precision import cpu_name  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
 from vitkit.training.config import ModelSpec  # noqa: E402
 

@@ -32,12 +32,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cifar10_budget import extract  # noqa: E402
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.config import ViTConfig  # noqa: E402
 from vitkit.data.augment import AugmentConfig  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.model import ViT  # noqa: E402
-from vitkit.precision import autocast, native_bf16, training_precision  # noqa: E402
+from vitkit.precision import autocast, cpu_name, native_bf16, training_precision  # noqa: E402
 from vitkit.training import ModelSpec, OptimConfig, RunConfig, TrainConfig, fit  # noqa: E402
 from vitkit.training.objectives import Classification, PretrainConfig, SelfSupervised  # noqa: E402
 from vitkit.training.schedule import build_optimizer  # noqa: E402

@@ -41,11 +41,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.checkpoint import save_pretrained  # noqa: E402
 from vitkit.config import ViTConfig, variant  # noqa: E402
 from vitkit.data.preprocess import InputSpec  # noqa: E402
 from vitkit.model import ViT  # noqa: E402
+from vitkit.precision import cpu_name  # noqa: E402
 
 CIFAR = Path("/tmp/vitkit-cifar")
 ARCHIVE = ROOT.parent / "shared/datasets/cifar10-jpg.tar.gz"

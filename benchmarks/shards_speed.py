@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cifar10_budget import extract  # noqa: E402
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.folder import load_folder_cached, scan_folder  # noqa: E402
 from vitkit.data.shards import write_shards  # noqa: E402
 from vitkit.notices import plain_warnings  # noqa: E402
+from vitkit.precision import cpu_name  # noqa: E402
 from vitkit.training import TrainConfig, fit  # noqa: E402
 
 SOURCES = ["cache", "folder", "shards"]

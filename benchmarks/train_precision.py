@@ -26,11 +26,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.config import ViTConfig, variant  # noqa: E402
 from vitkit.info import forward_macs  # noqa: E402
 from vitkit.model import ViT  # noqa: E402
-from vitkit.precision import autocast, cpu_has_amx, native_bf16, training_precision  # noqa: E402
+from vitkit.precision import autocast, cpu_has_amx, cpu_name, native_bf16, training_precision  # noqa: E402
 from vitkit.training import ModelSpec, OptimConfig  # noqa: E402
 from vitkit.training.schedule import build_optimizer  # noqa: E402
 

@@ -31,10 +31,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cifar10_budget import extract  # noqa: E402
 
-from vitkit.bench import cpu_name  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.finetune import finetune  # noqa: E402
-from vitkit.precision import native_bf16  # noqa: E402
+from vitkit.precision import cpu_name, native_bf16  # noqa: E402
 from vitkit.training import OptimConfig, RunConfig, TrainConfig, fit  # noqa: E402
 
 SOURCE = ["airplane", "automobile", "bird", "cat", "deer"]

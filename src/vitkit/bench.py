@@ -149,23 +149,6 @@ def profiled_events(step) -> list[dict]:
         return json.loads(trace.read_text())["traceEvents"]
 
 
-
-def cpu_name() -> str:
-    """The CPU as benchmark tables name it: model name, family and model numbers (a bare
-    "AMD EPYC" says little), core count and whether it has native bf16."""
-    import os
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-    except OSError:
-        return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    bf16 = "native bf16" if native_bf16("cpu") else "no native bf16"
-    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')}, {os.cpu_count()} cores, {bf16})")
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -116,3 +116,19 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_name() -> str:
+    """The CPU as benchmark tables name it: model name, family and model numbers (a bare
+    "AMD EPYC" says little), core count and whether it has native bf16."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    except OSError:
+        return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    bf16 = "native bf16" if native_bf16("cpu") else "no native bf16"
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}, {os.cpu_count()} cores, {bf16})")

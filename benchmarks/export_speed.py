@@ -151,7 +151,7 @@ def torch_runners(model: ViT) -> tuple[dict, str]:
     precision = inference_precision("auto", "cpu")
     default = for_inference(copy.deepcopy(eager), precision, engine="auto", images=None)
     device = torch.device("cpu")
-    # the route's runtime: onnxruntime, OpenVINO, or each batch on the one timed faster here
+    # the runtime of the route (onnx: onnxruntime)
     route = f", ONNX route: {default.engine}" if isinstance(default, OnnxViT) else ""
 
     def run_eager(x):

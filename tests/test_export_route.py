@@ -128,14 +128,44 @@ def opened_image(path):
         return im
 
 
-def test_engine_openvino_runs_the_same_graph_with_eager_logits(tmp_path, tiny_model, cache, monkeypatch):
+OPENVINO_CASE = """
+import copy, sys, torch, pytest
+sys.path.insert(0, sys.argv[1])
+from test_export_route import openvino_case
+openvino_case(*sys.argv[2:])
+print("openvino case passed")
+"""
+
+
+def test_engine_openvino_runs_the_same_graph_with_eager_logits(tmp_path, tiny_model, cache):
+    """In a process of its own: a process that ran OpenVINO has crashed later in bf16 training
+    (the tests that follow in this one)."""
     pytest.importorskip("openvino")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tiny_model.save_pretrained(tmp_path / "source")
+    out = subprocess.run([sys.executable, "-c", OPENVINO_CASE, str(Path(__file__).parent), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "openvino case passed" in out.stdout, out.stderr[-3000:]
+
+
+def openvino_case(tmp: str) -> None:
+    import os
+    from pathlib import Path
+
     from vitkit.formats.openvino import OpenVINOViT
     from vitkit.inference import prepare
     from vitkit.loading import open_model
+    from vitkit.model import ViT
     from vitkit.predict import predict_paths
     from vitkit.serve.inference import Engine
 
+    tmp_path = Path(tmp)
+    cache = tmp_path / "cache" / "onnx"
+    os.environ["VITKIT_CACHE_DIR"] = str(tmp_path / "cache")
+    tiny_model = ViT.from_pretrained(tmp_path / "source").eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         eager = tiny_model(x)
@@ -149,7 +179,7 @@ def test_engine_openvino_runs_the_same_graph_with_eager_logits(tmp_path, tiny_mo
     with pytest.raises(ValueError, match="engine openvino: inference runs in bf16"):
         prepare(copy.deepcopy(tiny_model), "cpu", "bf16", engine="openvino")
 
-    monkeypatch.setenv("VITKIT_NATIVE_BF16", "0")
+    os.environ["VITKIT_NATIVE_BF16"] = "0"
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir, classes=CLASSES, data={
         "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
@@ -169,45 +199,3 @@ def test_engine_openvino_without_openvino_is_one_line(tiny_model, cache, monkeyp
         for_inference(copy.deepcopy(tiny_model), "fp32", engine="openvino")
     assert not cache.exists()
 
-
-def test_auto_times_both_runtimes_once_and_runs_each_batch_on_the_faster(tiny_model, cache, monkeypatch):
-    pytest.importorskip("openvino")
-    import json
-
-    from vitkit.formats.openvino import ByBatch, OpenVINOViT
-    from vitkit.inference import prepare
-
-    calls, fastest = [], {1: "onnx", 8: "openvino"}
-
-    def timed(module, x):  # injected timings: the runtime named in `fastest` takes half as long
-        calls.append((module.engine, len(x)))
-        return 0.01 if module.engine == fastest[len(x)] else 0.02
-
-    monkeypatch.setattr("vitkit.export.route._time_call", timed)
-    runner = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto", images=None)
-    split = runner.module
-    assert isinstance(split, ByBatch) and (split.small.engine, split.large.engine) == ("onnx", "openvino")
-    assert len(calls) == 2 * 4 * 2  # two runtimes, a warm-up and three rounds, two batch sizes
-    record = json.loads(graph_path(tiny_model).with_suffix(".speed.json").read_text())
-    assert record["faster"] == {"1": "onnx", "8": "openvino"} and "threads" in record["machine"]
-
-    used = []
-    for name, part in (("onnxruntime", split.small), ("openvino", split.large)):
-        run = part._infer
-        part._infer = lambda arr, run=run, name=name: used.append((name, len(arr))) or run(arr)
-    x = torch.randn(9, 3, 32, 32)
-    with torch.no_grad():
-        eager = tiny_model(x)
-    torch.testing.assert_close(torch.cat([runner(x[:1]), runner(x[1:])]), eager, atol=1e-4, rtol=1e-4)
-    assert used == [("onnxruntime", 1), ("openvino", 8)]
-    twin = copy.deepcopy(split)  # a server's worker copy: both runtimes its own
-    assert twin.small.session is not split.small.session and twin.large.session is not split.large.session
-    torch.testing.assert_close(twin(x[1:]), eager[1:], atol=1e-4, rtol=1e-4)
-
-    calls.clear()  # measured on this machine already: read back, not timed again
-    assert isinstance(prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto").module, ByBatch)
-    assert calls == []
-    fastest = {1: "openvino", 8: "openvino"}  # another machine, where one runtime wins both
-    monkeypatch.setattr("vitkit.export.route._machine", lambda: "another CPU")
-    again = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto").module
-    assert calls and type(again) is OpenVINOViT

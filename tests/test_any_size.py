@@ -38,16 +38,16 @@ def _tiny(pos_embed: str = "learn") -> ViT:
 def test_position_embeddings_are_cached_per_grid_for_inference():
     model = _tiny()
     with torch.no_grad():
-        a = model._pos_embed_for((4, 6))
-        assert model._pos_embed_for((4, 6)) is a  # resampled once
-        assert model._pos_embed_for((6, 4)) is not a and len(model._pos_cache) == 2
-        assert model._pos_embed_for((4, 4)) is model.pos_embed  # the trained grid: the parameter itself
+        a = model.pos_embed_for((4, 6))
+        assert model.pos_embed_for((4, 6)) is a  # resampled once
+        assert model.pos_embed_for((6, 4)) is not a and len(model._pos_cache) == 2
+        assert model.pos_embed_for((4, 4)) is model.pos_embed  # the trained grid: the parameter itself
         model.pos_embed.mul_(2)  # changed weights: the cached tables are stale
-        b = model._pos_embed_for((4, 6))
+        b = model.pos_embed_for((4, 6))
     assert b is not a and torch.allclose(b, 2 * a) and len(model._pos_cache) == 1
     model.load_state_dict({k: v * 0.5 if k == "pos_embed" else v for k, v in model.state_dict().items()})
     with torch.no_grad():
-        assert torch.allclose(model._pos_embed_for((4, 6)), a)
+        assert torch.allclose(model.pos_embed_for((4, 6)), a)
 
 
 def test_training_at_another_size_is_not_cached_and_reaches_the_position_embeddings():
@@ -64,3 +64,20 @@ def test_sincos_model_runs_at_another_size_with_the_cache():
     with torch.no_grad():
         first = model(x)
         assert torch.equal(model(x), first) and len(model._pos_cache) == 1
+
+
+def test_evaluation_after_fused_optimizer_steps_reads_fresh_position_embeddings():
+    # a fused optimizer step does not bump the weights' version: train()/eval() forgets the tables
+    model = _tiny()
+    x = torch.randn(1, 3, 24, 40)
+    with torch.no_grad():
+        model(x)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model.train()
+    model(torch.randn(2, 3, 24, 40)).sum().backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        cached = model(x)
+        model._pos_cache.clear()
+        assert torch.equal(model(x), cached)

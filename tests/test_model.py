@@ -135,7 +135,7 @@ def test_other_input_size_interpolates_position_embeddings(tiny_model):
     out = tiny_model(torch.randn(1, 3, 48, 64))
     assert out.shape == (1, 5)
     # same size as trained: the stored table is used as is
-    assert tiny_model._pos_embed_for((4, 4)) is tiny_model.pos_embed
+    assert tiny_model.pos_embed_for((4, 4)) is tiny_model.pos_embed
 
 
 def test_init_follows_official_code():

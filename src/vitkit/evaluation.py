@@ -252,7 +252,8 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     images, count, where = evaluation_images(opened, data)
     if log:
         log(f"evaluating on {count} images: {where}")
-    runner = prepare(opened.model, opened.device, precision, engine, images=count)
+    runner = prepare(opened.model, opened.device, precision, engine, images=count,
+                     any_size=opened.spec.any_size)
     precision = runner.precision
     workers = getattr(data, "workers", 0 if isinstance(data, ImageArrays) else 2)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))

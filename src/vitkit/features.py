@@ -21,7 +21,7 @@ from .cache import default_cache_dir, model_fingerprint
 from .data.arrays import ImageArrays, iterate_eval
 from .data.folder import _DECODE_ERRORS, file_stamp
 from .data.preprocess import DECODING, normalize, open_image, prepare_image
-from .inference import prepare
+from .inference import by_size, prepare
 from .notices import VitkitWarning, one_line
 from .opened import OpenedModel
 from .representation import FeatureOptions, read_features, resolve_options
@@ -155,7 +155,8 @@ def _write_cache(path: Path, result: Features, meta: dict) -> None:
 def dataset_features(fm: FeatureModel, data, cache_dir: str | Path | None = None, workers: int = 0,
                      cache: bool = True) -> Features:
     """Features and labels of every image of `data` (uint8 ImageArrays or a streaming folder, at
-    the model's size and channels), in order; read from the cache when computed before."""
+    the model's size and channels), in order (images of sizes of their own: one size after
+    another); read from the cache when computed before."""
     data_key = data_fingerprint(data) if cache else None
     path = _cache_path(cache_dir, fm.key(data_key)) if data_key else None
     if path is not None and (hit := _read_cache(path)) is not None:
@@ -187,7 +188,8 @@ def file_features(fm: FeatureModel, files: list[Path], cache_dir: str | Path | N
 
     def flush():
         if batch:
-            feats.append(fm(torch.stack(batch)))
+            rows = by_size(lambda idx: list(fm(torch.stack([batch[i] for i in idx]))), batch)
+            feats.append(torch.stack(rows))
             batch.clear()
 
     for f in files:

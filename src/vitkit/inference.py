@@ -87,7 +87,7 @@ class Runner:
 
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, precision: str = "auto",
             engine: str = "auto", images: int | None = None, compile: bool | str = "auto",
-            bf16_weights: bool = True) -> Runner:
+            bf16_weights: bool = True, any_size: bool = False) -> Runner:
     """The Runner for `model` on `device` (default: where its weights are), which stays there.
 
     precision: "auto" (bf16 where the hardware computes it natively, else fp32; vitkit.precision),
@@ -95,15 +95,16 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
     model's ONNX graph in fp32 on a CPU by onnxruntime, "openvino" by OpenVINO, "torch" never;
     `images` is the work to come (None: no end, as in serving). compile: vitkit.compile's
     choice. bf16_weights=False runs the model's own weights under autocast in bf16 (no copy:
-    what evaluation during training does); the results are the same. An opened ONNX file runs
-    as it is, in fp32 (or int8).
+    what evaluation during training does); the results are the same. any_size: inputs come at
+    sizes of their own (InputSpec.any_size), so an ONNX graph of the route takes any H and W.
+    An opened ONNX file runs as it is, in fp32 (or int8).
     What this does to `model` is in the module docstring: nothing that lasts.
     """
     device = torch.device(device) if device is not None else _device_of(model)
     if _is_graph(model):
         return Runner(model, model, device, "int8" if getattr(model, "int8", False) else "fp32", model.engine)
     precision = inference_precision(precision, device)
-    routed = onnx_engine(model, precision, engine, compile, images)
+    routed = onnx_engine(model, precision, engine, compile, images, any_size)
     if routed is not None:
         return Runner(routed, model, device, precision, routed.engine, owned=True)
     module, owned = model, False
@@ -140,6 +141,19 @@ def for_inference(model: torch.nn.Module, precision: str, compile: bool | str = 
         _cast_weights(model)
     compile_model(model, compile, label="model for inference")
     return model
+
+
+def by_size(fn: Callable[[list[int]], list], items: list[torch.Tensor]) -> list:
+    """fn(indices) for each group of items of one shape (images read at sizes of their own,
+    resize "keep", are batched one size at a time); its per-item results back in item order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(items):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    out: list = [None] * len(items)
+    for idx in groups.values():
+        for i, r in zip(idx, fn(idx), strict=True):
+            out[i] = r
+    return out
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

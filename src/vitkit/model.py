@@ -262,8 +262,15 @@ class ViT(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
+    def train(self, mode: bool = True) -> ViT:
+        """As nn.Module.train; also forgets the resampled position embeddings: a fused optimizer
+        step changes weights without bumping their version, so evaluation after training
+        steps must not read tables of the weights before them."""
+        self._pos_cache.clear()
+        return super().train(mode)
+
     # ---- forward ----------------------------------------------------------------------
-    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
         """Position embeddings for a patch grid; 2D-interpolated when it is not the trained one.
 
         Inference at another size reuses the table from a small per-grid cache, so a stream of
@@ -316,7 +323,7 @@ class ViT(nn.Module):
         prefix = self.prefix_tokens(x.shape[0])
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
-        pos = self._pos_embed_for(grid)
+        pos = self.pos_embed_for(grid)
         if pos is not None:
             x = x + pos
         return self.pos_drop(x)

@@ -8,7 +8,7 @@ import torch
 
 from .data.folder import _DECODE_ERRORS, list_images
 from .data.preprocess import open_image, prepare_image
-from .inference import prepare
+from .inference import by_size, prepare
 from .loading import OpenedModel
 from .multilabel import over_threshold, probabilities, threshold_of
 
@@ -26,7 +26,8 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
     hardware has native bf16 (norms and softmax stay in fp32), else fp32; `compile` is
     vitkit.compile's choice and `engine` vitkit.export.route's.
     """
-    runner = prepare(opened.model, opened.device, precision, engine, images=len(files), compile=compile)
+    runner = prepare(opened.model, opened.device, precision, engine, images=len(files), compile=compile,
+                     any_size=opened.spec.any_size)
     topk = min(topk, len(opened.classes))
     threshold = threshold_of(opened.extra)
     results: list[dict] = []
@@ -35,7 +36,8 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
     def flush():
         if not batch:
             return
-        probs = probabilities(runner, torch.stack(batch), threshold is not None).float()
+        probs = torch.stack(by_size(lambda idx: list(probabilities(
+            runner, torch.stack([batch[i] for i in idx]), threshold is not None).float()), batch))
         p, idx = probs.topk(topk, dim=1)
         for name, row, pi, ii in zip(names, probs.cpu(), p.tolist(), idx.tolist(), strict=True):
             entry = {"file": str(name)}

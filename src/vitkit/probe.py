@@ -213,10 +213,11 @@ def probe_model(opened, data_cfg, options=None, cache_dir=None, **readouts) -> P
 
     options = options or FeatureOptions()
     fm = FeatureModel(opened, options)
-    h, w = opened.spec.image_size
-    if h != w:
-        raise ValueError(f"{opened.source}: probing needs a square input size, the model takes {h}x{w}")
-    data = load_data(dataclasses.replace(data_cfg, image_size=int(h), channels=opened.spec.channels))
+    # at the model's size and patches; photos of another shape read as the model was trained
+    # unless --data.resize says otherwise
+    resize = data_cfg.resize if data_cfg.resize != "squash" else opened.spec.resize
+    data = load_data(dataclasses.replace(data_cfg, image_size=tuple(opened.spec.image_size), resize=resize,
+                                         channels=opened.spec.channels), model=opened.model.config)
     data.require_labels(str(data_cfg.path or data_cfg.dataset), "probing")
     t = time.perf_counter()
     train = dataset_features(fm, data.train, cache_dir, data_cfg.workers)

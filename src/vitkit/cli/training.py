@@ -96,7 +96,7 @@ def _close(result, lines: list[str]) -> None:
         raise SystemExit(130)
 
 
-def finetune(weights: str, data: DataConfig = DataConfig(), image_size: int | None = None,
+def finetune(weights: str, data: DataConfig = DataConfig(), image_size: int | tuple[int, int] | None = None,
              optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, warmup=0.1),
              augment: AugmentConfig = AugmentConfig(),
              run: RunConfig = RunConfig(out="runs/finetune", epochs=10),
@@ -116,7 +116,7 @@ def finetune(weights: str, data: DataConfig = DataConfig(), image_size: int | No
         weights: a run or model folder, another library's checkpoint or folder, or a Hub id
             (downloaded unless cached).
         data: the data to fine-tune on.
-        image_size: the new square resolution (default: the data's, else the model's).
+        image_size: the new resolution, one side or [h, w] (default: the data's, else the model's).
         optim: optimizer and schedule for full and lora (default: the paper's fine-tuning recipe).
         augment: augmentation and label smoothing (linear: for views 2..K).
         run: epochs, batch size, output directory, precision, device.

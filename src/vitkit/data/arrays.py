@@ -26,6 +26,9 @@ class ImageArrays:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64 class indices, or (N, K) multi-hot 0/1 for multi-label data
     classes: list[str]
+    # (N, 2) int64: each image's own (h, w), top-left in images[i] (images of sizes of their own,
+    # resize "keep": the images tensor is a canvas that holds the largest); None: all (H, W)
+    sizes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -33,6 +36,8 @@ class ImageArrays:
                              f"{self.images.dtype}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.sizes is not None and tuple(self.sizes.shape) != (len(self.images), 2):
+            raise ValueError(f"sizes must be ({len(self.images)}, 2), got {tuple(self.sizes.shape)}")
         if self.labels.ndim == 2:
             self._check_multi_hot()
         elif self.labels.ndim != 1:
@@ -61,7 +66,22 @@ class ImageArrays:
 
     def subset(self, index: torch.Tensor | np.ndarray) -> ImageArrays:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageArrays(self.images[index], self.labels[index], self.classes)
+        sizes = None if self.sizes is None else self.sizes[index]
+        return ImageArrays(self.images[index], self.labels[index], self.classes, sizes)
+
+    def groups(self, order: torch.Tensor | None = None) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """((h, w), indices) of each image size, indices in `order` (default: stored order);
+        one group of every image when all share the tensor's size."""
+        order = torch.arange(len(self)) if order is None else order
+        if self.sizes is None:
+            return [(tuple(self.images.shape[-2:]), order)]
+        sizes = self.sizes[order]
+        keys = sorted({(int(h), int(w)) for h, w in sizes.tolist()})
+        return [(k, order[(sizes == torch.tensor(k)).all(1)]) for k in keys]
+
+    def batch(self, index: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) of images of one size: their own pixels, no canvas."""
+        return self.images[index][..., :size[0], :size[1]], self.labels[index]
 
     def per_class(self, n: int, seed: int = 0) -> ImageArrays:
         """At most n images of each class, chosen at random with a fixed seed.
@@ -93,11 +113,29 @@ class ImageArrays:
 def iterate_eval(data, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (uint8 images, labels) in order, from arrays or a streaming folder: how
     evaluation, features and held-out losses read a data set."""
-    if isinstance(data, ImageArrays):
+    if isinstance(data, ImageArrays) and data.sizes is not None:  # one size per batch
+        for size, idx in data.groups():
+            for i in range(0, len(idx), batch_size):
+                yield data.batch(idx[i:i + batch_size], size)
+    elif isinstance(data, ImageArrays):
         for i in range(0, len(data), batch_size):
             yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
     else:
         yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
+
+
+def on_canvas(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C, H, W) of same-sized images, or, when their sizes differ, a canvas of the largest
+    height and width holding each top-left, and their (N, 2) sizes."""
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) <= 1:
+        return torch.stack(images), None
+    c = images[0].shape[0]
+    h, w = max(t.shape[1] for t in images), max(t.shape[2] for t in images)
+    canvas = torch.zeros(len(images), c, h, w, dtype=images[0].dtype)
+    for i, t in enumerate(images):
+        canvas[i, :, :t.shape[1], :t.shape[2]] = t
+    return canvas, torch.tensor([t.shape[1:] for t in images], dtype=torch.long)
 
 
 def labels_tensor(labels: list) -> torch.Tensor:

@@ -27,8 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..cache import default_cache_dir
 from ..notices import VitkitWarning, one_line
-from .arrays import ImageArrays, label_item, labels_tensor
-from .preprocess import DECODING, image_to_uint8, open_image, upright_size
+from .arrays import ImageArrays, label_item, labels_tensor, on_canvas
+from .preprocess import DECODING, Fit, image_to_uint8, open_image, upright_size
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm"}
@@ -240,7 +240,7 @@ def probe(index: FolderIndex, n: int = 64) -> tuple[tuple[int, int], int]:
     return probe_images(index.paths[::step][:n], str(index.root))
 
 
-def _decode(args: tuple[str, int, tuple[int, int] | None]) -> torch.Tensor | None:
+def _decode(args: tuple[str, int, tuple[int, int] | Fit | None]) -> torch.Tensor | None:
     path, channels, size = args
     try:
         with open_image(path) as im:
@@ -249,7 +249,7 @@ def _decode(args: tuple[str, int, tuple[int, int] | None]) -> torch.Tensor | Non
         return None
 
 
-def _decode_numpy(args: tuple[str, int, tuple[int, int] | None]):
+def _decode_numpy(args: tuple[str, int, tuple[int, int] | Fit | None]):
     t = _decode(args)
     return None if t is None else t.numpy()
 
@@ -264,7 +264,7 @@ def file_stamp(p: str | Path) -> str:
     return f"{st.st_size}|{st.st_mtime_ns}"
 
 
-def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
+def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int] | Fit) -> str:
     """The decoded cache's name: DECODING changes it whenever decoding does (e.g. images turned
     upright), so that no cache of other pixels is read."""
     h = hashlib.sha256(f"{DECODING}|{index.root.resolve()}|{channels}|{size}|{index.classes}".encode())
@@ -273,9 +273,10 @@ def _cache_key(index: FolderIndex, channels: int, size: tuple[int, int]) -> str:
     return h.hexdigest()[:24]
 
 
-def read_decoded_cache(file: Path) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
-    """(images, labels, metadata) of a decoded cache file, or None when there is none; a damaged
-    one is named in a warning and None returned, so it is rebuilt, never trusted."""
+def read_decoded_cache(file: Path) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None] | None:
+    """(images, labels, metadata, sizes) of a decoded cache file (sizes: ImageArrays.sizes, None
+    when the images share one), or None when there is none; a damaged one is named in a
+    warning and None returned, so it is rebuilt, never trusted."""
     from safetensors import safe_open
 
     if not file.is_file():
@@ -284,28 +285,32 @@ def read_decoded_cache(file: Path) -> tuple[torch.Tensor, torch.Tensor, dict] | 
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
             images, labels = f.get_tensor("images"), f.get_tensor("labels")
+            sizes = f.get_tensor("sizes") if "sizes" in f.keys() else None
         json.loads(meta.get("unreadable", "[]"))
     except Exception:
         warnings.warn(f"{one_line(file)}: unreadable cache, ignored and rebuilt", VitkitWarning, stacklevel=3)
         return None
-    return images, labels, meta
+    return images, labels, meta, sizes
 
 
-def write_decoded_cache(file: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, str]) -> None:
+def write_decoded_cache(file: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, str],
+                        sizes: torch.Tensor | None = None) -> None:
     """Write a decoded cache atomically; a cache that cannot be written is a warning, not an error."""
     from safetensors.torch import save
 
     from ..files import atomic_write_bytes
 
+    tensors = {"images": images, "labels": labels} | ({} if sizes is None else {"sizes": sizes})
     try:
-        atomic_write_bytes(file, save({"images": images, "labels": labels}, metadata=meta))
+        atomic_write_bytes(file, save(tensors, metadata=meta))
     except OSError as e:
         warnings.warn(f"{one_line(file)}: could not write cache ({one_line(e)})", VitkitWarning, stacklevel=3)
 
 
-def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
+def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int] | Fit,
                        cache_dir: str | Path | None = None, workers: int = 2) -> ImageArrays:
-    """Decode every image once (resized to size) into uint8 tensors, cached on disk.
+    """Decode every image once (resized to size; a Fit of resize "keep": each to a size of its
+    own, ImageArrays.sizes) into uint8 tensors, cached on disk.
 
     The images that fail to decode are named in a warning, and in the cache's metadata
     ("unreadable": a JSON list of paths relative to the root), so reading the cache warns again.
@@ -314,11 +319,11 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     file = cache / f"folder-{_cache_key(index, channels, size)}.safetensors"
     cached = read_decoded_cache(file)
     if cached is not None:
-        images, labels, meta = cached
+        images, labels, meta, sizes = cached
         unread = [index.root / r for r in json.loads(meta.get("unreadable", "[]"))]
         if unread:
             warnings.warn(_unreadable(index.root, unread), VitkitWarning, stacklevel=2)
-        return ImageArrays(images, labels, index.classes)
+        return ImageArrays(images, labels, index.classes, sizes)
     from tqdm import tqdm
 
     jobs = [(str(p), channels, size) for p in index.paths]
@@ -339,11 +344,11 @@ def load_folder_cached(index: FolderIndex, channels: int, size: tuple[int, int],
     keep = [i for i, t in enumerate(decoded) if t is not None]
     if not keep:
         raise ValueError(f"{index.root}: none of the {len(jobs)} images could be decoded")
-    images = torch.stack([decoded[i] for i in keep])
+    images, sizes = on_canvas([decoded[i] for i in keep])
     labels = labels_tensor([index.labels[i] for i in keep])
     meta = {"unreadable": json.dumps([p.relative_to(index.root).as_posix() for p in bad])}
-    write_decoded_cache(file, images, labels, meta)
-    return ImageArrays(images, labels, index.classes)
+    write_decoded_cache(file, images, labels, meta, sizes)
+    return ImageArrays(images, labels, index.classes, sizes)
 
 
 def _readable(path: str) -> bool:
@@ -387,7 +392,7 @@ class StreamingFolder(torch.utils.data.Dataset):
     def __init__(self, index: FolderIndex, channels: int, transform=None,
                  size: tuple[int, int] | None = None):
         self.index, self.channels, self.transform = index, channels, transform
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = size if size is None or isinstance(size, Fit) else (int(size[0]), int(size[1]))
         self.bad: set[int] = set()
 
     def __len__(self) -> int:

@@ -26,6 +26,8 @@ PHOTO_SIZE = 64  # the side photos train at unless --data.image_size is given
 PHOTO_STEM_STRIDE = 4  # the small model's conv stem stride above SMALL_SIDE px
 CROP_MARGIN = 1.25  # random resized crops are cut from a cached copy this much larger
 CACHE_BUDGET_GB = 2.0  # decoded uint8 images up to this many GiB are kept in memory
+RESIZE_MODES = ("squash", "crop", "keep")
+MAX_ASPECT = 2.0  # keep: images longer than 2:1 are fed at 2:1 (bounds the batch canvas)
 
 
 def hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -34,6 +36,20 @@ def hw(size: int | Sequence[int]) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
+
+
+def keep_size(own: Sequence[int], size: int | Sequence[int], patch: int) -> tuple[int, int]:
+    """The size an image of `own` (h, w) is fed at when its aspect ratio is kept (resize "keep",
+    as NaFlex does): a grid of patch x patch patches with no more patches than `size` holds,
+    whose aspect ratio is nearest the image's (clamped to MAX_ASPECT), the most patches among
+    equals. A square image gets `size` itself when that is square."""
+    oh, ow = hw(own)
+    h, w = hw(size)
+    budget = max(1, (h // patch) * (w // patch))
+    aspect = math.log(min(max(oh / max(ow, 1), 1 / MAX_ASPECT), MAX_ASPECT))
+    gh, gw = min(((g, budget // g) for g in range(1, budget + 1)),
+                 key=lambda c: (abs(math.log(c[0] / c[1]) - aspect), -c[0] * c[1]))
+    return gh * patch, gw * patch
 
 
 def patch_problem(size: int | Sequence[int], patch: int) -> str | None:
@@ -94,6 +110,7 @@ class Geometry:
     std: list[float] | None
     photos: bool
     notes: list[str] = field(default_factory=list)
+    patch: int = 1  # pixels per patch side of the model the images are for
 
 
 def data_size(own: Sequence[int], natural: bool = True, image_size: int | Sequence[int] | None = None
@@ -131,12 +148,12 @@ def decide(own: Sequence[int], channels: int, natural: bool = True, *,
         c = want_channels or model.num_channels
         if mean is None:
             mean, std = model_mean, model_std
-        return Geometry(size, c, None, mean, std, photos, notes)
+        return Geometry(size, c, None, mean, std, photos, notes, model.patch_size)
     size, note = data_size(own, natural, image_size)
     notes += [note] if note else []
     geo = model_geometry(size, model, photos)
     return Geometry(size, want_channels or channels, geo, mean, std if mean is not None else None, photos,
-                    notes)
+                    notes, geo.patch_size)
 
 
 def cache_size(size: Sequence[int], own: Sequence[int], crop: str) -> tuple[int, int]:

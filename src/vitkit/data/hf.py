@@ -33,9 +33,9 @@ from PIL import UnidentifiedImageError
 
 from ..cache import default_cache_dir
 from ..notices import VitkitWarning, first_line, one_line
-from .arrays import ImageArrays, label_item, labels_tensor
+from .arrays import ImageArrays, label_item, labels_tensor, on_canvas
 from .folder import _DECODE_ERRORS, probe_images, read_decoded_cache, write_decoded_cache
-from .preprocess import DECODING, image_to_uint8, open_image
+from .preprocess import DECODING, Fit, image_to_uint8, open_image
 from .tables import (
     IMAGE_COLUMNS,
     LABEL_COLUMNS,
@@ -626,21 +626,21 @@ def load_table_cached(index: TableIndex, channels: int, size: tuple[int, int],
     file = cache / f"table-{_cache_key(index, channels, size)}.safetensors"
     cached = read_decoded_cache(file)
     if cached is not None:
-        images, labels, meta = cached
+        images, labels, meta, sizes = cached
         unread = json.loads(meta.get("unreadable", "[]"))
         if unread:
             warnings.warn(_unreadable(index, unread), VitkitWarning, stacklevel=2)
-        return ImageArrays(images, labels, index.classes)
+        return ImageArrays(images, labels, index.classes, sizes)
     decoded, bad = _decode_all(index, channels, size, workers, keep=True)
     if bad:
         warnings.warn(_unreadable(index, bad), VitkitWarning, stacklevel=2)
     keep = [i for i, d in enumerate(decoded) if d is not None]
     if not keep:
         raise ValueError(f"{index.name}: none of the {len(decoded)} images could be decoded")
-    images = torch.stack([torch.from_numpy(decoded[i]) for i in keep])
+    images, sizes = on_canvas([torch.from_numpy(decoded[i]) for i in keep])
     labels = labels_tensor([index.labels[i] for i in keep])
-    write_decoded_cache(file, images, labels, {"unreadable": json.dumps(bad)})
-    return ImageArrays(images, labels, index.classes)
+    write_decoded_cache(file, images, labels, {"unreadable": json.dumps(bad)}, sizes)
+    return ImageArrays(images, labels, index.classes, sizes)
 
 
 def probe_table(index: TableIndex, n: int = 64) -> tuple[tuple[int, int], int]:
@@ -710,7 +710,7 @@ class StreamingTable(torch.utils.data.Dataset):
     def __init__(self, index: TableIndex, channels: int, transform=None,
                  size: tuple[int, int] | None = None):
         self.index, self.channels, self.transform = index, channels, transform
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = size if size is None or isinstance(size, Fit) else (int(size[0]), int(size[1]))
         self.bad: set[int] = set()
 
     def __len__(self) -> int:

@@ -31,7 +31,7 @@ from .folder import (
     split_folders,
 )
 from .geometry import CACHE_BUDGET_GB, Geometry, cache_bytes, cache_size, hw, should_cache
-from .preprocess import InputSpec
+from .preprocess import InputSpec, fit
 from .tables import labelled_metadata, metadata_table, read_label_table
 
 
@@ -52,9 +52,14 @@ class DataConfig:
     val_split_name: str | None = None  # hf: the validation split (default: validation, valid, val or
     # test, the first there; else val_split of the training split)
     subset: str | None = None  # hf: the configuration (subset) of a Hub dataset that has several
-    image_size: int | None = None  # default: the data's own size up to 64 px, moved to the nearest
-    # size the default patch size divides when it has no fitting divisor (31 -> 30); photos: PHOTO_SIZE
+    image_size: int | tuple[int, int] | None = None  # one side, or (h, w); default: the data's own
+    # size up to 64 px, moved to the nearest size the default patch size divides when it has no
+    # fitting divisor (31 -> 30); photos: PHOTO_SIZE
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
+    # how images of another shape meet image_size (kept with the model, so predict and serve
+    # read images as training did): squash the whole image; crop: scale to cover, centre crop;
+    # keep: the aspect ratio, at most image_size's patch count (batches of one size each)
+    resize: Literal["squash", "crop", "keep"] = "squash"
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
     cache: Literal["auto", "always", "never"] = "auto"  # auto: decoded once when within cache_gb
@@ -80,8 +85,11 @@ class DataConfig:
         check_ranges("data", [
             ("val_split", self.val_split, is_number(self.val_split) and 0 < self.val_split < 1,
              "in (0, 1) (a fraction of the training images)"),
-            optional("image_size", positive_int, "1 or more pixels"),
+            optional("image_size", lambda v: positive_int(v) or (
+                isinstance(v, list | tuple) and len(v) == 2 and all(positive_int(x) for x in v)),
+                "1 or more pixels, or a pair [h, w] of them"),
             optional("channels", lambda v: v in (1, 3), "1 or 3"),
+            ("resize", self.resize, self.resize in geometry.RESIZE_MODES, " | ".join(geometry.RESIZE_MODES)),
             optional("per_class", positive_int, "1 or more"),
             optional("val_per_class", positive_int, "1 or more"),
             ("cache_gb", self.cache_gb, is_number(self.cache_gb) and self.cache_gb >= 0, ">= 0"),
@@ -123,10 +131,12 @@ class Data:
                              f"of at least two classes (root/<class>/ folders){hint}")
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    sample = x[:: max(1, len(x) // 5000)].float() / 255.0
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
+def _channel_stats(a: ImageArrays) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to about 5,000 of) the training images' own pixels."""
+    sample = a.subset(torch.arange(0, len(a), max(1, len(a) // 5000)))
+    pixels = torch.cat([sample.batch(idx, size)[0].float().flatten(2).permute(1, 0, 2).flatten(1)
+                        for size, idx in sample.groups()], dim=1) / 255.0
+    mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp(min=1e-3)
     return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
 
 
@@ -156,8 +166,8 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None)
     `augment` matters for streamed images only: with crop="resized" their random resized crop
     is taken from the decoded full-size image in the DataLoader worker (Data.cropped is then
     True); every other augmentation runs on whole batches, for streamed and cached data alike.
-    Its "auto" values are settled by the data (Data.augment). `model` (a ModelSpec, optional)
-    lets the geometry name the patch and stem the run will get.
+    Its "auto" values are settled by the data (Data.augment). `model` (a ModelSpec, or a built
+    model's ViTConfig, optional) lets the geometry name the patch and stem the run will get.
     """
     if cfg.dataset == "folder":
         return _load_folder(cfg, augment, model)
@@ -211,17 +221,25 @@ def _settle(own: tuple[int, int], geo: Geometry, augment: AugmentConfig | None, 
 
 
 def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int,
-            size: tuple[int, int], notes: list[str]) -> Data:
+            size: tuple[int, int], notes: list[str], patch: int = 1) -> Data:
     if cfg.per_class:
         train = train.per_class(cfg.per_class, cfg.seed)
     if cfg.val_per_class:
         val = val.per_class(cfg.val_per_class, cfg.seed)
-    mean, std = _channel_stats(train.images)
+    mean, std = _channel_stats(train)
     if cfg.mean is not None:
         mean, std = list(cfg.mean), list(cfg.std or [1.0] * channels)
     notes.append(f"{len(train)} training and {len(val)} validation images, {len(train.classes)} classes, "
                  f"{channels}x{size[0]}x{size[1]}")
-    return Data(train, val, train.classes, InputSpec(size, channels, mean, std), notes)
+    if train.sizes is not None:
+        notes[-1] += f", {len(train.groups())} sizes of at most {_patches(size, patch)} patches (aspect kept)"
+    resize = cfg.resize if cfg.dataset in ("folder", "csv", "hf") else "squash"
+    return Data(train, val, train.classes, InputSpec(size, channels, mean, std, resize=resize, patch=patch),
+                notes)
+
+
+def _patches(size: tuple[int, int], patch: int) -> int:
+    return (size[0] // patch) * (size[1] // patch)
 
 
 @dataclass
@@ -241,14 +259,15 @@ class _Streamed:
     @property
     def train_size(self) -> tuple[int, int] | None:
         """The size training images are decoded at: none when the crop makes it."""
-        return None if self.cropped else self.spec.image_size
+        return None if self.cropped else self.spec.fit
 
 
-def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None
-               ) -> _Streamed:
+def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None,
+               patch: int = 1) -> _Streamed:
     crop = augment is not None and augment.crop == "resized"
     train_tf = v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None
-    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels))
+    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels),
+                     resize=cfg.resize, patch=patch)
     return _Streamed(train_tf, spec)
 
 
@@ -355,28 +374,29 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
     notes += geo.notes
     aug, _ = _settle(own, geo, augment, notes)
     # random resized crops of cached images are cut from a larger copy; validation stays at size
-    train_size = cache_size(size, own, aug.crop if aug else "none")
+    train_size = cache_size(size, own, aug.crop if aug and cfg.resize != "keep" else "none")
     n_val = len(val_index.labels) if val_index is not None else 0
     nbytes = cache_bytes(len(index.labels), channels, train_size) + cache_bytes(n_val, channels, size)
     if should_cache(cfg.cache, nbytes, cfg.cache_gb):
         if val_index is None and train_size != size:  # split first: each part at its own size
             val_index, index = _split_index(cfg, index, notes)
         if val_index is not None:
-            train = _cached(cfg, index, channels, train_size)
-            val = _cached(cfg, val_index, channels, size)
+            train = _cached(cfg, index, channels, fit(train_size, cfg.resize, geo.patch))
+            val = _cached(cfg, val_index, channels, fit(size, cfg.resize, geo.patch))
         else:
-            train = _cached(cfg, index, channels, size)
+            train = _cached(cfg, index, channels, fit(size, cfg.resize, geo.patch))
             tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
             train, val = train.subset(tr), train.subset(va)
             notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
-        data = _finish(cfg, train, val, channels, size, notes)
+        data = _finish(cfg, train, val, channels, size, notes, geo.patch)
         if train_size != size:
             notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
         return replace(data, augment=aug, geometry=geo.model, photos=geo.photos)
     # too many to keep decoded: images stream through DataLoader workers
+    _streams(cfg)
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
-    st = _streaming(cfg, size, channels, aug)
+    st = _streaming(cfg, size, channels, aug, geo.patch)
     n_train, n_val = len(index.labels), len(val_index.labels)
     notes.append(f"{n_train} training and {n_val} validation images streamed "
                  f"({nbytes / 2**30:.1f} GiB decoded > --data.cache_gb {cfg.cache_gb:g}), "
@@ -385,8 +405,16 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
                  f"{n_train} training and {n_val} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(_streamed(cfg, index, channels, st.train_tf, st.train_size),
-                _streamed(cfg, val_index, channels, size=size), index.classes, st.spec, notes, st.cropped,
-                aug, geo.model, geo.photos)
+                _streamed(cfg, val_index, channels, size=st.spec.fit), index.classes, st.spec, notes,
+                st.cropped, aug, geo.model, geo.photos)
+
+
+def _streams(cfg: DataConfig) -> None:
+    """Refuse to stream images of sizes of their own: a streamed batch is stacked as it comes."""
+    if cfg.resize == "keep":
+        raise ValueError(f"--data.resize keep: the images of {cfg.path} would be streamed, and images "
+                         "of sizes of their own are batched from memory; raise --data.cache_gb or set "
+                         "--data.cache always")
 
 
 def _split_index(cfg: DataConfig, index, notes: list[str] | None):
@@ -512,17 +540,17 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
     """
     size = hw(spec.image_size)
     channels = spec.channels
-    shape = f"{channels}x{size[0]}x{size[1]}"
+    shape = f"{channels}x{size[0]}x{size[1]}" + (" or fewer patches, aspect kept" if spec.any_size else "")
     classes = list(classes)
     if cfg.dataset in ("folder", "csv", "hf"):
         index, root = _eval_index(cfg, classes)
         listed = len(index.labels)
-        if should_cache(cfg.cache, cache_bytes(listed, channels, size), cfg.cache_gb):
-            images = _cached(cfg, index, channels, size)
+        if should_cache(cfg.cache, cache_bytes(listed, channels, size), cfg.cache_gb) or spec.any_size:
+            images = _cached(cfg, index, channels, spec.fit)
             labels = images.labels.tolist()
         else:
             index = _readable_only(cfg, index)
-            images = _streamed(cfg, index, channels, size=size)
+            images = _streamed(cfg, index, channels, size=spec.fit)
             labels = index.labels
         n = len(images)
         unread = f", {listed - n} unreadable skipped" if listed > n else ""
@@ -562,15 +590,48 @@ def array_batches(data: ImageArrays, batch_size: int, epoch: int, seed: int, ran
     """Yield (images uint8, labels) batches of one epoch, from batch index `start`.
 
     batch_size is the global batch; each of `world` ranks takes an equal, disjoint slice.
+    Images of sizes of their own (ImageArrays.sizes) come in batches of one size each
+    (size_batches).
     """
     n = len(data)
     order = epoch_order(n, epoch, seed) if shuffle else torch.arange(n)
+    if data.sizes is not None:
+        batches = size_batches(data, order, batch_size, world, epoch, seed, shuffle)
+        for size, idx in batches[start:]:
+            per_rank = len(idx) // world
+            yield data.batch(idx[rank * per_rank:(rank + 1) * per_rank], size)
+        return
     per_rank = batch_size // world
     steps = n // batch_size if drop_last else -(-n // batch_size)
     for s in range(start, steps):
         idx = order[s * batch_size:(s + 1) * batch_size]
         idx = idx[rank * per_rank:(rank + 1) * per_rank] if world > 1 else idx
         yield data.images[idx], data.labels[idx]
+
+
+def size_batches(data: ImageArrays, order: torch.Tensor, batch_size: int, world: int = 1, epoch: int = 0,
+                 seed: int = 0, shuffle: bool = True) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """The batches of an epoch of images of several sizes: each size's images (in the epoch's
+    order) cut into batches of batch_size, the last of each size kept when it has at least one
+    image per rank (cut to a multiple of `world`), so no size goes untrained; the batches then
+    in a seeded order. How many there are depends on the sizes only, not on the epoch."""
+    batches = []
+    for size, idx in data.groups(order):
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i:i + batch_size]
+            if len(chunk) >= world:
+                batches.append((size, chunk[:len(chunk) // world * world]))
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def epoch_steps(train, batch_size: int, world: int = 1) -> int:
+    """The batches an epoch of `train` makes (drop_last): by size for ImageArrays.sizes."""
+    if isinstance(train, ImageArrays) and train.sizes is not None:
+        return len(size_batches(train, torch.arange(len(train)), batch_size, world, shuffle=False))
+    return num_batches(len(train), batch_size)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:

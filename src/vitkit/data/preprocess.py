@@ -12,13 +12,28 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .geometry import hw
+from .geometry import RESIZE_MODES, hw, keep_size
+
+
+class Fit(NamedTuple):
+    """A size to decode at with a resize other than "squash" (InputSpec.resize): passed where a
+    plain (h, w) size goes, so decoders and their cache keys tell it apart."""
+
+    h: int
+    w: int
+    resize: str
+    patch: int = 1
+
+
+def fit(size: tuple[int, int] | None, resize: str = "squash", patch: int = 1) -> tuple[int, int] | Fit | None:
+    """What decoders take for `size` under `resize`: the plain size for "squash"."""
+    return size if size is None or resize == "squash" else Fit(size[0], size[1], resize, patch)
 
 
 @dataclass
@@ -31,6 +46,24 @@ class InputSpec:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     crop_pct: float = 1.0  # < 1: resize the shorter side to size / crop_pct, then centre-crop
+    # squash: the whole image to image_size; crop: scaled to cover it, then the centre crop;
+    # keep: the image's aspect ratio, at most image_size's patches of `patch` px (geometry.keep_size)
+    resize: Literal["squash", "crop", "keep"] = "squash"
+    patch: int = 1  # keep: each side is a multiple of it (the model's patch size)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+
+    @property
+    def any_size(self) -> bool:
+        """Whether images reach the model at sizes of their own (resize "keep")."""
+        return self.resize == "keep"
+
+    @property
+    def fit(self) -> tuple[int, int] | Fit:
+        """The size decoders take for this spec (preprocess.fit)."""
+        return fit(self.image_size, self.resize, self.patch)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -41,11 +74,12 @@ class InputSpec:
     def from_dict(cls, d: dict) -> InputSpec:
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]),
                    mean=list(d["mean"]), std=list(d["std"]),
-                   interpolation=d.get("interpolation", "bicubic"), crop_pct=float(d.get("crop_pct", 1.0)))
+                   interpolation=d.get("interpolation", "bicubic"), crop_pct=float(d.get("crop_pct", 1.0)),
+                   resize=d.get("resize", "squash"), patch=int(d.get("patch", 1)))
 
     @classmethod
     def for_model(cls, image_size: tuple[int, int], channels: int, stored: dict | None = None,
-                  **given) -> tuple[InputSpec, list[str]]:
+                  patch: int = 1, **given) -> tuple[InputSpec, list[str]]:
         """The spec to feed a model: what was given, else what its files stored, else the
         model's own size and channels with mean = std = 0.5 (inputs in [-1, 1], as the
         paper's models were trained). Returns the spec and a note on each default used."""
@@ -62,7 +96,8 @@ class InputSpec:
             raise ValueError(f"mean {mean} / std {std} do not have one value per channel ({c})")
         size = d.get("image_size", image_size)
         return cls(hw(size), c, [float(v) for v in mean], [float(v) for v in std],
-                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 1.0))), notes
+                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 1.0)),
+                   d.get("resize", "squash"), int(d.get("patch", patch))), notes
 
 
 EXIF_ORIENTATION = 0x0112
@@ -143,17 +178,28 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | None,
-                   interpolation: str = "bicubic", crop_pct: float = 1.0) -> torch.Tensor:
-    """(C, H, W) uint8 tensor, resized (antialiased) when size is given: the whole image to
-    size, or with crop_pct < 1 the shorter side to size / crop_pct and then the centre crop."""
+def image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | Fit | None,
+                   interpolation: str = "bicubic", crop_pct: float = 1.0, resize: str = "squash",
+                   patch: int = 1) -> torch.Tensor:
+    """(C, H, W) uint8 tensor, resized (antialiased) when size is given, by `resize` (see
+    InputSpec): the whole image to size ("squash"), scaled to cover size and centre-cropped
+    ("crop", and whenever crop_pct < 1: the shorter side to size / crop_pct, as timm's eval
+    transform), or to geometry.keep_size ("keep"). A Fit as size brings its own resize."""
+    if isinstance(size, Fit):
+        size, resize, patch = (size.h, size.w), size.resize, size.patch
     img = to_mode(img, channels)
     resample = _RESAMPLE[interpolation]
-    if size is not None and crop_pct < 1.0:  # as timm's eval transform: Resize(int) then CenterCrop
+    if size is not None and resize == "keep":
+        size = keep_size((img.size[1], img.size[0]), size, patch)
+    if size is not None and (crop_pct < 1.0 or resize == "crop"):
         h, w = size
-        short = math.floor(max(h, w) / crop_pct)
         iw, ih = img.size
-        nw, nh = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+        if h == w:  # Resize(int) then CenterCrop
+            short = math.floor(h / crop_pct)
+            nw, nh = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+        else:
+            scale = max(h / ih, w / iw) / crop_pct
+            nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
         img = img.resize((nw, nh), resample)
         left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
         img = img.crop((left, top, left + w, top + h))
@@ -172,7 +218,12 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
 
 
+def spec_uint8(img: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """A PIL image of any size and mode -> the (C, H, W) uint8 pixels the model sees."""
+    return image_to_uint8(img, spec.channels, spec.image_size, spec.interpolation, spec.crop_pct,
+                          spec.resize, spec.patch)
+
+
 def prepare_image(img: Image.Image, spec: InputSpec) -> torch.Tensor:
     """A PIL image of any size and mode -> the normalized (C, H, W) float tensor."""
-    return normalize(image_to_uint8(img, spec.channels, spec.image_size, spec.interpolation, spec.crop_pct),
-                     spec)
+    return normalize(spec_uint8(img, spec), spec)

@@ -66,6 +66,9 @@ def export_model(
     if features is not None and format != "onnx":
         raise ValueError(f"{out}: a features export is an ONNX file (--format onnx), not {format}")
     ready, notes = export_ready(model, image_size, head=features is None)
+    if spec.any_size and format == "onnx" and not dynamic_size:
+        dynamic_size = True
+        notes.append("images are read at sizes of their own (resize keep): the graph takes any image size")
     meta = metadata(ready.config, classes, spec, notes=notes)
     if dynamic_size:
         meta.update(dynamic_size=True, patch_size=ready.config.patch_size)

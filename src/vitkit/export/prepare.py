@@ -95,6 +95,8 @@ def calibration_batch(images, spec: InputSpec, limit: int | None = None) -> torc
                              f"{(spec.channels, *spec.image_size)}")
         images = images[:limit] if limit else images
         return normalize(images, spec)
+    if spec.any_size:  # one batch: calibration images at the default size, not their own
+        spec = dataclasses.replace(spec, resize="crop")
     batch = []
     for item in list(images)[:limit] if limit else images:
         if isinstance(item, Image.Image):

@@ -72,18 +72,21 @@ def route_problem(model: torch.nn.Module, precision: str, compile: bool | str = 
     return None
 
 
-def graph_path(model: ViT) -> Path:
-    """Where the route's graph for these weights is cached."""
+def graph_path(model: ViT, any_size: bool = False) -> Path:
+    """Where the route's graph for these weights (taking any H and W, or its own size) is cached."""
     from .onnx import OPSET
 
-    key = model_fingerprint(model, {"route": ROUTE_FORMAT, "opset": OPSET})[:32]
+    extra = {"route": ROUTE_FORMAT, "opset": OPSET} | ({"any_size": 1} if any_size else {})
+    key = model_fingerprint(model, extra)[:32]
     return default_cache_dir() / "onnx" / f"{key}.onnx"
 
 
 def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "auto",
-                compile: bool | str = "auto", images: int | None = None) -> torch.nn.Module | None:
+                compile: bool | str = "auto", images: int | None = None, any_size: bool = False
+                ) -> torch.nn.Module | None:
     """The OnnxViT that runs `model` by onnxruntime when `engine` says so (module docstring),
-    else None; `images`: how many images the caller will run (None: no end, as in serving)."""
+    else None; `images`: how many images the caller will run (None: no end, as in serving);
+    any_size: the graph takes any H and W the patch divides (inputs of sizes of their own)."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "torch":
@@ -95,7 +98,7 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
         if engine != "auto":
             raise ValueError(f"engine {engine}: {problem}")
         return None
-    path = graph_path(model)
+    path = graph_path(model, any_size)
     if not path.is_file() and engine == "auto" and images is not None and images < EXPORT_PAYS_AFTER:
         return None
     try:
@@ -104,7 +107,7 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
                 return _open(path, model, engine)
             except ValueError:
                 path.unlink(missing_ok=True)  # a damaged cache file: export it again
-        _export(model, path)
+        _export(model, path, any_size)
         return _open(path, model, engine)
     except Exception as e:
         if engine != "auto":
@@ -131,7 +134,7 @@ def _open(path: Path, model: ViT, engine: str) -> torch.nn.Module:
     return OpenVINOViT(compiled, model.config, {}, path, threads, blobs).eval()
 
 
-def _export(model: ViT, path: Path) -> None:
+def _export(model: ViT, path: Path, any_size: bool = False) -> None:
     """Export the fp32 graph of `model` to `path` as `vitkit export` does, timing it once on
     stderr; the class names and input spec in its metadata are placeholders (the caller holds
     the real ones)."""
@@ -141,6 +144,6 @@ def _export(model: ViT, path: Path) -> None:
     start = time.perf_counter()
     c = model.config
     spec = InputSpec(c.image_hw, c.num_channels, [0.5] * c.num_channels, [0.5] * c.num_channels)
-    export_model(model, [str(i) for i in range(c.num_classes)], spec, path)
+    export_model(model, [str(i) for i in range(c.num_classes)], spec, path, dynamic_size=any_size)
     print(f"vitkit: fp32 inference runs through ONNX Runtime; exported the graph once in "
           f"{time.perf_counter() - start:.1f} s to {path}", file=sys.stderr, flush=True)

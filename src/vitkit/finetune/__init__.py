@@ -34,7 +34,7 @@ FINETUNE_OPTIM = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, momentum=0.9
                              schedule="cosine", clip_grad=1.0)
 
 
-def finetune(weights: str | Path, data: DataConfig, image_size: int | None = None,
+def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int, int] | None = None,
              optim: OptimConfig | None = None, augment: AugmentConfig | None = None,
              run: RunConfig | None = None, linear_probe: bool = False,
              resize_mode: str = "bicubic", options: LoadOptions | None = None, mode: Mode = "full",
@@ -64,21 +64,22 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | None = Non
         section.validate()
     if mode == "lora" and run.strategy == "fsdp":
         raise ValueError("--mode lora: not available with --run.strategy fsdp (use ddp)")
-    if image_size is not None and image_size < 1:
+    if image_size is not None and min(hw(image_size)) < 1:
         raise ValueError(f"--image_size {image_size}: must be 1 or more pixels")
     source = open_model(weights, options)  # channels, resolution and normalization of the source
     c, spec = source.model.config, source.spec
     geo = decide(c.image_hw, c.num_channels, model=c, image_size=image_size or data.image_size,
                  want_channels=data.channels, mean=data.mean, std=data.std, model_mean=spec.mean,
                  model_std=spec.std)
-    data = replace(data, channels=geo.channels, image_size=geo.image_size[0], mean=geo.mean, std=geo.std)
-    loaded = load_data(data)
+    data = replace(data, channels=geo.channels, image_size=geo.image_size, mean=geo.mean, std=geo.std)
+    # the source's patch and stem, so that images read at sizes of their own fit its patches
+    loaded = load_data(data, model=c)
     loaded.require_labels(str(data.path or data.dataset), "fine-tuning")
     if mode != "full" and is_multilabel(loaded):
         raise ValueError(f"--mode {mode}: multi-label data (multi-hot labels) fine-tune with --mode full, "
                          "which trains the multilabel objective")
     classes = loaded.classes
-    size = hw(data.image_size)  # DataConfig sizes are square
+    size = hw(data.image_size)
     model = open_model(weights, options, image_size=size, num_classes=len(classes),
                        resize_mode=resize_mode).model
     if model.config.representation_size:  # the paper removes the whole pre-training head

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..data.preprocess import prepare_image
-from ..inference import as_runner, prepare
+from ..inference import as_runner, by_size, prepare
 from ..multilabel import over_threshold, probabilities, threshold_of
 from ..visualize.analysis import attention_rollout, capture_attention, readout
 from .images import UploadError
@@ -51,7 +51,8 @@ class Engine:
         self.num_params = sum(p.numel() for p in params)
         # a server's work has no end (images=None), so engine "auto" takes the ONNX route
         # wherever it pays (vitkit.export.route)
-        self.runner = prepare(self.model, self.device, precision, engine, images=None, compile=compile)
+        self.runner = prepare(self.model, self.device, precision, engine, images=None, compile=compile,
+                              any_size=self.spec.any_size)
         self.precision = self.runner.precision
         self.engine = {"onnx": "onnxruntime"}.get(self.runner.engine, self.runner.engine)
         config = getattr(self.model, "config", None)
@@ -77,7 +78,12 @@ class Engine:
         return (x * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
     def run_batch(self, kind: str, items: Sequence[Prepared]) -> list:
-        """One forward pass for a batch: probabilities (and for "explain" the rollout maps)."""
+        """Probabilities (and for "explain" the rollout maps) of a batch: one forward pass for
+        each image size in it."""
+        return by_size(lambda idx: self._run_same_size(kind, [items[i] for i in idx]),
+                       [it.tensor for it in items])
+
+    def _run_same_size(self, kind: str, items: Sequence[Prepared]) -> list:
         x = torch.stack([it.tensor for it in items]).to(self.device)
         with torch.inference_mode():
             probs = probabilities(self.runner, x, self.threshold is not None).float().cpu()

@@ -167,7 +167,7 @@ class MaskedAutoencoder(nn.Module):
         tokens = enc.patch_embed(x)  # (B, N, D)
         b, n, _ = tokens.shape
         keep, mask = random_keep(b, n, self.ratio, x.device)
-        pos = enc.pos_embed
+        pos = enc.pos_embed_for(grid_of(x, c))  # any image size: the table for its grid
         if pos is not None:
             tokens = tokens + pos[:, c.num_prefix_tokens:]
         tokens = tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -188,7 +188,10 @@ class MaskedAutoencoder(nn.Module):
         b, n = mask.shape
         full = self.mask_token.to(z.dtype).expand(b, n, -1).clone()
         full.scatter_(1, keep[..., None].expand(-1, -1, z.shape[-1]), z[:, p:])
-        z = torch.cat([z[:, :p], full], dim=1) + self.decoder_pos.to(z.dtype)
+        grid = grid_of(x, c)
+        table = self.decoder_pos if grid == c.grid_size else torch.cat(
+            [self.decoder_pos[:, :p], sincos_2d(grid, z.shape[-1]).to(self.decoder_pos)], dim=1)
+        z = torch.cat([z[:, :p], full], dim=1) + table.to(z.dtype)
         for block in self.decoder_blocks:
             z, _ = block(z)
         pred = self.decoder_pred(self.decoder_norm(z))[:, p:].float()
@@ -275,8 +278,9 @@ class MaskedPatchPrediction(nn.Module):
         prefix = enc.prefix_tokens(len(x))
         if prefix is not None:
             tokens = torch.cat([prefix, tokens], dim=1)
-        if enc.pos_embed is not None:
-            tokens = tokens + enc.pos_embed
+        pos = enc.pos_embed_for(grid_of(x, c))
+        if pos is not None:
+            tokens = tokens + pos
         tokens = enc.pos_drop(tokens)
         for block in enc.blocks:
             tokens, _ = block(tokens)
@@ -284,6 +288,11 @@ class MaskedPatchPrediction(nn.Module):
         target = self.targets(x)
         picked = mask > 0
         return F.cross_entropy(logits[picked], target[picked]), logits, mask
+
+
+def grid_of(x: torch.Tensor, c: ViTConfig) -> tuple[int, int]:
+    """The patch grid of a batch (images of any size the patch divides)."""
+    return x.shape[-2] // c.patch_size, x.shape[-1] // c.patch_size
 
 
 MIN_PRETRAIN_PATCHES = 4  # a 2x2 grid: the least in which masking leaves a task to learn

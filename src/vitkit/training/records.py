@@ -137,7 +137,7 @@ class EpochTally:
         self.correct += all_mean(self.pending_correct, self.dist).item() * self.dist.world
         self.steps += n
         if lr is not None:
-            acc = self.correct / max(self.steps * self.batch * self.dist.world, 1)
+            acc = self.correct / max(self.seen, 1)
             self.bar.update(n)
             self.bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}",
                                  img_s=f"{self.seen / (self.last_t - self.t0):.0f}")

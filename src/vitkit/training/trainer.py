@@ -23,7 +23,7 @@ from ..checkpoint import RECIPE_NAME, WEIGHTS_NAME, read_config, write_meta
 from ..compile import compile_model
 from ..data.augment import BatchAugment
 from ..data.geometry import patch_problem
-from ..data.pipeline import Data, load_data, num_batches
+from ..data.pipeline import Data, epoch_steps, load_data
 from ..evaluation import evaluate_model, evaluate_multilabel
 from ..files import atomic_save_tensors, atomic_write_bytes
 from ..info import forward_macs
@@ -163,7 +163,7 @@ class Trainer:
         # a streamed random resized crop was taken on decoding, at full resolution
         spec = self.data.spec
         self.augment = BatchAugment(self.data.batch_augment(self.cfg.augment), len(self.data.classes),
-                                    spec.mean, spec.std, size=spec.image_size)
+                                    spec.mean, spec.std, size=None if spec.any_size else spec.image_size)
 
     def set_up_length(self) -> None:
         """The batch size, the epochs and the steps they make."""
@@ -172,7 +172,7 @@ class Trainer:
         self.log(*([note] if note else []))
         self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget)
         self.log(*([note] if note else []))
-        self.steps_per_epoch = num_batches(n_train, self.batch_size)
+        self.steps_per_epoch = epoch_steps(self.data.train, self.batch_size, self.dist.world)
         self.total_steps = self.steps_per_epoch * self.epochs
 
     def set_up_run_dir(self, resume: str | Path | None) -> None:

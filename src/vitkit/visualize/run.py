@@ -6,6 +6,7 @@ notebook or the trainer can call it too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data.preprocess import InputSpec, image_to_uint8, normalize, open_image
+from ..data.preprocess import InputSpec, normalize, open_image, spec_uint8
 from ..loading import LoadOptions, open_model
 from ..model import ViT
 from . import analysis as A
@@ -51,15 +52,22 @@ class Result:
                 + [f"wrote {self.report}"])
 
 
+def figure_spec(spec: InputSpec) -> InputSpec:
+    """How figures read images: as prediction does, except that images read at sizes of their
+    own (resize "keep") are drawn at the model's size, centre-cropped, so they share a grid."""
+    return dataclasses.replace(spec, resize="crop") if spec.any_size else spec
+
+
 def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
-    """Image files, converted and resized exactly as for prediction."""
+    """Image files, converted and resized as for prediction (figure_spec)."""
+    spec = figure_spec(spec)
     raw = []
     for p in map(Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such image file")
         try:
             with open_image(p) as img:
-                raw.append(image_to_uint8(img, spec.channels, spec.image_size))
+                raw.append(spec_uint8(img, spec))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{p}: cannot read as an image ({e})") from None
     names = [Path(p).name for p in paths]
@@ -74,7 +82,7 @@ def _from_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     for im in images:
         arr = im.permute(1, 2, 0).numpy()
         pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-        out.append(image_to_uint8(pil, spec.channels, spec.image_size))
+        out.append(spec_uint8(pil, figure_spec(spec)))
     return torch.stack(out)
 
 

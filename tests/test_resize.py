@@ -212,7 +212,7 @@ def test_a_non_square_source_stays_non_square_through_finetune_export_and_serve(
 
 
 @pytest.mark.parametrize("objective", ["mae", "mpp"])
-def test_pretraining_and_the_linear_probe_take_images_of_sizes_of_their_own(mixed_folder, tmp_path, objective):
+def test_pretraining_and_the_probe_take_images_of_sizes_of_their_own(mixed_folder, tmp_path, objective):
     from vitkit.pretrain import PretrainConfig, pretrain
     from vitkit.probe import probe_path
 

@@ -182,22 +182,38 @@ def test_keep_refuses_to_stream(mixed_folder, tmp_path):
         load_data(cfg.data, AugmentConfig(), cfg.model)
 
 
-def test_a_non_square_source_stays_non_square_through_finetune_export_and_serve(mixed_folder, tmp_path):
+def _finetuned(mixed_folder, tmp_path, image_size=(32, 48), mode="linear", **data):
     from vitkit import ViT, ViTConfig
-    from vitkit.data.preprocess import open_image
     from vitkit.finetune import finetune
-    from vitkit.loading import open_model
-    from vitkit.serve.inference import Engine
     from vitkit.training import RunConfig
 
     torch.manual_seed(0)
-    source = ViT(ViTConfig(image_size=(32, 48), patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+    source = ViT(ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
                            mlp_size=64, num_classes=5))
     source.save_pretrained(tmp_path / "source", classes=list("abcde"))
-    data = DataConfig(dataset="folder", path=str(mixed_folder / "train"), val_path=str(mixed_folder / "val"),
-                      cache_dir=str(tmp_path / "cache"), workers=0)
-    finetune(tmp_path / "source", data, run=RunConfig(out=str(tmp_path / "run"), progress=False,
-                                                      precision="fp32"), mode="linear")
+    cfg = DataConfig(dataset="folder", path=str(mixed_folder / "train"), val_path=str(mixed_folder / "val"),
+                     cache_dir=str(tmp_path / "cache"), workers=0, **data)
+    return finetune(tmp_path / "source", cfg, run=RunConfig(out=str(tmp_path / "run"), progress=False,
+                                                            precision="fp32", epochs=2), mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_finetuning_with_keep_evaluates_as_it_trained(mixed_folder, tmp_path, mode):
+    from vitkit.evaluation import evaluate_path
+
+    result = _finetuned(mixed_folder, tmp_path, (32, 32), mode, resize="keep")
+    done = evaluate_path(tmp_path / "run", DataConfig(dataset="folder", path=str(mixed_folder / "val"),
+                                                      cache_dir=str(tmp_path / "cache")), engine="torch")
+    assert done.result.top1 == pytest.approx(result.val_acc)
+    assert done.result.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-4)
+
+
+def test_a_non_square_source_stays_non_square_through_finetune_export_and_serve(mixed_folder, tmp_path):
+    from vitkit.data.preprocess import open_image
+    from vitkit.loading import open_model
+    from vitkit.serve.inference import Engine
+
+    _finetuned(mixed_folder, tmp_path)
     opened = open_model(tmp_path / "run")
     assert opened.model.config.image_hw == (32, 48) and tuple(opened.spec.image_size) == (32, 48)
     with open_image(next((mixed_folder / "val").rglob("*.png"))) as im:

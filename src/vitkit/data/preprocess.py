@@ -61,6 +61,11 @@ class InputSpec:
         return self.resize == "keep"
 
     @property
+    def batch_size_hw(self) -> tuple[int, int] | None:
+        """The size every batch is brought to; None when images keep sizes of their own."""
+        return None if self.any_size else self.image_size
+
+    @property
     def fit(self) -> tuple[int, int] | Fit:
         """The size decoders take for this spec (preprocess.fit)."""
         return fit(self.image_size, self.resize, self.patch)

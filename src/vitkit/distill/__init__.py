@@ -116,6 +116,8 @@ def lessons(teacher: str | Path, cfg: TrainConfig, options: DistillOptions | Non
 def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOptions, device: torch.device,
              log=print) -> tuple[Data, dict]:
     """The student's Data and the run's distill entry (see Lessons)."""
+    if cfg.data.resize == "keep":  # the views are stored as one tensor at the student's size
+        raise ValueError("distillation: --data.resize keep is not supported (use squash or crop)")
     opened = open_model(teacher, load)
     tcfg, tspec = opened.model.config, opened.spec
     data = replace(cfg.data, channels=tspec.channels, mean=list(tspec.mean), std=list(tspec.std))

@@ -19,7 +19,7 @@ from ..data.geometry import decide, hw
 from ..data.pipeline import DataConfig, load_data
 from ..loading import LoadOptions, open_model
 from ..multilabel import is_multilabel
-from ..training import OptimConfig, RunConfig, TrainConfig, fit
+from ..training import ModelSpec, OptimConfig, RunConfig, TrainConfig, fit
 from ..training.resume import OBJECTIVE_KEY
 from ..training.trainer import RunResult
 from .linear import LinearOptions, linear_finetune
@@ -73,7 +73,8 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int,
                  model_std=spec.std)
     data = replace(data, channels=geo.channels, image_size=geo.image_size, mean=geo.mean, std=geo.std)
     # the source's patch and stem, so that images read at sizes of their own fit its patches
-    loaded = load_data(data, model=c)
+    geometry = ModelSpec(patch_size=c.patch_size, stem=c.stem, stem_stride=c.stem_stride)
+    loaded = load_data(data, model=geometry)
     loaded.require_labels(str(data.path or data.dataset), "fine-tuning")
     if mode != "full" and is_multilabel(loaded):
         raise ValueError(f"--mode {mode}: multi-label data (multi-hot labels) fine-tune with --mode full, "
@@ -89,7 +90,7 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int,
           f"{c.num_classes} -> {len(classes)} classes, new zero-initialized head"
           + {"full": "", "linear": ", backbone frozen (linear probe on cached features)",
              "lora": f", LoRA rank {lora.rank} on {', '.join(lora.targets)}"}[mode])
-    cfg = TrainConfig(data=data, optim=optim, augment=augment, run=run)
+    cfg = TrainConfig(data=data, model=geometry, optim=optim, augment=augment, run=run)
     meta = {"finetuned_from": str(weights), "finetune": {"mode": mode}}
     if mode == "linear":
         meta["finetune"].update(views=views, linear=vars(linear))

@@ -103,8 +103,9 @@ def cached_features(runner: Runner, data: Data, augment: AugmentConfig, views: i
     """Training features for `views` views and validation features, each image through the
     backbone once per view."""
     k, spec = len(data.classes), data.spec
-    plain = BatchAugment(AugmentConfig(crop="none", flip=False), k, spec.mean, spec.std, size=spec.image_size)
-    augmented = BatchAugment(data.batch_augment(augment), k, spec.mean, spec.std, size=spec.image_size)
+    size = spec.batch_size_hw
+    plain = BatchAugment(AugmentConfig(crop="none", flip=False), k, spec.mean, spec.std, size=size)
+    augmented = BatchAugment(data.batch_augment(augment), k, spec.mean, spec.std, size=size)
     wk = workers if not data.in_memory else 0
     train_x, train_y = [], []
     for view in range(views):
@@ -173,7 +174,7 @@ def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOption
     if run.threads:
         torch.set_num_threads(run.threads)
     seed_everything(run.seed, run.deterministic)
-    data = load_data(cfg.data, cfg.augment)
+    data = load_data(cfg.data, cfg.augment, cfg.model)
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"model has {model.config.num_classes} classes, data has {len(data.classes)}")
     out = Path(run.out)

@@ -163,7 +163,7 @@ class Trainer:
         # a streamed random resized crop was taken on decoding, at full resolution
         spec = self.data.spec
         self.augment = BatchAugment(self.data.batch_augment(self.cfg.augment), len(self.data.classes),
-                                    spec.mean, spec.std, size=None if spec.any_size else spec.image_size)
+                                    spec.mean, spec.std, size=spec.batch_size_hw)
 
     def set_up_length(self) -> None:
         """The batch size, the epochs and the steps they make."""

@@ -120,7 +120,7 @@ def test_a_folder_of_a_few_large_images_is_cached_with_the_defaults_line(tmp_pat
     assert tuple(data.val.images.shape[-2:]) == (PHOTO_SIZE, PHOTO_SIZE)
     assert len(data.train) + len(data.val) == 8 and len(data.val) == 2
     assert (data.augment.crop, data.augment.flip) == ("resized", True)
-    line = (f"photos 300x200 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch 8, stem patch, crop resized + flip "
+    line = (f"photos 300x200 -> {PHOTO_SIZE}x{PHOTO_SIZE} (crop), patch 8, stem patch, crop resized + flip "
             "(natural images; set --augment.crop none to turn off)")
     assert line in data.notes
     assert list((tmp_path / "cache").glob("folder-*.safetensors"))  # decoded once, on disk
@@ -155,6 +155,6 @@ def test_training_on_photos_prints_the_defaults_and_builds_the_photo_model(tmp_p
                       run=RunConfig(epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False))
     result = fit(cfg)
     out = capsys.readouterr().out
-    assert f"photos 160x120 -> {PHOTO_SIZE}x{PHOTO_SIZE}, patch 8, stem patch" in out
+    assert f"photos 160x120 -> {PHOTO_SIZE}x{PHOTO_SIZE} (crop), patch 8, stem patch" in out
     assert "stem patch" in out.split("model: ")[1].splitlines()[0]  # the model built is the one announced
     assert result.status == "finished" and result.val_acc is not None

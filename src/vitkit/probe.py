@@ -215,7 +215,7 @@ def probe_model(opened, data_cfg, options=None, cache_dir=None, **readouts) -> P
     fm = FeatureModel(opened, options)
     # at the model's size and patches; photos of another shape read as the model was trained
     # unless --data.resize says otherwise
-    resize = data_cfg.resize if data_cfg.resize != "squash" else opened.spec.resize
+    resize = data_cfg.resize if data_cfg.resize != "auto" else opened.spec.resize
     data = load_data(dataclasses.replace(data_cfg, image_size=tuple(opened.spec.image_size), resize=resize,
                                          channels=opened.spec.channels), model=opened.model.config)
     data.require_labels(str(data_cfg.path or data_cfg.dataset), "probing")

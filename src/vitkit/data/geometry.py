@@ -111,6 +111,7 @@ class Geometry:
     photos: bool
     notes: list[str] = field(default_factory=list)
     patch: int = 1  # pixels per patch side of the model the images are for
+    resize: str = "squash"  # how images of another shape meet image_size (resolve_resize)
 
 
 def data_size(own: Sequence[int], natural: bool = True, image_size: int | Sequence[int] | None = None
@@ -132,7 +133,7 @@ def decide(own: Sequence[int], channels: int, natural: bool = True, *,
            image_size: int | Sequence[int] | None = None, want_channels: int | None = None,
            model: Any = None, mean: list[float] | None = None,
            std: list[float] | None = None, model_mean: list[float] | None = None,
-           model_std: list[float] | None = None) -> Geometry:
+           model_std: list[float] | None = None, resize: str = "auto") -> Geometry:
     """The input geometry for data of `own` size and `channels` (natural images or not).
 
     `model` is a built model's ViTConfig (fine-tuning, evaluation: its channels, patch and,
@@ -148,12 +149,13 @@ def decide(own: Sequence[int], channels: int, natural: bool = True, *,
         c = want_channels or model.num_channels
         if mean is None:
             mean, std = model_mean, model_std
-        return Geometry(size, c, None, mean, std, photos, notes, model.patch_size)
+        return Geometry(size, c, None, mean, std, photos, notes, model.patch_size,
+                        resolve_resize(resize, photos))
     size, note = data_size(own, natural, image_size)
     notes += [note] if note else []
     geo = model_geometry(size, model, photos)
     return Geometry(size, want_channels or channels, geo, mean, std if mean is not None else None, photos,
-                    notes, geo.patch_size)
+                    notes, geo.patch_size, resolve_resize(resize, photos))
 
 
 def cache_size(size: Sequence[int], own: Sequence[int], crop: str) -> tuple[int, int]:
@@ -180,6 +182,16 @@ def should_cache(mode: str, nbytes: int, budget_gb: float = CACHE_BUDGET_GB) -> 
     return nbytes <= budget_gb * 2**30
 
 
+def resolve_resize(resize: str, photos: bool) -> str:
+    """How images of another shape meet the input size: as given, or ("auto") centre-cropped
+    for photos, which trained best of squash, crop and keep on real photos from scratch and no
+    worse fine-tuned (benchmarks/hymenoptera_transfer.py), and squashed for small images (which
+    are mostly square: for a square image squash and crop are the same)."""
+    if resize != "auto":
+        return resize
+    return "crop" if photos else "squash"
+
+
 def resolve_augment(augment: AugmentConfig, photos: bool) -> tuple[AugmentConfig, str | None]:
     """The augmentation with its "auto" values settled: random resized crop and flip for photos,
     none for digits and other small images; and the reason, when a default was taken."""
@@ -203,7 +215,8 @@ def defaults_line(own: Sequence[int], geo: Geometry, augment_reason: str | None)
     patch = f", patch {geo.model.patch_size}, stem {geo.model.stem}" if geo.model else ""
     if geo.model and geo.model.stem == "conv":
         patch += f" stride {geo.model.stem_stride}"
-    return f"photos {h}x{w} -> {s[0]}x{s[1]}{patch}" + (f", {augment_reason}" if augment_reason else "")
+    return (f"photos {h}x{w} -> {s[0]}x{s[1]} ({geo.resize}){patch}"
+            + (f", {augment_reason}" if augment_reason else ""))
 
 
 # ---- default patch size for data of any size ------------------------------------------------

@@ -58,8 +58,9 @@ class DataConfig:
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
     # how images of another shape meet image_size (kept with the model, so predict and serve
     # read images as training did): squash the whole image; crop: scale to cover, centre crop;
-    # keep: the aspect ratio, at most image_size's patch count (batches of one size each)
-    resize: Literal["squash", "crop", "keep"] = "squash"
+    # keep: the aspect ratio, at most image_size's patch count (batches of one size each);
+    # auto: crop for photos, squash for small images (geometry.resolve_resize)
+    resize: Literal["auto", "squash", "crop", "keep"] = "auto"
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
     cache: Literal["auto", "always", "never"] = "auto"  # auto: decoded once when within cache_gb
@@ -89,7 +90,8 @@ class DataConfig:
                 isinstance(v, list | tuple) and len(v) == 2 and all(positive_int(x) for x in v)),
                 "1 or more pixels, or a pair [h, w] of them"),
             optional("channels", lambda v: v in (1, 3), "1 or 3"),
-            ("resize", self.resize, self.resize in geometry.RESIZE_MODES, " | ".join(geometry.RESIZE_MODES)),
+            ("resize", self.resize, self.resize in ("auto", *geometry.RESIZE_MODES),
+             " | ".join(("auto", *geometry.RESIZE_MODES))),
             optional("per_class", positive_int, "1 or more"),
             optional("val_per_class", positive_int, "1 or more"),
             ("cache_gb", self.cache_gb, is_number(self.cache_gb) and self.cache_gb >= 0, ">= 0"),
@@ -207,6 +209,7 @@ def _given_model(model) -> dict | None:
 
 def _decide(cfg: DataConfig, own: tuple[int, int], channels: int, natural: bool, model) -> Geometry:
     return geometry.decide(own, channels, natural, image_size=cfg.image_size, want_channels=cfg.channels,
+                           resize=cfg.resize,
                            model=_given_model(model), mean=cfg.mean, std=cfg.std)
 
 
@@ -221,7 +224,7 @@ def _settle(own: tuple[int, int], geo: Geometry, augment: AugmentConfig | None, 
 
 
 def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int,
-            size: tuple[int, int], notes: list[str], patch: int = 1) -> Data:
+            size: tuple[int, int], notes: list[str], patch: int = 1, resize: str = "squash") -> Data:
     if cfg.per_class:
         train = train.per_class(cfg.per_class, cfg.seed)
     if cfg.val_per_class:
@@ -233,7 +236,6 @@ def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int
                  f"{channels}x{size[0]}x{size[1]}")
     if train.sizes is not None:
         notes[-1] += f", {len(train.groups())} sizes of at most {_patches(size, patch)} patches (aspect kept)"
-    resize = cfg.resize if cfg.dataset in ("folder", "csv", "hf") else "squash"
     return Data(train, val, train.classes, InputSpec(size, channels, mean, std, resize=resize, patch=patch),
                 notes)
 
@@ -263,11 +265,11 @@ class _Streamed:
 
 
 def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None,
-               patch: int = 1) -> _Streamed:
+               patch: int = 1, resize: str = "squash") -> _Streamed:
     crop = augment is not None and augment.crop == "resized"
     train_tf = v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None
     spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels),
-                     resize=cfg.resize, patch=patch)
+                     resize=resize, patch=patch)
     return _Streamed(train_tf, spec)
 
 
@@ -373,30 +375,31 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
     channels, size = geo.channels, geo.image_size
     notes += geo.notes
     aug, _ = _settle(own, geo, augment, notes)
+    resize = geo.resize
     # random resized crops of cached images are cut from a larger copy; validation stays at size
-    train_size = cache_size(size, own, aug.crop if aug and cfg.resize != "keep" else "none")
+    train_size = cache_size(size, own, aug.crop if aug and resize != "keep" else "none")
     n_val = len(val_index.labels) if val_index is not None else 0
     nbytes = cache_bytes(len(index.labels), channels, train_size) + cache_bytes(n_val, channels, size)
     if should_cache(cfg.cache, nbytes, cfg.cache_gb):
         if val_index is None and train_size != size:  # split first: each part at its own size
             val_index, index = _split_index(cfg, index, notes)
         if val_index is not None:
-            train = _cached(cfg, index, channels, fit(train_size, cfg.resize, geo.patch))
-            val = _cached(cfg, val_index, channels, fit(size, cfg.resize, geo.patch))
+            train = _cached(cfg, index, channels, fit(train_size, resize, geo.patch))
+            val = _cached(cfg, val_index, channels, fit(size, resize, geo.patch))
         else:
-            train = _cached(cfg, index, channels, fit(size, cfg.resize, geo.patch))
+            train = _cached(cfg, index, channels, fit(size, resize, geo.patch))
             tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
             train, val = train.subset(tr), train.subset(va)
             notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
-        data = _finish(cfg, train, val, channels, size, notes, geo.patch)
+        data = _finish(cfg, train, val, channels, size, notes, geo.patch, resize)
         if train_size != size:
             notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
         return replace(data, augment=aug, geometry=geo.model, photos=geo.photos)
     # too many to keep decoded: images stream through DataLoader workers
-    _streams(cfg)
+    _streams(cfg, resize)
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
-    st = _streaming(cfg, size, channels, aug, geo.patch)
+    st = _streaming(cfg, size, channels, aug, geo.patch, resize)
     n_train, n_val = len(index.labels), len(val_index.labels)
     notes.append(f"{n_train} training and {n_val} validation images streamed "
                  f"({nbytes / 2**30:.1f} GiB decoded > --data.cache_gb {cfg.cache_gb:g}), "
@@ -409,9 +412,9 @@ def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: Au
                 st.cropped, aug, geo.model, geo.photos)
 
 
-def _streams(cfg: DataConfig) -> None:
+def _streams(cfg: DataConfig, resize: str) -> None:
     """Refuse to stream images of sizes of their own: a streamed batch is stacked as it comes."""
-    if cfg.resize == "keep":
+    if resize == "keep":
         raise ValueError(f"--data.resize keep: the images of {cfg.path} would be streamed, and images "
                          "of sizes of their own are batched from memory; raise --data.cache_gb or set "
                          "--data.cache always")
@@ -442,11 +445,12 @@ def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
     channels, size = geo.channels, geo.image_size
     notes = list(geo.notes)
     aug, _ = _settle(own, geo, augment, notes)
-    st = _streaming(cfg, size, channels, aug)
+    _streams(cfg, geo.resize)
+    st = _streaming(cfg, size, channels, aug, geo.patch, geo.resize)
     notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
                  f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
     return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
-                ShardStream(val, channels, size, train=False), train.classes, st.spec,
+                ShardStream(val, channels, st.spec.fit, train=False), train.classes, st.spec,
                 notes, st.cropped, aug, geo.model, geo.photos)
 
 

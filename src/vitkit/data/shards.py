@@ -65,7 +65,7 @@ import torch
 
 from ..notices import VitkitWarning, first_line, one_line
 from .folder import _DECODE_ERRORS, IMAGE_EXTENSIONS, FolderIndex
-from .preprocess import image_to_uint8, open_image
+from .preprocess import Fit, image_to_uint8, open_image
 
 INDEX_NAME = "index.json"
 CLASS_FILES = ("classes.txt", "classes.json")
@@ -528,7 +528,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                  transform=None, train: bool = True, batch_size: int = 1, seed: int = 0,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 1000):
         self.shards, self.channels, self.transform = shards, channels, transform
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = size if size is None or isinstance(size, Fit) else (int(size[0]), int(size[1]))
         self.train, self.batch_size, self.seed = train, batch_size, seed  # batch_size: global
         self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
         self.epoch = 0

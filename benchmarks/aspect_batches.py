@@ -10,8 +10,9 @@ same model and the same images:
 
 - bucketed: vitkit's way, pipeline.size_batches: each batch holds one size, so each batch is a
   plain dense tensor;
-- packed: every batch of 64 images in epoch order, each image's tokens padded to the budget's
-  token count and the batch run as one tensor. No attention mask is applied, so this is a lower
+- packed: every batch of 64 images in epoch order (each size's images embedded together), each
+  image's tokens padded to the budget's token count and the batch run through the encoder
+  blocks as one tensor. No attention mask is applied, so this is a lower
   bound on what packing costs (a mask adds work, never removes it): where bucketing is faster
   than this, it is faster than packing.
 
@@ -93,10 +94,10 @@ def packed_epoch(model: ViT, data: ImageArrays) -> None:
     order = epoch_order(len(data), 0, 0)
     budget = model.config.num_patches + model.config.num_prefix_tokens
     for i in range(0, len(order), BATCH):
-        rows = []
-        for j in order[i:i + BATCH].tolist():
-            h, w = data.sizes[j].tolist()
-            z = tokens(model, data.images[j:j + 1, :, :h, :w].float() / 255)
+        batch = data.subset(order[i:i + BATCH])
+        rows = []  # each size's images embedded together, then padded to the budget
+        for size, idx in batch.groups():
+            z = tokens(model, batch.batch(idx, size)[0].float() / 255)
             rows.append(torch.nn.functional.pad(z, (0, 0, 0, budget - z.shape[1])))
         loss_of(model, torch.cat(rows)).backward()
 

@@ -68,8 +68,8 @@ def mixed_folder(tmp_path_factory):
     return root
 
 
-def _keep_config(root, out, **run):
-    cfg = tiny_train_config(out, epochs=2, run=dict(batch_size=8, **run),
+def _keep_config(root, out, epochs=2, **run):
+    cfg = tiny_train_config(out, epochs=epochs, run=dict(batch_size=8, **run),
                             model=dict(patch_size=8, stem="patch"))
     cfg.data = DataConfig(dataset="folder", path=str(root / "train"), val_path=str(root / "val"),
                           image_size=32, resize="keep", cache_dir=str(out.parent / "cache"), workers=0)
@@ -173,6 +173,26 @@ def test_a_keep_run_evaluates_predicts_serves_and_exports_as_it_trained(mixed_fo
     for it in items:
         with torch.no_grad():
             assert torch.allclose(onnx(it.tensor[None]), model(it.tensor[None]), atol=1e-4)
+
+
+def test_figures_of_a_keep_model_are_drawn_at_each_photos_aspect(mixed_folder, tmp_path):
+    from vitkit.data.preprocess import open_image
+    from vitkit.training import fit
+    from vitkit.visualize.run import load_images, visualize_path
+
+    fit(_keep_config(mixed_folder, tmp_path / "run", epochs=1))
+    files = [next((mixed_folder / "val" / "dark").glob(f"{i}.png")) for i in range(3)]
+    from vitkit.loading import open_model
+
+    spec = open_model(tmp_path / "run").spec
+    raw = load_images(files, spec).raw
+    assert isinstance(raw, list)
+    for f, r in zip(files, raw, strict=True):
+        with open_image(f) as im:
+            assert tuple(r.shape[-2:]) == keep_size((im.size[1], im.size[0]), (32, 32), 8)
+    result = visualize_path(tmp_path / "run", tmp_path / "figures", images=[str(f) for f in files])
+    names = {p.name for p in result.figures}
+    assert {"attention_1.png", "attention_3.png", "rollout.png", "attention_distance.png"} <= names
 
 
 def test_keep_refuses_to_stream(mixed_folder, tmp_path):

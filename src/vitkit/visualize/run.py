@@ -6,7 +6,6 @@ notebook or the trainer can call it too.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +28,15 @@ MAX_GRID_PANELS = 144  # layers x heads above this: one attention figure per lay
 class Inputs:
     """Images to look at: as the model sees them, as uint8 for display, and where they came from."""
 
-    raw: torch.Tensor  # (B, C, H, W) uint8 at the model's input size
+    raw: torch.Tensor | list[torch.Tensor]  # (B, C, H, W) uint8 at the model's input size; a list
+    # of (C, H, W) when images are read at sizes of their own (resize "keep")
     names: list[str]
     description: str
     noise: bool = False
 
-    def normalized(self, spec: InputSpec) -> torch.Tensor:
+    def normalized(self, spec: InputSpec) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(self.raw, list):
+            return [normalize(r, spec) for r in self.raw]
         return normalize(self.raw, spec)
 
 
@@ -52,15 +54,14 @@ class Result:
                 + [f"wrote {self.report}"])
 
 
-def figure_spec(spec: InputSpec) -> InputSpec:
-    """How figures read images: as prediction does, except that images read at sizes of their
-    own (resize "keep") are drawn at the model's size, centre-cropped, so they share a grid."""
-    return dataclasses.replace(spec, resize="crop") if spec.any_size else spec
+def _stacked(raw: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One tensor of same-sized images; the list itself when their sizes differ."""
+    return torch.stack(raw) if len({tuple(r.shape) for r in raw}) == 1 else raw
 
 
 def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
-    """Image files, converted and resized as for prediction (figure_spec)."""
-    spec = figure_spec(spec)
+    """Image files, converted and resized exactly as for prediction (a model that reads images
+    at sizes of their own sees, and is drawn on, each photo at its aspect ratio)."""
     raw = []
     for p in map(Path, paths):
         if not p.is_file():
@@ -71,7 +72,7 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> Inputs:
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{p}: cannot read as an image ({e})") from None
     names = [Path(p).name for p in paths]
-    return Inputs(torch.stack(raw), names, f"{len(raw)} image(s) given: {', '.join(names)}")
+    return Inputs(_stacked(raw), names, f"{len(raw)} image(s) given: {', '.join(names)}")
 
 
 def _from_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -82,7 +83,7 @@ def _from_uint8(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     for im in images:
         arr = im.permute(1, 2, 0).numpy()
         pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-        out.append(spec_uint8(pil, figure_spec(spec)))
+        out.append(spec_uint8(pil, spec))
     return torch.stack(out)
 
 
@@ -137,7 +138,7 @@ class Page:
     inputs: Inputs
     out_dir: Path
     run_dir: Path | None
-    attn: list[np.ndarray]  # every layer's attention on every input
+    attn: list[list[np.ndarray]]  # per input: every layer's attention (1, heads, T, T)
     shown: list[int]  # the inputs that get figures of their own
     result: Result
     sections: list[Section] = field(default_factory=list)
@@ -147,8 +148,18 @@ class Page:
         return self.model.config
 
     @property
-    def raw(self) -> np.ndarray:
-        return self.inputs.raw.numpy()
+    def raw(self) -> np.ndarray | list[np.ndarray]:
+        raw = self.inputs.raw
+        return [r.numpy() for r in raw] if isinstance(raw, list) else raw.numpy()
+
+    def grid(self, b: int) -> tuple[int, int]:
+        """The patch grid input b was read at."""
+        h, w = self.raw[b].shape[-2:]
+        return h // self.cfg.patch_size, w // self.cfg.patch_size
+
+    @property
+    def one_size(self) -> bool:
+        return not isinstance(self.inputs.raw, list)
 
     @property
     def noise(self) -> str:
@@ -172,21 +183,21 @@ class Page:
 def attention_figures(p: Page) -> None:
     """1. The attention of the pooled token, per layer and head, for each image shown."""
     cfg, raw = p.cfg, p.raw
-    per_token = A.class_token_attention([a[p.shown] for a in p.attn], cfg.grid_size, cfg.num_prefix_tokens,
-                                        cfg.pool)  # (L, B, H, gh, gw)
     layers, heads = cfg.num_layers, cfg.num_heads
     heads_labels = [f"head {h + 1}" for h in range(heads)]
     files = []
     for b in p.shown:
+        per_token = A.class_token_attention(p.attn[b], p.grid(b), cfg.num_prefix_tokens,
+                                            cfg.pool)[:, 0]  # (L, H, gh, gw)
         title = f"Attention of the {p.token} to each patch: {p.inputs.names[b]}{p.noise}"
         if layers * heads <= MAX_GRID_PANELS:
             files.append(fig.plot_attention_grid(
-                raw[b], per_token[:, b], p.out_dir / f"attention_{b + 1}.png", title,
+                raw[b], per_token, p.out_dir / f"attention_{b + 1}.png", title,
                 [f"layer {i + 1}" for i in range(layers)], heads_labels))
         else:
             for i in range(layers):
                 files.append(fig.plot_attention_grid(
-                    raw[b], per_token[i:i + 1, b], p.out_dir / f"attention_{b + 1}_layer{i + 1:02d}.png",
+                    raw[b], per_token[i:i + 1], p.out_dir / f"attention_{b + 1}_layer{i + 1:02d}.png",
                     f"{title}, layer {i + 1}", [f"layer {i + 1}"], heads_labels))
     what = ("the class token's attention row" if cfg.pool == "cls" else
             "the mean over the patch tokens' attention rows (this model pools by averaging the patch tokens)")
@@ -199,8 +210,8 @@ def attention_figures(p: Page) -> None:
 def rollout_figure(p: Page) -> None:
     """2. Attention rollout (paper Figure 6)."""
     cfg, raw = p.cfg, p.raw
-    rollout = A.readout(A.attention_rollout([a[p.shown] for a in p.attn]), cfg.grid_size,
-                        cfg.num_prefix_tokens, cfg.pool)
+    rollout = [A.readout(A.attention_rollout(p.attn[b]), p.grid(b), cfg.num_prefix_tokens, cfg.pool)[0]
+               for b in p.shown]
     p.add(Section("Attention rollout (paper Figure 6)",
                   "Attention rollout (Abnar and Zuidema, 2020): per layer the heads are averaged, the "
                   "identity is added for the residual connection and the rows renormalized; the layers "
@@ -213,12 +224,16 @@ def rollout_figure(p: Page) -> None:
 def distance_figure(p: Page) -> None:
     """3. Mean attention distance (paper Figure 7, right)."""
     cfg, spec = p.cfg, p.spec
-    dist = A.mean_attention_distance(p.attn, cfg.grid_size, cfg.patch_size, cfg.num_prefix_tokens)
-    uniform = A.uniform_attention_distance(cfg.grid_size, cfg.patch_size)
+    every = range(len(p.attn))  # each input on its own grid, then the mean over inputs
+    dist = np.mean([A.mean_attention_distance(p.attn[b], p.grid(b), cfg.patch_size, cfg.num_prefix_tokens)
+                    for b in every], axis=0)
+    uniform = float(np.mean([A.uniform_attention_distance(p.grid(b), cfg.patch_size) for b in every]))
+    size = (f"Image {spec.image_size[0]}x{spec.image_size[1]}" if p.one_size else
+            f"Images at their own aspect ratio, at most {cfg.num_patches} patches")
     p.add(Section("Mean attention distance (paper Figure 7, right)",
                   f"For each head (dots) and layer: the distance in pixels between a query patch and the "
                   f"patches it attends to, weighted by attention, averaged over query patches and "
-                  f"{p.inputs.description}. Image {spec.image_size[0]}x{spec.image_size[1]}, patch "
+                  f"{p.inputs.description}. {size}, patch "
                   f"{cfg.patch_size}; the dashed line is uniform attention over all patches "
                   f"({uniform:.1f} px).", note=NOISE_NOTE if p.inputs.noise else None),
           [fig.plot_attention_distance(dist, p.out_dir / "attention_distance.png",
@@ -270,10 +285,12 @@ def reconstruction_figure(p: Page) -> None:
     """7. A masked autoencoder's reconstructions (MAE pre-training runs only; nothing otherwise)."""
     if p.run_dir is None:
         return
-    rebuilt = mae_reconstruction(p.run_dir, p.model, p.inputs.normalized(p.spec)[p.shown], p.spec)
-    if rebuilt is None:
+    x = p.inputs.normalized(p.spec)
+    parts = [mae_reconstruction(p.run_dir, p.model, x[b][None] if not p.one_size else x[b:b + 1], p.spec)
+             for b in p.shown]
+    if parts[0] is None:
         return
-    masked, recon = rebuilt
+    masked, recon = [m[0] for m, _ in parts], [r[0] for _, r in parts]
     p.add(Section("Masked autoencoder reconstruction",
                   "MAE pre-training: each input, the patches the encoder saw (the masked ones blanked) "
                   "and the decoder's reconstruction of the masked patches beside the visible ones. "
@@ -315,7 +332,12 @@ def make_figures(model: ViT, spec: InputSpec, out_dir: str | Path, inputs: Input
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
-    attn = A.capture_attention(model, inputs.normalized(spec).to(device))
+    x = inputs.normalized(spec)
+    if isinstance(x, list):  # images of sizes of their own: one at a time
+        attn = [A.capture_attention(model, t[None].to(device)) for t in x]
+    else:
+        every = A.capture_attention(model, x.to(device))
+        attn = [[a[b:b + 1] for a in every] for b in range(len(x))]
     page = Page(model, spec, inputs, out_dir, Path(run_dir) if run_dir else None, attn,
                 list(range(min(max_images, len(inputs.raw)))), Result(report=out_dir / "report.html"))
     for draw in FIGURES:

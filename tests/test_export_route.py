@@ -81,6 +81,14 @@ def test_a_damaged_cached_graph_is_exported_again(tiny_model, cache):
 
 
 @pytest.mark.precision
+def saved_with_images(model, tmp_path):
+    """The model saved as a model folder with the test spec, and real images to run it on."""
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir, classes=CLASSES, data={
+        "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
+    return model_dir, real_images(tmp_path / "images")
+
+
 def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, tiny_model, cache,
                                                                       monkeypatch):
     from vitkit.data.pipeline import DataConfig
@@ -90,10 +98,7 @@ def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, 
     from vitkit.serve.inference import Engine
 
     monkeypatch.setenv("VITKIT_NATIVE_BF16", "0")  # auto is fp32, as on a CPU without native bf16
-    model_dir = tmp_path / "model"
-    tiny_model.save_pretrained(model_dir, classes=CLASSES, data={
-        "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
-    files = real_images(tmp_path / "images")
+    model_dir, files = saved_with_images(tiny_model, tmp_path)
     eager = predict_paths(model_dir, files, topk=2, engine="torch")
     routed = predict_paths(model_dir, files, topk=2, engine="onnx")
     assert [r["top"][0]["class"] for r in routed] == [r["top"][0]["class"] for r in eager]
@@ -180,10 +185,7 @@ def openvino_case(tmp: str) -> None:
         prepare(copy.deepcopy(tiny_model), "cpu", "bf16", engine="openvino")
 
     os.environ["VITKIT_NATIVE_BF16"] = "0"
-    model_dir = tmp_path / "model"
-    tiny_model.save_pretrained(model_dir, classes=CLASSES, data={
-        "image_size": [32, 32], "channels": 3, "mean": SPEC.mean, "std": SPEC.std})
-    files = real_images(tmp_path / "images")
+    model_dir, files = saved_with_images(tiny_model, tmp_path)
     plain = predict_paths(model_dir, files, topk=2, engine="torch")
     ov = predict_paths(model_dir, files, topk=2, engine="openvino")
     for a, b in zip(ov, plain, strict=True):

@@ -2,12 +2,13 @@
 
 OpenVINO (the runtime optimum-intel uses) compiles the same ONNX graph onnxruntime runs; on
 some CPUs it runs it faster in fp32 (benchmarks/export_speed.py; the figures are in
-benchmarks/README.md), which is when vitkit.export.route picks it. It is an optional extra:
-pip install 'vitkit[openvino]'.
+benchmarks/README.md). vitkit.export.route runs it when asked for (engine "openvino"). It is
+an optional extra: pip install 'vitkit[openvino]'.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +48,18 @@ class OpenVINOViT(OnnxViT):
                  cache_dir: str | Path | None = None):
         super().__init__(compiled, config, meta, path)  # session: the compiled model
         self.threads, self.cache_dir = threads, cache_dir
+        self._requests = threading.local()  # one infer request per calling thread
 
     def _input_name(self) -> str:
         return self.session.inputs[0].get_any_name()
 
     def _infer(self, arr: np.ndarray) -> list[np.ndarray]:
-        # a fresh infer request per call: concurrent callers (serving threads) never share one
-        result = self.session.create_infer_request().infer({0: arr}, share_inputs=True)
+        # each thread its own request, made once: concurrent callers (serving threads) never
+        # share one, and a stream of calls does not build a request each time
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.session.create_infer_request()
+        result = request.infer({0: arr}, share_inputs=True)
         return [np.array(result[out]) for out in self.session.outputs]
 
     def __deepcopy__(self, memo: dict) -> OpenVINOViT:

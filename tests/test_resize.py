@@ -259,3 +259,20 @@ def test_pretraining_and_the_probe_take_images_of_sizes_of_their_own(mixed_folde
                                                      val_path=str(mixed_folder / "val"), resize="keep",
                                                      cache_dir=str(tmp_path / "cache"), workers=0))
     assert probe.train_images == 24 and probe.test_images == 8 and 0.0 <= probe.linear <= 1.0
+
+
+def test_a_keep_run_interrupted_mid_epoch_resumes_exactly(mixed_folder, tmp_path):
+    from helpers import interrupt_at
+    from safetensors.torch import load_file
+
+    from vitkit.training import fit
+
+    full = fit(_keep_config(mixed_folder, tmp_path / "full", epochs=3))
+    per_epoch = full.step // 3
+    cut = fit(_keep_config(mixed_folder, tmp_path / "cut", epochs=3), on_step=interrupt_at(per_epoch + 1))
+    assert cut.status == "interrupted"
+    resumed = fit(None, resume=tmp_path / "cut")
+    assert resumed.status == "finished" and resumed.step == full.step
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

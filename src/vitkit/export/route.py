@@ -21,8 +21,7 @@ images (serving, whose work has no end, counts as enough); "torch": never; "onnx
 it can run, with a one-line error naming what stops it. "openvino": the same graph compiled
 by OpenVINO (the openvino extra; compiled blobs cached beside the graph). "auto" runs
 onnxruntime: on the CPU measured, OpenVINO f32 was not faster but in one case
-(benchmarks/README.md), and a process that had run OpenVINO crashed later in bf16 training,
-so OpenVINO is loaded only when asked for.
+(benchmarks/README.md), so OpenVINO is loaded only when asked for.
 """
 
 from __future__ import annotations

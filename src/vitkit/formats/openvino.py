@@ -8,6 +8,8 @@ an optional extra: pip install 'vitkit[openvino]'.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
 from pathlib import Path
 
@@ -36,7 +38,35 @@ def compile_file(path: str | Path, threads: int | None = None, cache_dir: str | 
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(str(path), "CPU", config)
+    with kept_signal_stack():
+        return core.compile_model(str(path), "CPU", config)
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def kept_signal_stack():
+    """Give the calling thread back the alternate signal stack it had before OpenVINO's CPU
+    plugin set one of its own. The plugin sets its stack when it compiles and puts back the one
+    it found when the compiled model goes; once compiled models go in another order than they
+    came, the thread is left on a freed stack, and the next signal handled on the alternate
+    stack (Python's SIGINT handler, so Ctrl-C in a training run) crashes the process. Kept,
+    every compiled model finds and puts back Python's own stack. A no-op where libc has no
+    sigaltstack."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        old = _SignalStack()
+        if libc.sigaltstack(None, ctypes.byref(old)) != 0:
+            raise OSError
+    except (OSError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(old), None)
 
 
 class OpenVINOViT(OnnxViT):

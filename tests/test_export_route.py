@@ -98,6 +98,7 @@ def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, 
     from vitkit.serve.inference import Engine
 
     monkeypatch.setenv("VITKIT_NATIVE_BF16", "0")  # auto is fp32, as on a CPU without native bf16
+    monkeypatch.setattr("vitkit.export.route.openvino_available", lambda: False)  # auto: onnxruntime
     model_dir, files = saved_with_images(tiny_model, tmp_path)
     eager = predict_paths(model_dir, files, topk=2, engine="torch")
     routed = predict_paths(model_dir, files, topk=2, engine="onnx")
@@ -201,3 +202,45 @@ def test_engine_openvino_without_openvino_is_one_line(tiny_model, cache, monkeyp
         for_inference(copy.deepcopy(tiny_model), "fp32", engine="openvino")
     assert not cache.exists()
 
+
+def test_auto_times_both_runtimes_once_and_runs_each_batch_on_the_faster(tiny_model, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    import json
+
+    from vitkit.formats.openvino import ByBatch, OpenVINOViT
+    from vitkit.inference import prepare
+
+    calls, fastest = [], {1: "onnx", 8: "openvino"}
+
+    def timed(module, x):  # injected timings: the runtime named in `fastest` takes half as long
+        calls.append((module.engine, len(x)))
+        return 0.01 if module.engine == fastest[len(x)] else 0.02
+
+    monkeypatch.setattr("vitkit.export.route._time_call", timed)
+    runner = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto", images=None)
+    split = runner.module
+    assert isinstance(split, ByBatch) and (split.small.engine, split.large.engine) == ("onnx", "openvino")
+    assert len(calls) == 2 * 4 * 2  # two runtimes, a warm-up and three rounds, two batch sizes
+    record = json.loads(graph_path(tiny_model).with_suffix(".speed.json").read_text())
+    assert record["faster"] == {"1": "onnx", "8": "openvino"} and "threads" in record["machine"]
+
+    used = []
+    for name, part in (("onnxruntime", split.small), ("openvino", split.large)):
+        run = part._infer
+        part._infer = lambda arr, run=run, name=name: used.append((name, len(arr))) or run(arr)
+    x = torch.randn(9, 3, 32, 32)
+    with torch.no_grad():
+        eager = tiny_model(x)
+    torch.testing.assert_close(torch.cat([runner(x[:1]), runner(x[1:])]), eager, atol=1e-4, rtol=1e-4)
+    assert used == [("onnxruntime", 1), ("openvino", 8)]
+    twin = copy.deepcopy(split)  # a server's worker copy: both runtimes its own
+    assert twin.small.session is not split.small.session and twin.large.session is not split.large.session
+    torch.testing.assert_close(twin(x[1:]), eager[1:], atol=1e-4, rtol=1e-4)
+
+    calls.clear()  # measured on this machine already: read back, not timed again
+    assert isinstance(prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto").module, ByBatch)
+    assert calls == []
+    fastest = {1: "openvino", 8: "openvino"}  # another machine, where one runtime wins both
+    monkeypatch.setattr("vitkit.export.route._machine", lambda: "another CPU")
+    again = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto").module
+    assert calls and type(again) is OpenVINOViT

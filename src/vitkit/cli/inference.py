@@ -29,9 +29,9 @@ def evaluate(weights: str, data: DataConfig | None = None, out: str | None = Non
         batch_size: images per forward pass.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
-        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
-            graph, or enough images to repay exporting one), torch, onnx, or openvino (the
-            same graph compiled by OpenVINO: pip install 'vitkit[openvino]').
+        engine: what runs fp32 inference on a CPU: auto (the model's ONNX graph where it pays:
+            cached, or enough images to repay exporting it; by ONNX Runtime, or OpenVINO where
+            installed and timed faster here), torch, onnx (ONNX Runtime) or openvino.
         json: print eval.json's summary alone on stdout instead of the table.
     """
     from ..evaluation import evaluate_path, summary_lines
@@ -59,9 +59,9 @@ def predict(weights: str, images: list[str], topk: int = 5, json: bool = False,
         json: print JSON (alone on stdout; unreadable files are named on stderr) instead of a table.
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         load: what the checkpoint may not record (heads, classes, normalization).
-        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime where it pays: a cached
-            graph, or enough images to repay exporting one), torch, onnx, or openvino (the
-            same graph compiled by OpenVINO: pip install 'vitkit[openvino]').
+        engine: what runs fp32 inference on a CPU: auto (the model's ONNX graph where it pays:
+            cached, or enough images to repay exporting it; by ONNX Runtime, or OpenVINO where
+            installed and timed faster here), torch, onnx (ONNX Runtime) or openvino.
     """
     from ..predict import predict_paths, report_unreadable, result_lines
 
@@ -125,9 +125,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
         threads: torch intra-op threads (default: the cores available to this process).
         precision: auto (bf16 where the hardware has native bf16), fp32 or bf16.
         access_log: log one line per request.
-        engine: what runs fp32 inference on a CPU: auto (ONNX Runtime, the graph exported once
-            and cached, where that pays), torch, onnx, or openvino (the same graph compiled by
-            OpenVINO: pip install 'vitkit[openvino]').
+        engine: what runs fp32 inference on a CPU: auto (the model's ONNX graph, exported once
+            and cached, by ONNX Runtime, or OpenVINO where installed and timed faster here),
+            torch, onnx (ONNX Runtime) or openvino.
     """
     try:
         from ..serve import ServeOptions

@@ -19,9 +19,13 @@ vitkit ViT (no adapters or wrappers), torch.compile not asked for, onnxruntime a
 exporter installed, and the graph cached already or the job at least EXPORT_PAYS_AFTER
 images (serving, whose work has no end, counts as enough); "torch": never; "onnx": whenever
 it can run, with a one-line error naming what stops it. "openvino": the same graph compiled
-by OpenVINO (the openvino extra; compiled blobs cached beside the graph). "auto" runs
-onnxruntime: on the CPU measured, OpenVINO f32 was not faster but in one case
-(benchmarks/README.md), so OpenVINO is loaded only when asked for.
+by OpenVINO (the openvino extra; compiled blobs cached beside the graph).
+
+Which runtime is faster depends on the CPU and the model (on a 2-core Zen 3, OpenVINO f32 was
+0.55-1.14x onnxruntime; benchmarks/README.md), so where OpenVINO is installed "auto" times
+both on this machine, once per graph (a few seconds, kept beside the graph in a .speed.json
+keyed by the CPU, the threads and the runtimes' versions), and runs each batch on the one
+measured faster at its size: batch 1 for small batches, batch 8 for the others.
 """
 
 from __future__ import annotations
@@ -103,11 +107,11 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
     try:
         if path.is_file():
             try:
-                return _open(path, model, engine)
+                return _runtime(path, model, engine)
             except ValueError:
                 path.unlink(missing_ok=True)  # a damaged cache file: export it again
         _export(model, path, any_size)
-        return _open(path, model, engine)
+        return _runtime(path, model, engine)
     except Exception as e:
         if engine != "auto":
             raise ValueError(f"engine {engine}: {first_line(e)}") from None
@@ -116,12 +120,101 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
         return None
 
 
+SPEED_BATCHES = (1, 8)  # the batch sizes "auto" times each runtime at
+SPEED_MAX_CALL = 0.5  # seconds: a model slower than this at batch 8 is timed at batch 1 alone
+
+
+def _runtime(path: Path, model: ViT, engine: str) -> torch.nn.Module:
+    """The graph on the runtime `engine` names; for "auto", the one measured faster (module
+    docstring), or both, split by batch size."""
+    if engine != "auto":
+        return _open(path, model, engine)
+    ort = _open(path, model, "onnx")
+    if not openvino_available():
+        return ort
+    try:
+        ov = _open(path, model, "openvino")
+    except ValueError as e:
+        warnings.warn(f"{first_line(e)}; running onnxruntime", VitkitWarning, stacklevel=3)
+        return ort
+    runtimes = {"onnx": ort, "openvino": ov}
+    faster = _faster(path, runtimes, model.config)
+    small, large = (runtimes[faster[b]] for b in SPEED_BATCHES)
+    if small is large:
+        return small
+    from ..formats.openvino import ByBatch
+
+    return ByBatch(small, large, SPEED_BATCHES[-1]).eval()
+
+
+def _faster(path: Path, runtimes: dict[str, torch.nn.Module], config) -> dict[int, str]:
+    """{batch size: the name of the faster runtime} from the graph's .speed.json when it was
+    measured on this machine, else measured now and written there."""
+    import json
+
+    from ..files import atomic_write_bytes
+
+    record = path.with_suffix(".speed.json")
+    machine = _machine()
+    try:
+        stored = json.loads(record.read_text())
+        if stored.get("machine") == machine:
+            return {int(b): name for b, name in stored["faster"].items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass
+    seconds = _time_runtimes(runtimes, config)
+    faster = {b: min(seconds[b], key=seconds[b].get) for b in seconds}
+    for b in SPEED_BATCHES:  # a batch size not timed (a slow model) follows batch 1
+        faster.setdefault(b, faster[SPEED_BATCHES[0]])
+    text = json.dumps({"machine": machine, "seconds_per_image": {str(b): s for b, s in seconds.items()},
+                       "faster": {str(b): name for b, name in faster.items()}}, indent=1)
+    try:
+        atomic_write_bytes(record, text.encode())
+    except OSError:  # a read-only cache: measured again next time
+        pass
+    return faster
+
+
+def _machine() -> str:
+    """What the timings hold for: the CPU, the threads and the runtimes' versions."""
+    import onnxruntime
+    import openvino
+
+    from ..precision import cpu_name
+
+    return (f"{cpu_name()}; {torch.get_num_threads()} threads; onnxruntime {onnxruntime.__version__}; "
+            f"openvino {openvino.__version__}")
+
+
+def _time_runtimes(runtimes: dict[str, torch.nn.Module], config) -> dict[int, dict[str, float]]:
+    """Seconds per image of each runtime at each of SPEED_BATCHES (the best of 3 rounds that
+    alternate the runtimes), on zero inputs: the speed of a graph does not depend on the pixels."""
+    seconds: dict[int, dict[str, float]] = {}
+    for batch in SPEED_BATCHES:
+        x = torch.zeros(batch, config.num_channels, *config.image_hw)
+        first = {name: _time_call(m, x) for name, m in runtimes.items()}  # warm-up, and the cost
+        if batch > 1 and max(first.values()) > SPEED_MAX_CALL:
+            break
+        best = dict(first)
+        for _ in range(3):
+            for name, m in runtimes.items():
+                best[name] = min(best[name], _time_call(m, x))
+        seconds[batch] = {name: s / batch for name, s in best.items()}
+    return seconds
+
+
+def _time_call(module: torch.nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    module(x)
+    return time.perf_counter() - start
+
+
 def _open(path: Path, model: ViT, engine: str) -> torch.nn.Module:
     """The cached graph as an OnnxViT (or, for engine "openvino", an OpenVINOViT) on torch's
     intra-op thread count (ValueError if unreadable)."""
     from ..formats.exported import open_onnx
 
-    if engine != "openvino":  # "onnx", or "auto"
+    if engine == "onnx":
         return open_onnx(path, torch.get_num_threads()).model
     from ..formats.openvino import OpenVINOViT, compile_file
 

@@ -101,3 +101,24 @@ class OpenVINOViT(OnnxViT):
     def extra_repr(self) -> str:
         return super().extra_repr().replace("onnxruntime", "openvino")
 
+
+class ByBatch(OnnxViT):
+    """Two runtimes of one graph, each batch run by the one measured faster at its size:
+    batches under `large_from` images by `small`, the others by `large`."""
+
+    def __init__(self, small: OnnxViT, large: OnnxViT, large_from: int):
+        super().__init__(small.session, small.config, small.meta, small.path)
+        self.small, self.large, self.large_from = small, large, large_from
+        self.engine = f"{small.engine} (batches under {large_from}), {large.engine} (the others)"
+
+    def _input_name(self) -> str:
+        return ""  # each part feeds its own input
+
+    def _infer(self, arr: np.ndarray) -> list[np.ndarray]:
+        return (self.large if len(arr) >= self.large_from else self.small)._infer(arr)
+
+    def __deepcopy__(self, memo: dict) -> ByBatch:
+        import copy
+
+        twin = type(self)(copy.deepcopy(self.small), copy.deepcopy(self.large), self.large_from)
+        return twin.train(self.training)

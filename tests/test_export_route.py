@@ -80,7 +80,6 @@ def test_a_damaged_cached_graph_is_exported_again(tiny_model, cache):
     assert path.stat().st_size > 1000
 
 
-@pytest.mark.precision
 def saved_with_images(model, tmp_path):
     """The model saved as a model folder with the test spec, and real images to run it on."""
     model_dir = tmp_path / "model"
@@ -89,6 +88,7 @@ def saved_with_images(model, tmp_path):
     return model_dir, real_images(tmp_path / "images")
 
 
+@pytest.mark.precision
 def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, tiny_model, cache,
                                                                       monkeypatch):
     from vitkit.data.pipeline import DataConfig

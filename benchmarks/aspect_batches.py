@@ -4,7 +4,7 @@ sequences of every size packed into one batch.
     python benchmarks/aspect_batches.py [--rounds 5]
 
 The images are the shared hymenoptera training photos at the sizes `keep` gives them (their
-upright sizes read from the files, geometry.keep_size at the model's square budget). One
+upright sizes read from the files, vitkit.data.preprocess.keep_size at the model's square budget). One
 training epoch (forward and backward, batch 64 in the epoch's order) is timed two ways, on the
 same model and the same images:
 
@@ -38,9 +38,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from vitkit import ViT, ViTConfig, variant  # noqa: E402
 from vitkit.data.arrays import ImageArrays, on_canvas  # noqa: E402
 from vitkit.data.folder import scan_folder  # noqa: E402
-from vitkit.data.geometry import keep_size  # noqa: E402
 from vitkit.data.pipeline import epoch_order, size_batches  # noqa: E402
-from vitkit.data.preprocess import open_image, upright_size  # noqa: E402
+from vitkit.data.preprocess import (  # noqa: E402
+    keep_size,  # noqa: E402
+    open_image,
+    upright_size,
+)
 from vitkit.precision import cpu_has_amx, cpu_name, native_bf16  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "datasets" / "hymenoptera.tar.gz"

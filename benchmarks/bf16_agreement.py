@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit.data.arrays import iterate_eval  # noqa: E402
-from vitkit.data.pipeline import DataConfig, load_data  # noqa: E402
+from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.data.preprocess import InputSpec  # noqa: E402
 from vitkit.inference import for_inference  # noqa: E402
 from vitkit.loading import open_model  # noqa: E402
+from vitkit.plan import load_data  # noqa: E402
 from vitkit.precision import autocast  # noqa: E402
 
 

@@ -95,7 +95,8 @@ def digits_model(run: Path) -> tuple[ViT, list[str], InputSpec, str]:
 
 def digits_data() -> tuple[torch.Tensor, torch.Tensor, InputSpec]:
     """scikit-learn's digits as vitkit trains on them: training and held-out uint8 images, spec."""
-    from vitkit.data.pipeline import DataConfig, load_data
+    from vitkit.data.pipeline import DataConfig
+    from vitkit.plan import load_data
 
     d = load_data(DataConfig(dataset="digits"))
     return d.train.images, d.val.images, d.spec

@@ -55,7 +55,7 @@ def test_bad_numbers_are_refused_before_loading(args, names, tmp_path, capsys, m
     def no_loading(*a, **k):
         raise AssertionError("data were loaded before the options were checked")
 
-    monkeypatch.setattr("vitkit.training.trainer.load_data", no_loading)
+    monkeypatch.setattr("vitkit.training.trainer.plan_input", no_loading)
     out_dir = tmp_path / "run"
     code, out, err = _fail(["train", *args, "--run.out", str(out_dir)], capsys)
     assert code == 2

@@ -12,8 +12,9 @@ from PIL import Image
 
 from vitkit.data.arrays import load_cifar, load_digits, load_mnist, read_idx
 from vitkit.data.folder import probe, scan_folder
-from vitkit.data.pipeline import DataConfig, array_batches, load_data
+from vitkit.data.pipeline import DataConfig, array_batches
 from vitkit.data.preprocess import InputSpec, prepare_image, to_mode
+from vitkit.plan import load_data
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -220,14 +221,14 @@ def test_array_batches_shard_the_global_batch():
 @pytest.mark.parametrize("size,patch", [((8, 8), 2), ((32, 32), 4), ((224, 224), 16), ((16, 16), 4),
                                         ((12, 12), 3), ((28, 28), 4), ((30, 20), 2), ((60, 60), 6)])
 def test_default_patch_size_keeps_todays_choice_and_divides(size, patch):
-    from vitkit.data.geometry import default_image_size, default_patch_size
+    from vitkit.plan import default_image_size, default_patch_size
 
     assert default_patch_size(size) == patch
     assert default_image_size(size) == size  # these sizes need no resizing
 
 
 def test_default_sizes_always_fit():
-    from vitkit.data.geometry import default_image_size, default_patch_size
+    from vitkit.plan import default_image_size, default_patch_size
 
     for h in range(1, 81):
         for w in range(1, 81):

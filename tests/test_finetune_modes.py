@@ -16,11 +16,12 @@ import vitkit
 from vitkit.cli import main
 from vitkit.config import ViTConfig
 from vitkit.data.augment import AugmentConfig
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.data.pipeline import DataConfig
 from vitkit.evaluation import evaluate_model
 from vitkit.finetune import LinearOptions, LoraOptions, finetune
 from vitkit.finetune.lora import LoraViT, trainable_parameters
 from vitkit.model import ViT
+from vitkit.plan import load_data
 from vitkit.training import OptimConfig, RunConfig, fit
 
 pytest.importorskip("peft")

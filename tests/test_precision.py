@@ -30,9 +30,11 @@ def test_auto_on_a_cpu_with_native_bf16_depends_on_the_work_and_the_bf16_units(m
     # 28x28 folder (16.9 MMACs) in bf16 with AMX, S/16 in fp32 and B/16 in bf16 without
     from vitkit.config import variant
     from vitkit.info import forward_macs
+    from vitkit.plan import model_geometry
     from vitkit.training.config import ModelSpec
 
-    digits, folder = (forward_macs(ModelSpec().build_config(s, 1, 10)) for s in ((8, 8), (28, 28)))
+    digits, folder = (forward_macs(ModelSpec().build_config(s, 1, 10, model_geometry(s)))
+                      for s in ((8, 8), (28, 28)))
     s16, b16 = (forward_macs(variant(v)) for v in ("S/16", "B/16"))
     got = [precision.training_precision("auto", cpu, m) for m in (digits, folder, s16, b16)]
     assert got == (["fp32", "bf16", "bf16", "bf16"] if amx else ["fp32", "fp32", "fp32", "bf16"])

@@ -10,9 +10,9 @@ from PIL import Image
 
 from vitkit.data.arrays import ImageArrays, iterate_eval, on_canvas
 from vitkit.data.augment import AugmentConfig
-from vitkit.data.geometry import MAX_ASPECT, keep_size
-from vitkit.data.pipeline import DataConfig, array_batches, epoch_steps, load_data
-from vitkit.data.preprocess import InputSpec, image_to_uint8
+from vitkit.data.pipeline import DataConfig, array_batches, epoch_steps
+from vitkit.data.preprocess import MAX_ASPECT, InputSpec, image_to_uint8, keep_size
+from vitkit.plan import load_data
 
 SHAPES = [(40, 60), (60, 40), (48, 48), (30, 64)]  # (h, w): landscape, portrait, square, wide
 

@@ -101,7 +101,8 @@ def test_streamed_training_follows_the_augment_config(shard_dir, crop):
     """Only crop="resized" is taken on decoding (from the full-size image); everything else runs
     on whole batches as for cached data, so no image is cropped twice."""
     from vitkit.data.augment import AugmentConfig
-    from vitkit.data.pipeline import DataConfig, load_data
+    from vitkit.data.pipeline import DataConfig
+    from vitkit.plan import load_data
 
     cfg = DataConfig(dataset="shards", path=str(shard_dir), val_path=str(shard_dir), image_size=6)
     d = load_data(cfg, AugmentConfig(crop=crop, scale_min=0.5))

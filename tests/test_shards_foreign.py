@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from vitkit.data.folder import StreamingFolder, scan_folder
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.data.pipeline import DataConfig
 from vitkit.data.shards import ShardStream, open_shards, write_shards
 from vitkit.notices import VitkitWarning
+from vitkit.plan import load_data
 
 wds = pytest.importorskip("webdataset")
 

@@ -22,8 +22,9 @@ from PIL import Image
 from test_hub import COMMIT, StandInHub
 
 from vitkit.cli import main
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.data.pipeline import DataConfig
 from vitkit.notices import VitkitWarning
+from vitkit.plan import load_data
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -254,7 +255,8 @@ class StandInDatasetHub(StandInHub):
 # a fresh interpreter with its own environment
 HUB_SCRIPT = """
 import json, sys, torch
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.data.pipeline import DataConfig
+from vitkit.plan import load_data
 out, cache = sys.argv[1], sys.argv[2]
 d = load_data(DataConfig(dataset="hf", path="someuser/tiny-pets", cache_dir=cache, workers=0))
 torch.save({"train": d.train.images, "train_labels": d.train.labels, "val": d.val.images,

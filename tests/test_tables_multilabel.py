@@ -18,7 +18,8 @@ from PIL import Image
 from test_multilabel import TAGS, shapes
 
 from vitkit.cli import main
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.data.pipeline import DataConfig
+from vitkit.plan import load_data
 
 N = 96
 

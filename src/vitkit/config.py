@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .data.geometry import check_patch, hw
+from .sizes import hw
 
 PosEmbed = Literal["learn", "sincos2d", "none"]
 Pool = Literal["cls", "mean"]
@@ -15,11 +15,20 @@ Gelu = Literal["exact", "tanh"]
 Stem = Literal["patch", "conv"]
 
 
+def patch_problem(size: int | tuple[int, int], patch: int) -> str | None:
+    """Why images of this size cannot be cut into patch x patch patches, or None when they can:
+    the one patch check, for configs, run-time inputs and exported graphs alike."""
+    h, w = hw(size)
+    if patch < 1 or h % patch or w % patch:
+        return f"image size {h}x{w} is not a multiple of patch size {patch}"
+    return None
+
+
 @dataclass
 class ViTConfig:
     """Everything that fixes a ViT's architecture; the names follow the paper."""
 
-    image_size: int | tuple[int, int] = 224
+    image_size: tuple[int, int] = (224, 224)  # (h, w); one side given is read as a square
     patch_size: int = 16
     num_channels: int = 3
     hidden_size: int = 768
@@ -50,8 +59,7 @@ class ViTConfig:
     # patch_size // stem_stride feature-map cells, so patch_size stays pixels per token side
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, list):
-            self.image_size = tuple(self.image_size)
+        self.image_size = hw(self.image_size)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -73,11 +81,13 @@ class ViTConfig:
             raise ValueError(
                 f"patch size {self.patch_size} is not a multiple of stem stride {self.stem_stride}"
             )
-        check_patch(self.image_hw, self.patch_size)
+        problem = patch_problem(self.image_size, self.patch_size)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def image_hw(self) -> tuple[int, int]:
-        return hw(self.image_size)
+        return self.image_size
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -104,8 +114,7 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if isinstance(d["image_size"], tuple):
-            d["image_size"] = list(d["image_size"])
+        d["image_size"] = list(d["image_size"])
         return d
 
     @classmethod

@@ -209,7 +209,8 @@ def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[ob
     """(images, count, description) to evaluate an opened model on: all of `data` (a DataConfig),
     or else the validation split its training run used, re-made from its stored config; `data`
     may also be ImageArrays already prepared to the model's input size and channels."""
-    from .data.pipeline import DataConfig, load_data, load_eval_data
+    from .data.pipeline import DataConfig, load_eval_data
+    from .plan import load_data
 
     if isinstance(data, ImageArrays):
         return data, len(data), f"{len(data)} images given in memory"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import fastpath
-from .config import ViTConfig, conv_stem_plan
+from .config import ViTConfig, conv_stem_plan, patch_problem
 from .fastpath import explicit_attention
 from .posemb import resample_pos_embed, sincos_2d
 
@@ -65,10 +65,9 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Conv2d(in_ch, config.hidden_size, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of patch size {p}")
+        problem = patch_problem(tuple(x.shape[-2:]), self.patch_size)
+        if problem:
+            raise ValueError(problem)
         if self.stem is not None:
             x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), N = HW / P^2

@@ -208,8 +208,8 @@ def probe_model(opened, data_cfg, options=None, cache_dir=None, **readouts) -> P
     temperature)."""
     import dataclasses
 
-    from .data.pipeline import load_data
     from .features import FeatureModel, FeatureOptions, dataset_features
+    from .plan import load_data
 
     options = options or FeatureOptions()
     fm = FeatureModel(opened, options)

@@ -22,7 +22,7 @@ from ..notices import check_ranges, is_number
 class AugmentConfig:
     """Which augmentations run; each is off when its value is 0 / False / "none"."""
 
-    # pad-and-crop, or random resized crop; "auto": resized for photos, else none (data/geometry.py)
+    # pad-and-crop, or random resized crop; "auto": resized for photos, else none (vitkit.plan)
     crop: Literal["auto", "none", "pad", "resized"] = "auto"
     pad: int = 1  # pixels of padding for crop="pad"
     scale_min: float = 0.35  # smallest area fraction for crop="resized"

@@ -5,7 +5,7 @@ fail to decode (corrupt or truncated), found while the folder is cached or, for 
 folders, when they are read, and links that lead nowhere (dangling or looping), found while
 the folder is scanned. A class folder without any image is not a class: it is skipped
 with a warning. Every such warning is a one-line VitkitWarning. Images whose decoded copies
-fit the memory budget (data/geometry.py) are decoded once (upright: data/preprocess.py's
+fit the memory budget (vitkit.data.inputs.should_cache) are decoded once (upright: data/preprocess.py's
 open_image), in parallel, into a uint8 tensor cache on disk (safetensors), keyed by the file
 list, sizes and modification times; the cache names the images that failed to decode, so a
 run that reads it warns about them as the run that wrote it did.

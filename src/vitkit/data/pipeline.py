@@ -1,4 +1,5 @@
-"""From a DataConfig to batches: which data set, which size, how it is split and fed."""
+"""From a DataConfig to batches: which data set (survey_data), then reading it as the input plan
+says (read_data; the plan is vitkit.plan's), split and fed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from ..multilabel import is_multilabel
 from ..notices import check_ranges, is_number, one_line
-from . import geometry
 from .arrays import (
     ImageArrays,
     load_cifar,
@@ -30,8 +31,8 @@ from .folder import (
     scan_folder,
     split_folders,
 )
-from .geometry import CACHE_BUDGET_GB, Geometry, cache_bytes, cache_size, hw, should_cache
-from .preprocess import InputSpec, fit
+from .inputs import CACHE_BUDGET_GB, InputPlan, ModelGeometry, Survey, cache_bytes, should_cache
+from .preprocess import RESIZE_MODES, InputSpec, fit
 from .tables import labelled_metadata, metadata_table, read_label_table
 
 
@@ -54,12 +55,12 @@ class DataConfig:
     subset: str | None = None  # hf: the configuration (subset) of a Hub dataset that has several
     image_size: int | tuple[int, int] | None = None  # one side, or (h, w); default: the data's own
     # size up to 64 px, moved to the nearest size the default patch size divides when it has no
-    # fitting divisor (31 -> 30); photos: PHOTO_SIZE
+    # fitting divisor (31 -> 30); photos: vitkit.plan.PHOTO_SIZE
     channels: int | None = None  # default: 1 if every image is grayscale, else 3
     # how images of another shape meet image_size (kept with the model, so predict and serve
     # read images as training did): squash the whole image; crop: scale to cover, centre crop;
     # keep: the aspect ratio, at most image_size's patch count (batches of one size each);
-    # auto: crop for photos, squash for small images (geometry.resolve_resize)
+    # auto: crop for photos, squash for small images (vitkit.plan.resolve_resize)
     resize: Literal["auto", "squash", "crop", "keep"] = "auto"
     per_class: int | None = None  # keep at most this many training images per class
     val_per_class: int | None = None
@@ -90,8 +91,8 @@ class DataConfig:
                 isinstance(v, list | tuple) and len(v) == 2 and all(positive_int(x) for x in v)),
                 "1 or more pixels, or a pair [h, w] of them"),
             optional("channels", lambda v: v in (1, 3), "1 or 3"),
-            ("resize", self.resize, self.resize in ("auto", *geometry.RESIZE_MODES),
-             " | ".join(("auto", *geometry.RESIZE_MODES))),
+            ("resize", self.resize, self.resize in ("auto", *RESIZE_MODES),
+             " | ".join(("auto", *RESIZE_MODES))),
             optional("per_class", positive_int, "1 or more"),
             optional("val_per_class", positive_int, "1 or more"),
             ("cache_gb", self.cache_gb, is_number(self.cache_gb) and self.cache_gb >= 0, ">= 0"),
@@ -112,8 +113,8 @@ class Data:
     notes: list[str]
     cropped: bool = False  # streamed training images got their random resized crop on decoding
     augment: AugmentConfig | None = None  # the augmentation with its "auto" values settled
-    geometry: geometry.ModelGeometry | None = None  # patch and stem a model built for the data takes
-    photos: bool = False  # natural images larger than the small-image sizes (geometry.is_photo)
+    geometry: ModelGeometry | None = None  # patch and stem a model built for the data takes
+    photos: bool = False  # natural images larger than the small-image sizes (vitkit.plan.is_photo)
 
     @property
     def in_memory(self) -> bool:
@@ -125,12 +126,16 @@ class Data:
         return replace(aug, crop="none") if self.cropped else aug
 
     def require_labels(self, where: str, purpose: str, hint: str = "") -> None:
-        """Refuse data of fewer than two classes for anything that learns or measures labels: one
-        class trains a model that is always right and measures nothing."""
-        if len(self.classes) < 2:
-            names = f" ({', '.join(self.classes)})" if self.classes else ""
-            raise ValueError(f"{where}: {len(self.classes)} class{names}; {purpose} needs labelled images "
-                             f"of at least two classes (root/<class>/ folders){hint}")
+        require_labels(self.classes, where, purpose, hint)
+
+
+def require_labels(classes: list[str], where: str, purpose: str, hint: str = "") -> None:
+    """Refuse data of fewer than two classes for anything that learns or measures labels: one
+    class trains a model that is always right and measures nothing."""
+    if len(classes) < 2:
+        names = f" ({', '.join(classes)})" if classes else ""
+        raise ValueError(f"{where}: {len(classes)} class{names}; {purpose} needs labelled images "
+                         f"of at least two classes (root/<class>/ folders){hint}")
 
 
 def _channel_stats(a: ImageArrays) -> tuple[list[float], list[float]]:
@@ -162,23 +167,28 @@ def _to_channels(a: ImageArrays, channels: int) -> ImageArrays:
     raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
 
 
-def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
-    """Read the configured data set and settle image size, channels and normalization.
-
-    `augment` matters for streamed images only: with crop="resized" their random resized crop
-    is taken from the decoded full-size image in the DataLoader worker (Data.cropped is then
-    True); every other augmentation runs on whole batches, for streamed and cached data alike.
-    Its "auto" values are settled by the data (Data.augment). `model` (a ModelSpec, or a built
-    model's ViTConfig, optional) lets the geometry name the patch and stem the run will get.
-    """
-    if cfg.dataset == "folder":
-        return _load_folder(cfg, augment, model)
-    if cfg.dataset == "csv":
-        return _load_csv(cfg, augment, model)
-    if cfg.dataset == "hf":
-        return _load_hf(cfg, augment, model)
+def survey_data(cfg: DataConfig) -> Survey:
+    """What the configured data set is, read before anything is decided: its source opened once
+    (arrays read, folders and tables indexed, shards opened), the most common size and channels
+    of its images, its classes and counts. vitkit.plan.plan_input decides from it."""
+    if cfg.dataset in ("folder", "csv", "hf"):
+        index, val_index, path, notes = _indexes(cfg)
+        own, channels = _probe(index)
+        return Survey(cfg.dataset, own, channels, True, list(index.classes), len(index.labels),
+                      len(val_index.labels) if val_index is not None else 0, is_multilabel(index),
+                      (index, val_index, path), tuple(notes))
     if cfg.dataset == "shards":
-        return _load_shards(cfg, augment, model)
+        from .shards import open_shards, probe_shards
+
+        if not cfg.path or not cfg.val_path:
+            raise ValueError("dataset 'shards' needs --data.path and --data.val_path (shard directories or "
+                             "URL prefixes holding index.json; write them with `vitkit shards`)")
+        train, val = open_shards(cfg.path), open_shards(cfg.val_path)
+        if val.classes != train.classes:
+            raise ValueError(f"{cfg.val_path}: its classes differ from those of {cfg.path}")
+        own, channels = probe_shards(train)
+        return Survey("shards", own, channels, True, list(train.classes), train.total, val.total,
+                      is_multilabel(train), (train, val))
     if cfg.dataset == "digits":
         train, val = load_digits(seed=cfg.seed)
     else:
@@ -188,56 +198,49 @@ def load_data(cfg: DataConfig, augment: AugmentConfig | None = None, model=None)
             train, val = load_cifar(cfg.path)
         else:
             train, val = load_mnist(cfg.path, fashion=cfg.dataset == "fashion-mnist")
-    own = tuple(int(n) for n in train.images.shape[-2:])
-    geo = _decide(cfg, own, int(train.images.shape[1]), cfg.dataset.startswith("cifar"), model)
-    notes = [n for n in geo.notes if "taken from the data" not in n]
-    channels, size = geo.channels, geo.image_size
-    aug, _ = _settle(own, geo, augment, notes)
+    own = (int(train.images.shape[-2]), int(train.images.shape[-1]))
+    return Survey(cfg.dataset, own, int(train.images.shape[1]), cfg.dataset.startswith("cifar"),
+                  list(train.classes), len(train), len(val), is_multilabel(train), (train, val))
+
+
+def read_data(cfg: DataConfig, plan: InputPlan) -> Data:
+    """Read the surveyed data as the plan says (vitkit.plan.plan_input; vitkit.plan.load_data
+    plans and reads in one call): at its size and channels, resized by its mode, decoded once
+    into memory or streamed, normalized by the given statistics or those measured here.
+
+    Streamed training images with a random resized crop (plan.augment.crop "resized") get it
+    from the decoded full-size image in the DataLoader worker (Data.cropped is then True);
+    every other augmentation runs on whole batches, for streamed and cached data alike.
+    """
+    kind = plan.survey.dataset
+    if kind in ("folder", "csv", "hf"):
+        return _read_index(cfg, plan)
+    if kind == "shards":
+        return _read_shards(cfg, plan)
+    train, val = plan.survey.source
+    channels, size = plan.channels, plan.image_size
+    notes = list(plan.notes)
     train, val = (_resize_arrays(_to_channels(a, channels), size) for a in (train, val))
-    return replace(_finish(cfg, train, val, channels, size, notes), augment=aug, geometry=geo.model,
-                   photos=geo.photos)
+    return _with_plan(_finish(cfg, train, val, plan, notes), plan)
 
 
-def _given_model(model) -> dict | None:
-    """The fields set on a ModelSpec (or None): what the geometry must respect."""
-    if model is None:
-        return None
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(model).items() if v is not None}
+def _with_plan(data: Data, plan: InputPlan) -> Data:
+    return replace(data, augment=plan.augment, geometry=plan.model, photos=plan.photos)
 
 
-def _decide(cfg: DataConfig, own: tuple[int, int], channels: int, natural: bool, model) -> Geometry:
-    return geometry.decide(own, channels, natural, image_size=cfg.image_size, want_channels=cfg.channels,
-                           resize=cfg.resize,
-                           model=_given_model(model), mean=cfg.mean, std=cfg.std)
-
-
-def _settle(own: tuple[int, int], geo: Geometry, augment: AugmentConfig | None, notes: list[str]
-            ) -> tuple[AugmentConfig | None, str | None]:
-    """The augmentation with "auto" settled, and the one line on the photo defaults in notes.
-    Without an augmentation (evaluation, probing) nothing is augmented."""
-    aug, reason = geometry.resolve_augment(augment, geo.photos) if augment is not None else (None, None)
-    line = geometry.defaults_line(own, geo, reason)
-    notes += [line] if line else []
-    return aug, reason
-
-
-def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, channels: int,
-            size: tuple[int, int], notes: list[str], patch: int = 1, resize: str = "squash") -> Data:
+def _finish(cfg: DataConfig, train: ImageArrays, val: ImageArrays, plan: InputPlan, notes: list[str]) -> Data:
+    channels, size, patch = plan.channels, plan.image_size, plan.patch
     if cfg.per_class:
         train = train.per_class(cfg.per_class, cfg.seed)
     if cfg.val_per_class:
         val = val.per_class(cfg.val_per_class, cfg.seed)
-    mean, std = _channel_stats(train)
-    if cfg.mean is not None:
-        mean, std = list(cfg.mean), list(cfg.std or [1.0] * channels)
+    mean, std = (plan.mean, plan.std) if plan.mean is not None else _channel_stats(train)
     notes.append(f"{len(train)} training and {len(val)} validation images, {len(train.classes)} classes, "
                  f"{channels}x{size[0]}x{size[1]}")
     if train.sizes is not None:
         notes[-1] += f", {len(train.groups())} sizes of at most {_patches(size, patch)} patches (aspect kept)"
-    return Data(train, val, train.classes, InputSpec(size, channels, mean, std, resize=resize, patch=patch),
-                notes)
+    spec = InputSpec(size, channels, mean, std, resize=plan.resize, patch=patch)
+    return Data(train, val, train.classes, spec, notes)
 
 
 def _patches(size: tuple[int, int], patch: int) -> int:
@@ -264,12 +267,12 @@ class _Streamed:
         return None if self.cropped else self.spec.fit
 
 
-def _streaming(cfg: DataConfig, size: tuple[int, int], channels: int, augment: AugmentConfig | None,
-               patch: int = 1, resize: str = "squash") -> _Streamed:
+def _streaming(plan: InputPlan) -> _Streamed:
+    augment, size, channels = plan.augment, plan.image_size, plan.channels
     crop = augment is not None and augment.crop == "resized"
     train_tf = v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True) if crop else None
-    spec = InputSpec(size, channels, list(cfg.mean or [0.5] * channels), list(cfg.std or [0.5] * channels),
-                     resize=resize, patch=patch)
+    spec = InputSpec(size, channels, list(plan.mean or [0.5] * channels), list(plan.std or [0.5] * channels),
+                     resize=plan.resize, patch=plan.patch)
     return _Streamed(train_tf, spec)
 
 
@@ -302,9 +305,20 @@ def _table_index(path: str | Path, cfg: DataConfig, classes: list[str] | None = 
     return read_label_table(table, cfg.image_column, cfg.label_column, classes, classes_of)
 
 
-def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
+def _indexes(cfg: DataConfig) -> tuple:
+    """(training index, validation index or None, the training images' path, notes) of a folder,
+    label table or Hub-style data set."""
     if not cfg.path:
-        raise ValueError(NEEDS_PATH["folder"])
+        raise ValueError(NEEDS_PATH[cfg.dataset])
+    if cfg.dataset == "hf":
+        from .hf import train_and_val
+
+        index, val_index, notes = train_and_val(cfg)
+        return index, val_index, cfg.path, notes
+    if cfg.dataset == "csv":
+        index = _table_index(cfg.path, cfg)
+        val_index = _table_index(cfg.val_path, cfg, index.classes, str(cfg.path)) if cfg.val_path else None
+        return index, val_index, cfg.path, []
     notes: list[str] = []
     splits = None if cfg.val_path else split_folders(cfg.path)
     if splits is not None:
@@ -316,24 +330,7 @@ def _load_folder(cfg: DataConfig, augment: AugmentConfig | None = None, model=No
     index = _folder_index(cfg.path, cfg, notes=notes)
     val_index = (_folder_index(cfg.val_path, cfg, index.classes, classes_of=str(cfg.path), notes=notes)
                  if cfg.val_path else None)
-    return _load_index(cfg, index, val_index, notes, augment, model)
-
-
-def _load_csv(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
-    if not cfg.path:
-        raise ValueError(NEEDS_PATH["csv"])
-    index = _table_index(cfg.path, cfg)
-    val_index = _table_index(cfg.val_path, cfg, index.classes, str(cfg.path)) if cfg.val_path else None
-    return _load_index(cfg, index, val_index, [], augment, model)
-
-
-def _load_hf(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
-    from .hf import train_and_val
-
-    if not cfg.path:
-        raise ValueError(NEEDS_PATH["hf"])
-    index, val_index, notes = train_and_val(cfg)
-    return _load_index(cfg, index, val_index, notes, augment, model)
+    return index, val_index, cfg.path, notes
 
 
 def _probe(index) -> tuple[tuple[int, int], int]:
@@ -366,58 +363,43 @@ def _readable_only(cfg: DataConfig, index):
         readable_rows(index, cfg.workers)
 
 
-def _load_index(cfg: DataConfig, index, val_index, notes: list[str], augment: AugmentConfig | None,
-                model) -> Data:
+def _read_index(cfg: DataConfig, plan: InputPlan) -> Data:
     """Data from a folder or table index (and a validation one, else the stratified split):
-    decoded once into the cache when it fits, else streamed."""
-    own, channels = _probe(index)
-    geo = _decide(cfg, own, channels, True, model)
-    channels, size = geo.channels, geo.image_size
-    notes += geo.notes
-    aug, _ = _settle(own, geo, augment, notes)
-    resize = geo.resize
-    # random resized crops of cached images are cut from a larger copy; validation stays at size
-    train_size = cache_size(size, own, aug.crop if aug and resize != "keep" else "none")
-    n_val = len(val_index.labels) if val_index is not None else 0
-    nbytes = cache_bytes(len(index.labels), channels, train_size) + cache_bytes(n_val, channels, size)
-    if should_cache(cfg.cache, nbytes, cfg.cache_gb):
+    decoded once into the cache when the plan says so, else streamed."""
+    index, val_index, path = plan.survey.source
+    cfg = replace(cfg, path=str(path))
+    channels, size, train_size, resize = plan.channels, plan.image_size, plan.train_size, plan.resize
+    notes = [*plan.survey.notes, *plan.notes]
+    if plan.cache:
         if val_index is None and train_size != size:  # split first: each part at its own size
             val_index, index = _split_index(cfg, index, notes)
         if val_index is not None:
-            train = _cached(cfg, index, channels, fit(train_size, resize, geo.patch))
-            val = _cached(cfg, val_index, channels, fit(size, resize, geo.patch))
+            train = _cached(cfg, index, channels, fit(train_size, resize, plan.patch))
+            val = _cached(cfg, val_index, channels, fit(size, resize, plan.patch))
         else:
-            train = _cached(cfg, index, channels, fit(size, resize, geo.patch))
+            train = _cached(cfg, index, channels, fit(size, resize, plan.patch))
             tr, va = stratified_split(train.labels.numpy(), cfg.val_split, cfg.seed)
             train, val = train.subset(tr), train.subset(va)
             notes.append(f"validation: {cfg.val_split:.0%} of {cfg.path}, stratified, seed {cfg.seed}")
-        data = _finish(cfg, train, val, channels, size, notes, geo.patch, resize)
+        data = _finish(cfg, train, val, plan, notes)
         if train_size != size:
             notes[-1] += f" (training images cached at {train_size[0]}x{train_size[1]} for the crops)"
-        return replace(data, augment=aug, geometry=geo.model, photos=geo.photos)
+        return _with_plan(data, plan)
     # too many to keep decoded: images stream through DataLoader workers
-    _streams(cfg, resize)
     if val_index is None:
         val_index, index = _split_index(cfg, index, None)
-    st = _streaming(cfg, size, channels, aug, geo.patch, resize)
+    st = _streaming(plan)
     n_train, n_val = len(index.labels), len(val_index.labels)
+    nbytes = cache_bytes(n_train + n_val, channels, size)
     notes.append(f"{n_train} training and {n_val} validation images streamed "
                  f"({nbytes / 2**30:.1f} GiB decoded > --data.cache_gb {cfg.cache_gb:g}), "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}"
                  if cfg.cache == "auto" else
                  f"{n_train} training and {n_val} validation images streamed, "
                  f"{len(index.classes)} classes, {channels}x{size[0]}x{size[1]}")
-    return Data(_streamed(cfg, index, channels, st.train_tf, st.train_size),
-                _streamed(cfg, val_index, channels, size=st.spec.fit), index.classes, st.spec, notes,
-                st.cropped, aug, geo.model, geo.photos)
-
-
-def _streams(cfg: DataConfig, resize: str) -> None:
-    """Refuse to stream images of sizes of their own: a streamed batch is stacked as it comes."""
-    if resize == "keep":
-        raise ValueError(f"--data.resize keep: the images of {cfg.path} would be streamed, and images "
-                         "of sizes of their own are batched from memory; raise --data.cache_gb or set "
-                         "--data.cache always")
+    return _with_plan(Data(_streamed(cfg, index, channels, st.train_tf, st.train_size),
+                           _streamed(cfg, val_index, channels, size=st.spec.fit), index.classes, st.spec,
+                           notes, st.cropped), plan)
 
 
 def _split_index(cfg: DataConfig, index, notes: list[str] | None):
@@ -430,28 +412,18 @@ def _split_index(cfg: DataConfig, index, notes: list[str] | None):
     return _sub_index(index, va), _sub_index(index, tr)
 
 
-def _load_shards(cfg: DataConfig, augment: AugmentConfig | None = None, model=None) -> Data:
+def _read_shards(cfg: DataConfig, plan: InputPlan) -> Data:
     """WebDataset-style tar shards (vitkit.data.shards), streamed through DataLoader workers."""
-    from .shards import ShardStream, open_shards, probe_shards
+    from .shards import ShardStream
 
-    if not cfg.path or not cfg.val_path:
-        raise ValueError("dataset 'shards' needs --data.path and --data.val_path (shard directories or "
-                         "URL prefixes holding index.json; write them with `vitkit shards`)")
-    train, val = open_shards(cfg.path), open_shards(cfg.val_path)
-    if val.classes != train.classes:
-        raise ValueError(f"{cfg.val_path}: its classes differ from those of {cfg.path}")
-    own, channels = probe_shards(train)
-    geo = _decide(cfg, own, channels, True, model)
-    channels, size = geo.channels, geo.image_size
-    notes = list(geo.notes)
-    aug, _ = _settle(own, geo, augment, notes)
-    _streams(cfg, geo.resize)
-    st = _streaming(cfg, size, channels, aug, geo.patch, geo.resize)
-    notes.append(f"{train.total} training images in {len(train.names)} shards and {val.total} validation "
-                 f"images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}")
-    return Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
-                ShardStream(val, channels, st.spec.fit, train=False), train.classes, st.spec,
-                notes, st.cropped, aug, geo.model, geo.photos)
+    train, val = plan.survey.source
+    channels, size = plan.channels, plan.image_size
+    st = _streaming(plan)
+    notes = [*plan.notes, f"{train.total} training images in {len(train.names)} shards and {val.total} "
+             f"validation images streamed, {len(train.classes)} classes, {channels}x{size[0]}x{size[1]}"]
+    return _with_plan(Data(ShardStream(train, channels, st.train_size, transform=st.train_tf, seed=cfg.seed),
+                           ShardStream(val, channels, st.spec.fit, train=False), train.classes, st.spec,
+                           notes, st.cropped), plan)
 
 
 def _sub_index(index, keep):
@@ -542,7 +514,7 @@ def load_eval_data(cfg: DataConfig, spec: InputSpec, classes: list[str]) -> Eval
     converted to the spec.
     cfg.image_size, channels, per_class and val_per_class are not used: nothing is left out.
     """
-    size = hw(spec.image_size)
+    size = spec.image_size
     channels = spec.channels
     shape = f"{channels}x{size[0]}x{size[1]}" + (" or fewer patches, aspect kept" if spec.any_size else "")
     classes = list(classes)

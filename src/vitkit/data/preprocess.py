@@ -18,7 +18,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .geometry import RESIZE_MODES, hw, keep_size
+from ..sizes import hw
+
+RESIZE_MODES = ("squash", "crop", "keep")
+MAX_ASPECT = 2.0  # keep: images longer than 2:1 are fed at 2:1 (bounds the batch canvas)
+
+
+def keep_size(own: tuple[int, int], size: int | tuple[int, int], patch: int) -> tuple[int, int]:
+    """The size an image of `own` (h, w) is fed at when its aspect ratio is kept (resize "keep",
+    as NaFlex does): a grid of patch x patch patches with no more patches than `size` holds,
+    whose aspect ratio is nearest the image's (clamped to MAX_ASPECT), the most patches among
+    equals. A square image gets `size` itself when that is square. Each side is a multiple of
+    the patch by construction: this is the rule for sizes the patch does not divide."""
+    oh, ow = hw(own)
+    h, w = hw(size)
+    budget = max(1, (h // patch) * (w // patch))
+    aspect = math.log(min(max(oh / max(ow, 1), 1 / MAX_ASPECT), MAX_ASPECT))
+    gh, gw = min(((g, budget // g) for g in range(1, budget + 1)),
+                 key=lambda c: (abs(math.log(c[0] / c[1]) - aspect), -c[0] * c[1]))
+    return gh * patch, gw * patch
 
 
 class Fit(NamedTuple):
@@ -47,11 +65,12 @@ class InputSpec:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     crop_pct: float = 1.0  # < 1: resize the shorter side to size / crop_pct, then centre-crop
     # squash: the whole image to image_size; crop: scaled to cover it, then the centre crop;
-    # keep: the image's aspect ratio, at most image_size's patches of `patch` px (geometry.keep_size)
+    # keep: the image's aspect ratio, at most image_size's patches of `patch` px (keep_size)
     resize: Literal["squash", "crop", "keep"] = "squash"
     patch: int = 1  # keep: each side is a multiple of it (the model's patch size)
 
     def __post_init__(self) -> None:
+        self.image_size = hw(self.image_size)
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
 
@@ -189,7 +208,7 @@ def image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | Fit 
     """(C, H, W) uint8 tensor, resized (antialiased) when size is given, by `resize` (see
     InputSpec): the whole image to size ("squash"), scaled to cover size and centre-cropped
     ("crop", and whenever crop_pct < 1: the shorter side to size / crop_pct, as timm's eval
-    transform), or to geometry.keep_size ("keep"). A Fit as size brings its own resize."""
+    transform), or to keep_size ("keep"). A Fit as size brings its own resize."""
     if isinstance(size, Fit):
         size, resize, patch = (size.h, size.w), size.resize, size.patch
     img = to_mode(img, channels)

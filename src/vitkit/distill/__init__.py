@@ -22,12 +22,13 @@ import torch
 
 from ..checkpoint import read_meta
 from ..data.augment import AugmentConfig
-from ..data.pipeline import Data, DataConfig, load_data
+from ..data.pipeline import Data, DataConfig
 from ..inference import prepare
 from ..loading import LoadOptions, open_model
 from ..model import ViT
 from ..multilabel import is_multilabel
 from ..notices import VitkitWarning, check_ranges, is_number, one_line
+from ..plan import load_data
 from ..precision import pick_device
 from ..training import OptimConfig, RunConfig, TrainConfig, fit
 from ..training.batches import default_epochs

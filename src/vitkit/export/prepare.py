@@ -17,10 +17,10 @@ import json
 import torch
 
 from ..config import ViTConfig
-from ..data.geometry import hw
 from ..data.preprocess import InputSpec
 from ..model import ViT
 from ..posemb import resample_pos_embed
+from ..sizes import hw
 
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"

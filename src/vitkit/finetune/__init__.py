@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from ..data.augment import AugmentConfig
-from ..data.geometry import decide, hw
-from ..data.pipeline import DataConfig, load_data
+from ..data.pipeline import DataConfig, require_labels
 from ..loading import LoadOptions, open_model
-from ..multilabel import is_multilabel
+from ..plan import for_source, plan_input
+from ..sizes import hw
 from ..training import ModelSpec, OptimConfig, RunConfig, TrainConfig, fit
 from ..training.resume import OBJECTIVE_KEY
 from ..training.trainer import RunResult
@@ -67,20 +67,19 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int,
     if image_size is not None and min(hw(image_size)) < 1:
         raise ValueError(f"--image_size {image_size}: must be 1 or more pixels")
     source = open_model(weights, options)  # channels, resolution and normalization of the source
-    c, spec = source.model.config, source.spec
-    geo = decide(c.image_hw, c.num_channels, model=c, image_size=image_size or data.image_size,
-                 want_channels=data.channels, mean=data.mean, std=data.std, model_mean=spec.mean,
-                 model_std=spec.std)
-    data = replace(data, channels=geo.channels, image_size=geo.image_size, mean=geo.mean, std=geo.std)
-    # the source's patch and stem, so that images read at sizes of their own fit its patches
-    geometry = ModelSpec(patch_size=c.patch_size, stem=c.stem, stem_stride=c.stem_stride)
-    loaded = load_data(data, model=geometry)
-    loaded.require_labels(str(data.path or data.dataset), "fine-tuning")
-    if mode != "full" and is_multilabel(loaded):
+    c = source.model.config
+    # the run stores the source's size, channels, normalization, patch and stem, so that it (and
+    # a resumed run) plans its input as the source reads images
+    data, geo = for_source(data, c, source.spec.mean, source.spec.std, image_size)
+    geometry = ModelSpec(patch_size=geo.patch_size, stem=geo.stem, stem_stride=geo.stem_stride)
+    plan = plan_input(data, augment, geometry)  # the run's one plan: the data are read once, as it says
+    survey = plan.survey
+    require_labels(survey.classes, str(data.path or data.dataset), "fine-tuning")
+    if mode != "full" and survey.multilabel:
         raise ValueError(f"--mode {mode}: multi-label data (multi-hot labels) fine-tune with --mode full, "
                          "which trains the multilabel objective")
-    classes = loaded.classes
-    size = hw(data.image_size)
+    classes = survey.classes
+    size = plan.image_size
     model = open_model(weights, options, image_size=size, num_classes=len(classes),
                        resize_mode=resize_mode).model
     if model.config.representation_size:  # the paper removes the whole pre-training head
@@ -94,10 +93,10 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int,
     meta = {"finetuned_from": str(weights), "finetune": {"mode": mode}}
     if mode == "linear":
         meta["finetune"].update(views=views, linear=vars(linear))
-        return linear_finetune(model, cfg, views, linear, meta)
+        return linear_finetune(model, cfg, views, linear, meta, plan)
     if mode == "full":
-        return fit(cfg, model=model.train(), extra_meta=meta, on_step=on_step)
+        return fit(cfg, model=model.train(), extra_meta=meta, on_step=on_step, plan=plan)
     meta["finetune"].update(lora=vars(lora))  # what a resumed run rebuilds its adapters from
     meta[OBJECTIVE_KEY] = "lora"  # the registered objective (lora.from_meta) a resumed run trains
     return fit(cfg, model=model.train(), extra_meta=meta, objective=LoraClassification(lora),
-               on_step=on_step)
+               on_step=on_step, plan=plan)

@@ -23,11 +23,13 @@ from torch import nn
 from ..checkpoint import RECIPE_NAME, save_pretrained
 from ..data.arrays import iterate_eval
 from ..data.augment import AugmentConfig, BatchAugment
-from ..data.pipeline import Data, load_data
+from ..data.inputs import InputPlan
+from ..data.pipeline import Data, read_data
 from ..files import atomic_write_bytes
 from ..inference import Runner, prepare
 from ..model import ViT
 from ..notices import check_ranges, is_number
+from ..plan import plan_input
 from ..precision import pick_device
 from ..training.config import TrainConfig
 from ..training.records import prepare_run_dir, write_metrics
@@ -163,9 +165,10 @@ def _train_head(head: nn.Linear, x, y, val_x, val_y, opts: LinearOptions, smooth
     return rows
 
 
-def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOptions, extra_meta: dict
-                    ) -> RunResult:
-    """Train `model`'s (new) head on cached features of its frozen backbone; save the model."""
+def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOptions, extra_meta: dict,
+                    plan: InputPlan | None = None) -> RunResult:
+    """Train `model`'s (new) head on cached features of its frozen backbone; save the model.
+    `plan`: cfg.data's input plan, when the caller made it already."""
     opts.validate()
     if views < 1:
         raise ValueError(f"--views {views}: 1 or more views of the training images")
@@ -174,7 +177,7 @@ def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOption
     if run.threads:
         torch.set_num_threads(run.threads)
     seed_everything(run.seed, run.deterministic)
-    data = load_data(cfg.data, cfg.augment, cfg.model)
+    data = read_data(cfg.data, plan or plan_input(cfg.data, cfg.augment, cfg.model))
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"model has {model.config.num_classes} classes, data has {len(data.classes)}")
     out = Path(run.out)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ViTConfig
+from ..config import ViTConfig, patch_problem
 from ..data.preprocess import InputSpec
 from ..multilabel import KEY as MULTILABEL_KEY
 from ..notices import first_line
@@ -72,9 +72,9 @@ class OnnxViT(nn.Module):
             p = int(self.meta.get("patch_size", self.config.patch_size))
             if x.ndim != 4 or x.shape[1] != c:
                 raise ValueError(f"{self.path.name} takes (B, {c}, H, W) inputs, got {tuple(x.shape)}")
-            h, w = x.shape[-2:]
-            if h % p or w % p:  # the eager model's message, before onnxruntime's own
-                raise ValueError(f"{self.path.name}: image size {h}x{w} is not a multiple of patch size {p}")
+            problem = patch_problem(tuple(x.shape[-2:]), p)
+            if problem:  # the eager model's message, before onnxruntime's own
+                raise ValueError(f"{self.path.name}: {problem}")
         else:
             h, w = self.config.image_hw
             if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_checked, read_meta, read_weights
-from ..config import VARIANTS, ViTConfig, conv_stem_plan, variant_name
-from ..data.geometry import hw, patch_problem
+from ..config import VARIANTS, ViTConfig, conv_stem_plan, patch_problem, variant_name
 from ..files import read_json
 from ..posemb import ResizeMode, resample_pos_embed
+from ..sizes import hw
 from .common import IMAGENET_MEAN, IMAGENET_STD, Source, read_state_dict, sniff
 from .hf import HF_WEIGHTS, from_hf, read_hf_folder
 from .npz import read_npz_source

@@ -10,33 +10,29 @@ from typing import Literal
 
 from ..config import ViTConfig, variant
 from ..data.augment import AugmentConfig
-from ..data.geometry import ModelGeometry, hw, model_geometry
+from ..data.inputs import ModelGeometry
 from ..data.pipeline import DataConfig
 from ..notices import check_ranges, is_number
 
 # ViTConfig fields that the data decides, not the recipe.
 FROM_DATA = ("image_size", "num_channels", "num_classes")
 # The model when neither a variant nor sizes are given: the small hybrid of the digits recipe
-# (its stem stride and patch are the geometry's: full resolution up to 64 px, strided beyond).
+# (its stem stride and patch are the input plan's: full resolution up to 64 px, strided beyond).
 SMALL_MODEL = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_size=128, stem="conv", stem_channels=32)
 
 
 def _build_config(self, image_size: tuple[int, int], channels: int, num_classes: int,
-                  geometry: ModelGeometry | None = None) -> ViTConfig:
+                  geometry: ModelGeometry) -> ViTConfig:
     """The ViTConfig for data of this size, channel count and class count: the variant (or
-    SMALL_MODEL) with every field that is set on top; patch, stem and stem stride, when unset,
-    from the variant's name or else the data's geometry (Data.geometry, as
-    vitkit.data.geometry.model_geometry decided it for these data)."""
+    SMALL_MODEL) with every field that is set on top, and the patch, stem and stem stride the
+    input plan decided (InputPlan.model, vitkit.plan.model_geometry)."""
     given = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
-    data = dict(image_size=hw(image_size), num_channels=channels, num_classes=num_classes)
+    given.update(patch_size=geometry.patch_size, stem=geometry.stem, stem_stride=geometry.stem_stride)
+    data = dict(image_size=image_size, num_channels=channels, num_classes=num_classes)
     if self.variant:
-        patch = given.pop("patch_size", None)
-        name = self.variant if patch is None else f"{self.variant.split('/')[0]}/{patch}"
-        return variant(name, **given, **data)
-    geo = geometry or model_geometry(image_size, given)
-    fields = {**SMALL_MODEL, **given, "patch_size": geo.patch_size, "stem": geo.stem,
-              "stem_stride": geo.stem_stride}
-    return ViTConfig(**fields, **data)
+        patch = given.pop("patch_size")
+        return variant(f"{self.variant.split('/')[0]}/{patch}", **given, **data)
+    return ViTConfig(**{**SMALL_MODEL, **given}, **data)
 
 
 def _validate_model(self) -> None:

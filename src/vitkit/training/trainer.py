@@ -14,6 +14,8 @@ Every file is replaced atomically. SIGINT/SIGTERM finish the current step, save,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,20 +23,23 @@ import torch
 
 from ..checkpoint import RECIPE_NAME, WEIGHTS_NAME, read_config, write_meta
 from ..compile import compile_model
+from ..config import patch_problem
 from ..data.augment import BatchAugment
-from ..data.geometry import patch_problem
-from ..data.pipeline import Data, epoch_steps, load_data
+from ..data.inputs import InputPlan
+from ..data.pipeline import Data, array_batches, epoch_steps, read_data
 from ..evaluation import evaluate_model, evaluate_multilabel
 from ..files import atomic_save_tensors, atomic_write_bytes
 from ..info import forward_macs
 from ..metrics import best_threshold
 from ..model import ViT
 from ..multilabel import DEFAULT_THRESHOLD, KEY, entry, is_multilabel, threshold_of
-from ..precision import autocast, pick_device, training_precision
+from ..plan import model_geometry, plan_input
+from ..precision import autocast, native_bf16, pick_device, training_precision
 from .batches import batch_size_for, default_epochs, train_batches
 from .config import TrainConfig
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import SUPERVISED, Classification, MultiLabel
+from .planner import default_budget, measure_steps, plan_length
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
 from .resume import resumed
 from .schedule import build_optimizer, lr_factor
@@ -58,23 +63,26 @@ class RunResult:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
-                 extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None):
+                 extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None,
+                 plan: InputPlan | None = None, measured_steps: dict[str, float] | None = None):
         """Set a run up in the order its random state needs: device and processes, the seed, data,
         objective, model, optimizer, augmentation, batch size and epochs, then the run directory
         (a resumed run's state is loaded last, over everything set up before it)."""
         self.cfg = cfg
+        self.started = time.perf_counter()  # what planning the run's length counts as spent
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
+        self.measured_steps = measured_steps  # step seconds by precision, given instead of timed
         self.set_up_device()
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
         stored = read_config(self.run_dir) if resume and model is None else None
         seed_everything(cfg.run.seed + self.dist.rank, cfg.run.deterministic)
-        self.set_up_data(data, extra_meta)
+        self.set_up_data(data, extra_meta, plan)
         self.set_up_objective(objective)
         self.set_up_model(model, stored, bool(resume))
         self.set_up_optimizer()
         self.set_up_augmentation()
-        self.set_up_length()
+        self.set_up_length(bool(resume))
         self.set_up_run_dir(resume)
 
     def set_up_device(self) -> None:
@@ -88,7 +96,7 @@ class Trainer:
         if run.threads:
             torch.set_num_threads(run.threads)
 
-    def set_up_data(self, data: Data | None, extra_meta: dict | None) -> None:
+    def set_up_data(self, data: Data | None, extra_meta: dict | None, plan: InputPlan | None = None) -> None:
         """The images: given in memory, or loaded from the config (once per host)."""
         self.extra_meta = dict(extra_meta or {})
         if data is not None:  # images given in memory: the stored DataConfig cannot read them back
@@ -102,7 +110,9 @@ class Trainer:
         if self.dist.enabled and not first_on_host:
             barrier(self.dist)
         cfg = self.cfg
-        self.data: Data = data if data is not None else load_data(cfg.data, cfg.augment, cfg.model)
+        if data is None:  # planned once, here or by the caller (fine-tuning), then read as planned
+            data = read_data(cfg.data, plan or plan_input(cfg.data, cfg.augment, cfg.model))
+        self.data: Data = data
         if self.dist.enabled and first_on_host:
             barrier(self.dist)
         self.log(*self.data.notes)
@@ -128,9 +138,10 @@ class Trainer:
         """The model (given, stored by a resumed run, or built for the data), its training
         precision and the strategy that places it."""
         cfg = self.cfg
+        spec = self.data.spec  # images given in memory: the default geometry for their size
+        geometry = self.data.geometry or model_geometry(spec.image_size, vars(cfg.model))
         config = model.config if model is not None else stored or cfg.model.build_config(
-            self.data.spec.image_size, self.data.spec.channels,
-            len(self.data.classes) if self.supervised else 0, self.data.geometry)
+            spec.image_size, spec.channels, len(self.data.classes) if self.supervised else 0, geometry)
         self.precision = training_precision(cfg.run.precision, self.device, forward_macs(config))
         self.strategy = make_strategy(cfg.run.strategy, self.dist, self.device, self.precision)
         on_meta = self.strategy.build_on_meta(resume)
@@ -165,15 +176,45 @@ class Trainer:
         self.augment = BatchAugment(self.data.batch_augment(self.cfg.augment), len(self.data.classes),
                                     spec.mean, spec.std, size=spec.batch_size_hw)
 
-    def set_up_length(self) -> None:
-        """The batch size, the epochs and the steps they make."""
+    def set_up_length(self, resume: bool = False) -> None:
+        """The batch size, the epochs and the steps they make: planned against the clock
+        (vitkit.training.planner) when the run sets no epochs."""
         cfg, n_train = self.cfg, len(self.data.train)
         self.batch_size, note = batch_size_for(cfg.run.batch_size, n_train, self.dist, cfg.optim.accumulate)
         self.log(*([note] if note else []))
         self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget)
         self.log(*([note] if note else []))
         self.steps_per_epoch = epoch_steps(self.data.train, self.batch_size, self.dist.world)
+        timed = self.data.in_memory and not (resume or self.dist.enabled or self.compiled)
+        if cfg.run.epochs is None and timed:
+            self.plan_length()
         self.total_steps = self.steps_per_epoch * self.epochs
+
+    def plan_length(self) -> None:
+        """Time a few steps in each precision the run may train in, keep the faster, and fit the
+        epochs into the budget; the choice goes into the run's recipe and config.json."""
+        cfg = self.cfg
+        precisions = [self.precision]
+        if cfg.run.precision == "auto" and self.device.type == "cpu" and native_bf16(self.device):
+            precisions = ["fp32", "bf16"]
+        x, y = next(array_batches(self.data.train, self.batch_size, 0, cfg.run.seed, shuffle=False))
+        smoothing = cfg.augment.label_smoothing
+
+        def step_loss(net, images, labels):  # a training step as the loop takes it, augmentation included
+            return self.objective.loss(net, *self.augment(images, labels), smoothing)
+
+        step_s = self.measured_steps or measure_steps(self.strategy.net, step_loss, x.to(self.device),
+                                                      y.to(self.device), precisions, self.device)
+        budget = cfg.run.time_budget or default_budget(len(self.data.train))
+        plan = plan_length(step_s, self.steps_per_epoch, len(self.data.val), self.batch_size, self.epochs,
+                           budget, time.perf_counter() - self.started, cfg.run.eval_every)
+        self.epochs, self.precision = plan.epochs, plan.precision
+        self.strategy.precision = plan.precision
+        self.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, epochs=plan.epochs,
+                                                                    precision=plan.precision))
+        self.extra_meta["plan"] = plan.to_dict()
+        c = self.model.config
+        self.log(plan.line(f"{c.image_hw[0]}x{c.image_hw[1]}, patch {c.patch_size}, {c.num_layers} layers"))
 
     def set_up_run_dir(self, resume: str | Path | None) -> None:
         """The run's state: continued from the run directory, or a new one claimed."""
@@ -387,14 +428,16 @@ class Trainer:
 
 
 def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | None = None,
-        extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None) -> RunResult:
+        extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None,
+        plan: InputPlan | None = None) -> RunResult:
     """Train (or continue) a run and return where it went and how well it did.
 
     With resume=RUN_DIR the configuration (and, unless given, the objective and config.json
     entries) stored in that run are used and the run continues from the exact step it
     stopped at; a LoRA fine-tuning run trains its adapters again. `data`: a ready Data (e.g.
     vitkit.data.memory.in_memory(train, val)) instead of reading cfg.data; a run made that way
-    is continued by passing the same data again. Multi-hot labels train the MultiLabel objective.
+    is continued by passing the same data again; `plan`: the input plan (vitkit.plan.plan_input)
+    of cfg.data, when the caller made it already. Multi-hot labels train the MultiLabel objective.
     """
     if resume is not None:
         cfg, objective, extra_meta = resumed(Path(resume), objective, extra_meta)
@@ -402,7 +445,7 @@ def fit(cfg: TrainConfig | None, model: ViT | None = None, resume: str | Path | 
         raise ValueError("fit needs a TrainConfig, or resume=RUN_DIR")
     cfg.validate()  # before any data are read or a model is built
     trainer = Trainer(cfg, model=model, resume=resume, extra_meta=extra_meta, on_step=on_step,
-                      objective=objective, data=data)
+                      objective=objective, data=data, plan=plan)
     try:
         return trainer.run()
     finally:

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from ..canvas import DPI, HEAT, Canvas, Size
-from ..data.geometry import check_patch
+from ..config import patch_problem
 from ..training.curves import curves_size as curves_size  # the trainer draws them: named here too
 from ..training.curves import plot_curves as plot_curves
 from .analysis import upsample
@@ -79,7 +79,9 @@ def plot_patches(image: np.ndarray, patch_size: int, path: str | Path, title: st
     """
     p = int(patch_size)
     h, w = image.shape[-2:]
-    check_patch((h, w), p)
+    problem = patch_problem((h, w), p)
+    if problem:
+        raise ValueError(problem)
     gh, gw = h // p, w // p
     img = display_image(image)
     s = img.shape[0] // h  # display_image's enlargement

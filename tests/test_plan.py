@@ -1,4 +1,5 @@
-"""Input geometry decided once: size, patch, stem, cache and augmentation defaults by data kind."""
+"""The input plan, made once: size, patch, stem, resize, cache and augmentation defaults by data
+kind, one patch check, one size normalizer, and no decision left to the data loader."""
 
 from __future__ import annotations
 
@@ -7,22 +8,33 @@ import pytest
 import torch
 from PIL import Image
 
+from vitkit.config import ViTConfig, patch_problem
 from vitkit.data.augment import AugmentConfig, BatchAugment
-from vitkit.data.geometry import (
+from vitkit.data.inputs import Survey, cache_bytes, should_cache
+from vitkit.data.pipeline import DataConfig
+from vitkit.plan import (
     CROP_MARGIN,
     PHOTO_SIZE,
-    cache_bytes,
     cache_size,
-    check_patch,
-    decide,
-    hw,
+    load_data,
     model_geometry,
-    patch_problem,
+    plan_input,
     resolve_augment,
-    should_cache,
 )
-from vitkit.data.pipeline import DataConfig, load_data
+from vitkit.sizes import hw
 from vitkit.training.config import ModelSpec
+
+
+def _survey(own, channels=3, natural=True, dataset="folder", count=100) -> Survey:
+    """What a survey of data of this kind would say (no files behind it)."""
+    return Survey(dataset, own, channels, natural, ["a", "b"], count, 0, False, None)
+
+
+def decide(own, own_channels, natural=True, augment=None, model=None, **data):
+    """The plan for data of this size and channels, with the given DataConfig fields and model."""
+    dataset = "folder" if natural else "digits"
+    return plan_input(DataConfig(dataset=dataset, **data), augment, model,
+                      _survey(own, own_channels, natural, dataset))
 
 
 def _folder(root, sizes, per_class=4, classes=("a", "b")):
@@ -45,7 +57,7 @@ def _folder(root, sizes, per_class=4, classes=("a", "b")):
 ])
 def test_small_images_keep_their_size_and_full_resolution_stem(own, channels, natural, size, patch):
     geo = decide(own, channels, natural)
-    assert geo.image_size == size and geo.channels == channels and not geo.photos
+    assert geo.image_size == size and geo.channels == channels and not geo.photos and geo.resize == "squash"
     assert (geo.model.patch_size, geo.model.stem, geo.model.stem_stride) == (patch, "conv", 1)
     aug, reason = resolve_augment(AugmentConfig(), geo.photos)
     assert (aug.crop, aug.flip, reason) == ("none", False, None)
@@ -54,7 +66,7 @@ def test_small_images_keep_their_size_and_full_resolution_stem(own, channels, na
 @pytest.mark.parametrize("own", [(512, 384), (100, 75), (4000, 3000)])
 def test_photos_train_small_on_the_patch_embedding_with_photo_augmentation(own):
     geo = decide(own, 3)
-    assert geo.photos and geo.image_size == (PHOTO_SIZE, PHOTO_SIZE) == (64, 64)
+    assert geo.photos and geo.image_size == (PHOTO_SIZE, PHOTO_SIZE) == (64, 64) and geo.resize == "crop"
     m = geo.model
     assert (m.stem, m.patch_size, m.stem_stride) == ("patch", 8, 1)  # no conv at full resolution
     assert patch_problem(geo.image_size, m.patch_size) is None
@@ -64,7 +76,7 @@ def test_photos_train_small_on_the_patch_embedding_with_photo_augmentation(own):
 
 
 def test_given_values_win():
-    geo = decide((512, 384), 3, image_size=224, want_channels=1, model={"stem": "patch"})
+    geo = decide((512, 384), 3, image_size=224, channels=1, model=ModelSpec(stem="patch"))
     assert geo.image_size == (224, 224) and geo.channels == 1
     assert (geo.model.stem, geo.model.patch_size) == ("patch", 16)
     assert model_geometry(224, {"variant": "Ti/16"}).patch_size == 16
@@ -75,22 +87,39 @@ def test_given_values_win():
     assert (aug.crop, aug.flip, reason) == ("pad", False, None)
 
 
-def test_build_config_takes_the_geometry():
-    small = ModelSpec().build_config((32, 32), 3, 10)
+def test_build_config_takes_the_plans_geometry():
+    small = ModelSpec().build_config((32, 32), 3, 10, model_geometry(32))
     assert (small.stem, small.stem_stride) == ("conv", 1)
     photos = model_geometry(PHOTO_SIZE, photos=True)
     photo = ModelSpec().build_config((PHOTO_SIZE, PHOTO_SIZE), 3, 3, photos)
     assert (photo.stem, photo.patch_size) == (photos.stem, photos.patch_size) == ("patch", 8)
-    big = ModelSpec().build_config((224, 224), 3, 3)  # a conv stem above 64 px is strided
+    big = ModelSpec().build_config((224, 224), 3, 3, model_geometry(224))  # conv stem above 64 px: strided
     assert (big.stem, big.patch_size, big.stem_stride) == ("conv", 16, model_geometry(224).stem_stride)
     assert big.stem_stride > 1
+    spec = ModelSpec(variant="Ti/16")
+    named = spec.build_config((64, 96), 3, 2, model_geometry((64, 96), vars(spec), photos=True))
+    assert (named.hidden_size, named.patch_size, named.stem, named.image_size) == (192, 16, "patch", (64, 96))
 
 
 def test_one_size_normalizer_and_one_patch_check():
+    """Sizes are pairs in the model config; the patch check is the config's, and every other
+    place that refuses a size (the model's forward, exported graphs, figures) calls it."""
+    from pathlib import Path
+
+    import vitkit
+
     assert hw(5) == (5, 5) and hw([6, 7]) == (6, 7) and hw((8, 9)) == (8, 9)
-    check_patch((30, 20), 10)
+    assert ViTConfig(image_size=32, patch_size=8).image_size == (32, 32)
+    assert ViTConfig(image_size=[32, 48], patch_size=8).to_dict()["image_size"] == [32, 48]
+    assert patch_problem((30, 20), 10) is None
     with pytest.raises(ValueError, match="image size 30x20 is not a multiple of patch size 4"):
-        check_patch((30, 20), 4)
+        ViTConfig(image_size=(30, 20), patch_size=4)
+    src = Path(vitkit.__file__).parent
+    saying = [p.relative_to(src).as_posix() for p in src.rglob("*.py")
+              if "not a multiple of patch" in p.read_text()]
+    assert saying == ["config.py"]
+    assert not [p for p in src.rglob("*.py") if "def hw(" in p.read_text() and p.name != "sizes.py"]
+    assert not (src / "data" / "geometry.py").exists()
 
 
 def test_cache_is_decided_by_bytes_not_by_side():
@@ -158,3 +187,77 @@ def test_training_on_photos_prints_the_defaults_and_builds_the_photo_model(tmp_p
     assert f"photos 160x120 -> {PHOTO_SIZE}x{PHOTO_SIZE} (crop), patch 8, stem patch" in out
     assert "stem patch" in out.split("model: ")[1].splitlines()[0]  # the model built is the one announced
     assert result.status == "finished" and result.val_acc is not None
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How often the input is planned and the data surveyed, wherever the functions are imported."""
+    import sys
+
+    import vitkit.finetune  # noqa: F401  (every module that plans, imported before counting)
+    import vitkit.finetune.linear  # noqa: F401
+    import vitkit.plan as plan
+    import vitkit.pretrain  # noqa: F401
+    from vitkit.data import pipeline
+
+    calls = {"plan": 0, "survey": 0}
+    real_plan, real_survey = plan.plan_input, pipeline.survey_data
+
+    def counting_plan(*a, **k):
+        calls["plan"] += 1
+        return real_plan(*a, **k)
+
+    def counting_survey(*a, **k):
+        calls["survey"] += 1
+        return real_survey(*a, **k)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vitkit"):
+            if getattr(module, "plan_input", None) is real_plan:
+                monkeypatch.setattr(module, "plan_input", counting_plan)
+            if getattr(module, "survey_data", None) is real_survey:
+                monkeypatch.setattr(module, "survey_data", counting_survey)
+    return calls
+
+
+def test_the_plan_is_made_once_by_train_pretrain_and_finetune(tmp_path, counted):
+    """One plan and one survey per run: training, pre-training and each fine-tuning mode (which
+    plans before it builds the model and hands the plan on, so the data are read once)."""
+    from helpers import tiny_train_config
+
+    from vitkit.finetune import finetune
+    from vitkit.pretrain import pretrain
+    from vitkit.training import RunConfig, fit
+
+    fit(tiny_train_config(tmp_path / "train", epochs=1))
+    assert counted == {"plan": 1, "survey": 1}
+    counted.update(plan=0, survey=0)
+    pretrain(tiny_train_config(tmp_path / "pretrain", epochs=1))
+    assert counted == {"plan": 1, "survey": 1}
+    for mode in ("full", "linear", "lora"):
+        counted.update(plan=0, survey=0)
+        run = RunConfig(epochs=1, batch_size=64, out=str(tmp_path / mode), progress=False, precision="fp32")
+        result = finetune(tmp_path / "train", DataConfig(dataset="digits"), run=run, mode=mode)
+        assert result.status == "finished"
+        assert counted == {"plan": 1, "survey": 1}, mode
+
+
+def test_a_resumed_finetune_plans_the_same_input(tmp_path):
+    """A fine-tuning run stores the source's size, channels, normalization, patch and stem, so
+    planning again from the stored config gives the plan the run was made with."""
+    from helpers import tiny_train_config
+
+    from vitkit.finetune import finetune
+    from vitkit.training import RunConfig, TrainConfig, fit
+
+    fit(tiny_train_config(tmp_path / "src", epochs=1, data={"image_size": [8, 8]}))
+    run = RunConfig(epochs=1, batch_size=64, out=str(tmp_path / "ft"), progress=False, precision="fp32")
+    finetune(tmp_path / "src", DataConfig(dataset="digits"), image_size=(8, 12), run=run)
+    import json
+
+    stored = TrainConfig.from_dict(json.loads((tmp_path / "ft" / "config.json").read_text())["train"])
+    again = plan_input(stored.data, stored.augment, stored.model)
+    meta = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert again.image_size == (8, 12) == tuple(meta["data"]["image_size"])
+    assert again.patch == 2 and again.model.stem == "patch"
+    assert again.mean == meta["data"]["mean"]

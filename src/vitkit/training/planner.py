@@ -1,0 +1,105 @@
+"""A run planned against the clock. When a run sets no epochs, the trainer times a few
+optimizer steps of the model it built, on this machine, in each training precision it may
+use (fp32, and bf16 where the hardware has it natively), keeps the faster one, and trains for
+the default number of epochs (vitkit.training.batches.default_epochs) or as many fewer as end
+within the run's time budget: --run.time_budget, else a default chosen by the size of the
+data (default_budget). A rule keyed on CPU flags does not carry across CPU generations (bf16
+pays on some CPUs with AVX512-BF16 and not on others); a measurement on the CPU that runs the
+job does. The plan is printed in one line and stored with the run (config.json "plan"), and
+the epochs and precision it chose are written into the run's recipe, so a resumed run keeps
+them."""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..precision import autocast
+
+BUDGET_MIN = 5.0  # minutes for a set of up to BUDGET_IMAGES training images
+BUDGET_IMAGES = 10_000  # beyond it the default budget grows with the set ...
+MAX_BUDGET_MIN = 30.0  # ... up to this
+SAFETY = 0.9  # plan to end this far into the time that is left
+WARMUP_STEPS, MAX_STEPS, MEASURE_S = 2, 8, 1.5  # timing per precision: steps and seconds at most
+EVAL_COST = 1 / 3  # an evaluation image costs about a third of a training image (forward only)
+
+
+def default_budget(n_train: int) -> float:
+    """Minutes a run without epochs or a budget may take: BUDGET_MIN up to BUDGET_IMAGES
+    training images, then in proportion to the set, at most MAX_BUDGET_MIN."""
+    return min(MAX_BUDGET_MIN, BUDGET_MIN * max(1.0, n_train / BUDGET_IMAGES))
+
+
+@dataclass
+class RunPlan:
+    """What the planner chose and what it measured."""
+
+    epochs: int
+    precision: str
+    budget_min: float  # the whole run's budget, minutes
+    step_s: dict[str, float]  # measured seconds per optimizer step, by precision
+    expected_s: float  # training and evaluation the plan expects, seconds
+    max_epochs: int  # what the default epochs rule would train without a clock
+    spent_s: float = 0.0  # seconds spent before planning (reading the data, building the model)
+
+    def line(self, what: str) -> str:
+        """One line for the log: "plan: <what>, fp32, 60 epochs, about 2.1 min on this CPU ..."."""
+        steps = ", ".join(f"{p} {s * 1000:.0f} ms" for p, s in self.step_s.items())
+        cut = f" (of {self.max_epochs}: the budget)" if self.epochs < self.max_epochs else ""
+        return (f"plan: {what}, {self.precision}, {self.epochs} epochs{cut}, about "
+                f"{self.expected_s / 60:.1f} min of a {self.budget_min:g} min budget "
+                f"(a step measured: {steps})")
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()} | {
+            "step_s": {p: round(s, 5) for p, s in self.step_s.items()}}
+
+
+def plan_length(step_s: dict[str, float], steps_per_epoch: int, eval_images: int, batch_size: int,
+                max_epochs: int, budget_min: float, spent_s: float = 0.0, eval_every: int = 1) -> RunPlan:
+    """The plan for measured step times (deterministic: the same times give the same plan):
+    the fastest precision (the first among equals), and the most epochs up to max_epochs whose
+    training and evaluation end within SAFETY of the budget left after spent_s; at least one."""
+    precision = min(step_s, key=lambda p: (step_s[p], list(step_s).index(p)))
+    step = step_s[precision]
+    eval_epoch = eval_images / max(batch_size, 1) * step * EVAL_COST
+    per_epoch = steps_per_epoch * step + eval_epoch / max(eval_every, 1)
+    left = max(0.0, budget_min * 60 * SAFETY - spent_s - eval_epoch)  # the last epoch is always evaluated
+    epochs = max(1, min(max_epochs, math.floor(left / max(per_epoch, 1e-9))))
+    return RunPlan(epochs, precision, budget_min, dict(step_s), epochs * per_epoch + eval_epoch, max_epochs,
+                   spent_s)
+
+
+def measure_steps(net: torch.nn.Module, loss, x: torch.Tensor, y: torch.Tensor, precisions: list[str],
+                  device: torch.device) -> dict[str, float]:
+    """Median seconds of an optimizer step (loss(net, x, y): augmentation, forward; backward,
+    AdamW) of a copy of `net` on the batch (x, y), in each precision: WARMUP_STEPS untimed,
+    then up to MAX_STEPS or MEASURE_S.
+    The copy and the random state are thrown away, so the run itself is as if never timed."""
+    out = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(net).train()
+        params = [p for p in probe.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-9)
+        for precision in precisions:
+            times: list[float] = []
+            for i in range(WARMUP_STEPS + MAX_STEPS):
+                t = time.perf_counter()
+                with autocast(device, precision):
+                    value, _ = loss(probe, x, y)
+                value.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= WARMUP_STEPS:
+                    times.append(time.perf_counter() - t)
+                    if sum(times) >= MEASURE_S:
+                        break
+            out[precision] = statistics.median(times)
+    return out

@@ -37,6 +37,7 @@ from ..plan import model_geometry, plan_input
 from ..precision import autocast, native_bf16, pick_device, training_precision
 from .batches import batch_size_for, default_epochs, train_batches
 from .config import TrainConfig
+from .curves import plot_curves
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import SUPERVISED, Classification, MultiLabel
 from .planner import default_budget, measure_steps, plan_length
@@ -61,6 +62,9 @@ class RunResult:
     val_metric: str = "accuracy"  # what val_acc and best_acc hold: "accuracy", or "mAP" (multi-label)
 
 
+CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often while a run goes on
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
                  extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None,
@@ -70,6 +74,7 @@ class Trainer:
         (a resumed run's state is loaded last, over everything set up before it)."""
         self.cfg = cfg
         self.started = time.perf_counter()  # what planning the run's length counts as spent
+        self.curves_drawn = self.started
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
         self.measured_steps = measured_steps  # step seconds by precision, given instead of timed
         self.set_up_device()
@@ -263,9 +268,11 @@ class Trainer:
         return {**self.state.to_dict(), "rng": rng_state(), "train": self.cfg.to_dict(),
                 "world": self.dist.world}
 
-    def save(self) -> None:
+    def save(self, final: bool = False) -> None:
         """Write every run file atomically; the training state last, so it never points past
-        the weights (FSDP: every rank takes part in gathering the weights and writing the state)."""
+        the weights (FSDP: every rank takes part in gathering the weights and writing the state).
+        curves.png is drawn when the run ends or stops and at most every CURVES_EVERY_S between:
+        drawing it takes longer than an epoch of a small run."""
         import yaml
 
         weights = self.strategy.published_state(self.ema, self.objective, self.state.step)
@@ -274,7 +281,9 @@ class Trainer:
             write_meta(d, self.objective.published(self.model).config, self.meta())
             atomic_write_bytes(d / RECIPE_NAME, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
             atomic_save_tensors(d / WEIGHTS_NAME, weights)
-            write_metrics(d, self.state.metrics)
+            draw = final or time.perf_counter() - self.curves_drawn >= CURVES_EVERY_S
+            write_metrics(d, self.state.metrics, plot_curves if draw else None)
+            self.curves_drawn = time.perf_counter() if draw else self.curves_drawn
         self.strategy.save_state(self.run_dir, self.optimizer, self.ema, self.progress_state())
 
     def load_state(self) -> None:
@@ -391,7 +400,7 @@ class Trainer:
                         break
                 tally.close()
                 if interrupted:
-                    self.save()
+                    self.save(final=True)
                     barrier(self.dist)
                     status = "interrupted"
                     self.log(f"stopped at epoch {self.state.epoch + 1}, step {self.state.step}; "
@@ -409,7 +418,7 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 self.log(epoch_line(row, self.epochs, self.supervised, self.multilabel))
-                self.save()
+                self.save(final=last)
                 if self.dist.main:
                     self.tb.add(row)
                 barrier(self.dist)

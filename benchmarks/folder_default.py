@@ -10,8 +10,9 @@ subfolders, MNIST's size); the 2,000 test images are made the same way from the 
 originals only, so no test digit was ever trained on.
 
 Each arm is `vitkit train --data.dataset folder --data.path train --data.val_path test` as
-the library's fit, with nothing else set but the arm's training precision and epochs (0: the
-default number, vitkit.training.batches.default_epochs); wall
+the library's fit, with nothing else set but the arm's training precision and epochs (0: none
+set, so the run is planned against the clock by vitkit.training.planner; 30 is the number the
+epochs rule alone gives 8,000 images); wall
 time is the whole fit (decoding and caching included, the cache cleared first). Arms run one
 after another: run this on an otherwise quiet machine.
 """
@@ -19,6 +20,7 @@ after another: run this on an otherwise quiet machine.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -26,17 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit.data.pipeline import DataConfig  # noqa: E402
-from vitkit.info import forward_macs  # noqa: E402
-from vitkit.precision import cpu_name, native_bf16, training_precision  # noqa: E402
+from vitkit.precision import cpu_name, native_bf16  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
-from vitkit.training.config import ModelSpec  # noqa: E402
 
 WORK = Path(tempfile.gettempdir()) / "vitkit-folder28"
 
@@ -85,8 +84,11 @@ def run(name: str, root: Path, precision: str, epochs: int) -> dict:
     print(f"\n== {name}", flush=True)
     t0 = time.perf_counter()
     result = fit(cfg)
-    return dict(precision=precision, wall=time.perf_counter() - t0, acc=result.val_acc or 0.0,
-                epochs=result.epoch)
+    wall = time.perf_counter() - t0
+    meta = json.loads((WORK / "runs" / name / "config.json").read_text())
+    plan = meta.get("plan") or {}
+    return dict(precision=precision, wall=wall, acc=result.val_acc or 0.0, epochs=result.epoch,
+                resolved=meta["train"]["run"]["precision"], plan=plan)
 
 
 def main() -> None:
@@ -99,11 +101,15 @@ def main() -> None:
     cpu = f"{cpu_name()}, {'native' if native_bf16('cpu') else 'no native'} bf16"
     print(f"\n8,000 training / 2,000 held-out 28x28 digits-upscaled images, every default but "
           f"precision and epochs ({cpu})\n")
-    print("| precision | resolves to | epochs | wall time | held-out accuracy |\n|---|---|---|---|---|")
-    macs = forward_macs(ModelSpec().build_config((28, 28), 1, 10))  # the default model for these data
+    print("| precision | epochs | trained in | planned (step ms) | wall time | held-out accuracy |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
-        resolved = training_precision(r["precision"], torch.device("cpu"), macs)
-        print(f"| {r['precision']} | {resolved} | {r['epochs']} | {r['wall']:.0f} s | {r['acc']:.2%} |")
+        plan = r["plan"]
+        steps = ", ".join(f"{k} {v * 1000:.0f}" for k, v in plan.get("step_s", {}).items())
+        planned = (f"{plan['expected_s'] + plan['spent_s']:.0f} s of {plan['budget_min'] * 60:.0f} ({steps})"
+                   if plan else "-")
+        print(f"| {r['precision']} | {r['epochs']}{'' if plan else ' (set)'} | {r['resolved']} | {planned} | "
+              f"{r['wall']:.0f} s | {r['acc']:.2%} |")
 
 
 if __name__ == "__main__":

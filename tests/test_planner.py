@@ -10,29 +10,31 @@ import pytest
 from helpers import tiny_train_config
 
 from vitkit.training import fit
-from vitkit.training.planner import EVAL_COST, SAFETY, default_budget, plan_length
+from vitkit.training.planner import SAFETY, default_budget, plan_length
 from vitkit.training.trainer import Trainer
 
 
 def test_the_faster_precision_and_the_most_epochs_that_fit():
-    plan = plan_length({"fp32": 0.1, "bf16": 0.05}, steps_per_epoch=100, eval_images=1000, batch_size=100,
-                       max_epochs=60, budget_min=5.0)
-    eval_epoch = 1000 / 100 * 0.05 * EVAL_COST
+    steps, evals = {"fp32": 0.1, "bf16": 0.05}, {"fp32": 0.001, "bf16": 0.0005}
+    plan = plan_length(steps, evals, steps_per_epoch=100, eval_images=1000, max_epochs=60, budget_min=5.0)
+    eval_epoch = 1000 * 0.0005
     per_epoch = 100 * 0.05 + eval_epoch
-    assert plan.precision == "bf16"
-    assert plan.epochs == int((5 * 60 * SAFETY - eval_epoch) // per_epoch) == 52
+    assert plan.precision == "bf16" and plan.eval_s == 0.0005
+    assert plan.epochs == int((5 * 60 * SAFETY - eval_epoch) // per_epoch) == 49
     assert plan.expected_s <= 5 * 60
-    assert plan == plan_length({"fp32": 0.1, "bf16": 0.05}, 100, 1000, 100, 60, 5.0)  # deterministic
+    assert plan == plan_length(dict(steps), dict(evals), 100, 1000, 60, 5.0)  # deterministic
 
 
 def test_the_rule_caps_the_plan_and_a_tight_budget_still_trains():
-    fast = plan_length({"fp32": 0.001}, 100, 1000, 100, max_epochs=60, budget_min=5.0)
+    evals = {"fp32": 0.0, "bf16": 0.0}
+    fast = plan_length({"fp32": 0.001}, evals, 100, 1000, max_epochs=60, budget_min=5.0)
     assert fast.epochs == 60 and "of 60" not in fast.line("x")
-    slow = plan_length({"fp32": 10.0}, 100, 1000, 100, max_epochs=60, budget_min=5.0)
-    assert slow.epochs == 1
-    spent = plan_length({"fp32": 0.05}, 100, 0, 100, 60, 5.0, spent_s=100.0)
+    slow = plan_length({"fp32": 10.0}, evals, 100, 1000, max_epochs=60, budget_min=5.0)
+    assert slow.epochs == 1 and "1 epochs (of 60: the budget)" in slow.line("x")
+    spent = plan_length({"fp32": 0.05}, evals, 100, 0, 60, 5.0, spent_s=100.0)
     assert spent.epochs == int((5 * 60 * SAFETY - 100) // 5)  # time already spent is not planned again
-    assert plan_length({"fp32": 0.05, "bf16": 0.05}, 100, 0, 100, 60, 5.0).precision == "fp32"  # ties: first
+    tie = plan_length({"fp32": 0.05, "bf16": 0.05}, evals, 100, 0, 60, 5.0)
+    assert tie.precision == "fp32"  # the first among equals
 
 
 def test_the_default_budget_grows_with_the_data():
@@ -42,9 +44,9 @@ def test_the_default_budget_grows_with_the_data():
 
 def test_a_planned_run_records_its_plan_and_keeps_it_on_resume(tmp_path, capsys):
     cfg = tiny_train_config(tmp_path / "run", epochs=None, run={"time_budget": 0.03})
-    step_s = {"fp32": 0.05}
-    trainer = Trainer(cfg, measured_steps=step_s)
-    want = plan_length(step_s, trainer.steps_per_epoch, len(trainer.data.val), trainer.batch_size, 60, 0.03,
+    step_s, eval_s = {"fp32": 0.05}, {"fp32": 0.0002}
+    trainer = Trainer(cfg, measured_steps=(step_s, eval_s))
+    want = plan_length(step_s, eval_s, trainer.steps_per_epoch, len(trainer.data.val), 60, 0.03,
                        trainer.extra_meta["plan"]["spent_s"])
     assert trainer.epochs == want.epochs == 1 and trainer.precision == "fp32"
     trainer.run()

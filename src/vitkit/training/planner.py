@@ -26,7 +26,6 @@ BUDGET_IMAGES = 10_000  # beyond it the default budget grows with the set ...
 MAX_BUDGET_MIN = 30.0  # ... up to this
 SAFETY = 0.9  # plan to end this far into the time that is left
 WARMUP_STEPS, MAX_STEPS, MEASURE_S = 2, 8, 1.5  # timing per precision: steps and seconds at most
-EVAL_COST = 1 / 3  # an evaluation image costs about a third of a training image (forward only)
 
 
 def default_budget(n_train: int) -> float:
@@ -43,6 +42,7 @@ class RunPlan:
     precision: str
     budget_min: float  # the whole run's budget, minutes
     step_s: dict[str, float]  # measured seconds per optimizer step, by precision
+    eval_s: float  # measured seconds of evaluating one image in the precision chosen
     expected_s: float  # training and evaluation the plan expects, seconds
     max_epochs: int  # what the default epochs rule would train without a clock
     spent_s: float = 0.0  # seconds spent before planning (reading the data, building the model)
@@ -60,32 +60,40 @@ class RunPlan:
             "step_s": {p: round(s, 5) for p, s in self.step_s.items()}}
 
 
-def plan_length(step_s: dict[str, float], steps_per_epoch: int, eval_images: int, batch_size: int,
+def plan_length(step_s: dict[str, float], eval_s: dict[str, float], steps_per_epoch: int, eval_images: int,
                 max_epochs: int, budget_min: float, spent_s: float = 0.0, eval_every: int = 1) -> RunPlan:
-    """The plan for measured step times (deterministic: the same times give the same plan):
-    the fastest precision (the first among equals), and the most epochs up to max_epochs whose
-    training and evaluation end within SAFETY of the budget left after spent_s; at least one."""
+    """The plan for measured times (deterministic: the same times give the same plan): the
+    precision of the fastest step (the first among equals), and the most epochs up to
+    max_epochs whose training and evaluation (eval_s seconds an image) end within SAFETY of
+    the budget left after spent_s; at least one."""
     precision = min(step_s, key=lambda p: (step_s[p], list(step_s).index(p)))
     step = step_s[precision]
-    eval_epoch = eval_images / max(batch_size, 1) * step * EVAL_COST
+    eval_epoch = eval_images * eval_s[precision]
     per_epoch = steps_per_epoch * step + eval_epoch / max(eval_every, 1)
     left = max(0.0, budget_min * 60 * SAFETY - spent_s - eval_epoch)  # the last epoch is always evaluated
     epochs = max(1, min(max_epochs, math.floor(left / max(per_epoch, 1e-9))))
-    return RunPlan(epochs, precision, budget_min, dict(step_s), epochs * per_epoch + eval_epoch, max_epochs,
-                   spent_s)
+    return RunPlan(epochs, precision, budget_min, dict(step_s), eval_s[precision],
+                   epochs * per_epoch + eval_epoch, max_epochs, spent_s)
 
 
 def measure_steps(net: torch.nn.Module, loss, x: torch.Tensor, y: torch.Tensor, precisions: list[str],
-                  device: torch.device) -> dict[str, float]:
-    """Median seconds of an optimizer step (loss(net, x, y): augmentation, forward; backward,
-    AdamW) of a copy of `net` on the batch (x, y), in each precision: WARMUP_STEPS untimed,
-    then up to MAX_STEPS or MEASURE_S.
-    The copy and the random state are thrown away, so the run itself is as if never timed."""
-    out = {}
+                  device: torch.device, make_optimizer, clip_grad: float | None = None
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds of an optimizer step and of evaluating one image, by precision, timed on a copy
+    of `net` with the batch (x, y). A step is what the loop does: loss(net, x, y)
+    (augmentation, forward), backward, gradient clipping and the run's optimizer
+    (make_optimizer(module)); WARMUP_STEPS untimed, then the mean of up to MAX_STEPS or
+    MEASURE_S. Evaluation: the same forward without gradients, per image. The copy and the
+    random state are thrown away, so the run itself is as if never timed."""
+    steps, evals = {}, {}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe = copy.deepcopy(net).train()
-        params = [p for p in probe.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-9)
+        opt = make_optimizer(probe)
         for precision in precisions:
             times: list[float] = []
             for i in range(WARMUP_STEPS + MAX_STEPS):
@@ -93,13 +101,23 @@ def measure_steps(net: torch.nn.Module, loss, x: torch.Tensor, y: torch.Tensor, 
                 with autocast(device, precision):
                     value, _ = loss(probe, x, y)
                 value.backward()
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(probe.parameters(), clip_grad)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync()
                 if i >= WARMUP_STEPS:
                     times.append(time.perf_counter() - t)
                     if sum(times) >= MEASURE_S:
                         break
-            out[precision] = statistics.median(times)
-    return out
+            steps[precision] = statistics.mean(times)
+            probe.eval()
+            with torch.no_grad(), autocast(device, precision):
+                loss(probe, x, y)
+                sync()
+                t = time.perf_counter()
+                loss(probe, x, y)
+                sync()
+                evals[precision] = (time.perf_counter() - t) / len(x)
+            probe.train()
+    return steps, evals

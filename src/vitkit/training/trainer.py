@@ -68,7 +68,8 @@ CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often while a run go
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: ViT | None = None, resume: str | Path | None = None,
                  extra_meta: dict | None = None, on_step=None, objective=None, data: Data | None = None,
-                 plan: InputPlan | None = None, measured_steps: dict[str, float] | None = None):
+                 plan: InputPlan | None = None,
+                 measured_steps: tuple[dict[str, float], dict[str, float]] | None = None):
         """Set a run up in the order its random state needs: device and processes, the seed, data,
         objective, model, optimizer, augmentation, batch size and epochs, then the run directory
         (a resumed run's state is loaded last, over everything set up before it)."""
@@ -76,7 +77,7 @@ class Trainer:
         self.started = time.perf_counter()  # what planning the run's length counts as spent
         self.curves_drawn = self.started
         self.on_step = on_step  # called as on_step(trainer) after every optimizer step
-        self.measured_steps = measured_steps  # step seconds by precision, given instead of timed
+        self.measured_steps = measured_steps  # (step, eval image) seconds by precision: given, not timed
         self.set_up_device()
         self.run_dir = Path(resume) if resume else Path(cfg.run.out)
         # the run's own architecture, whatever built it (fine-tuning: the source model's, not cfg.model's)
@@ -208,11 +209,12 @@ class Trainer:
         def step_loss(net, images, labels):  # a training step as the loop takes it, augmentation included
             return self.objective.loss(net, *self.augment(images, labels), smoothing)
 
-        step_s = self.measured_steps or measure_steps(self.strategy.net, step_loss, x.to(self.device),
-                                                      y.to(self.device), precisions, self.device)
+        step_s, eval_s = self.measured_steps or measure_steps(
+            self.strategy.net, step_loss, x.to(self.device), y.to(self.device), precisions, self.device,
+            lambda module: build_optimizer(module, cfg.optim), cfg.optim.clip_grad)
         budget = cfg.run.time_budget or default_budget(len(self.data.train))
-        plan = plan_length(step_s, self.steps_per_epoch, len(self.data.val), self.batch_size, self.epochs,
-                           budget, time.perf_counter() - self.started, cfg.run.eval_every)
+        plan = plan_length(step_s, eval_s, self.steps_per_epoch, len(self.data.val), self.epochs, budget,
+                           time.perf_counter() - self.started, cfg.run.eval_every)
         self.epochs, self.precision = plan.epochs, plan.precision
         self.strategy.precision = plan.precision
         self.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, epochs=plan.epochs,

@@ -37,6 +37,18 @@ def test_the_rule_caps_the_plan_and_a_tight_budget_still_trains():
     assert tie.precision == "fp32"  # the first among equals
 
 
+def test_checkpoints_are_planned_per_epoch():
+    import torch
+
+    from vitkit.training.planner import measure_save
+
+    assert measure_save(torch.nn.Linear(64, 64)) > 0
+    evals = {"fp32": 0.0}
+    without = plan_length({"fp32": 0.05}, evals, 10, 0, 1000, 1.0)
+    with_saves = plan_length({"fp32": 0.05}, evals, 10, 0, 1000, 1.0, save_s=0.5)
+    assert with_saves.epochs == int(60 * SAFETY // 1.0) < without.epochs == int(60 * SAFETY // 0.5)
+
+
 def test_the_default_budget_grows_with_the_data():
     assert default_budget(1_437) == default_budget(10_000) == 5.0
     assert default_budget(50_000) == 25.0 and default_budget(1_000_000) == 30.0

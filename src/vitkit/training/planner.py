@@ -14,11 +14,14 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
+from ..files import atomic_save_tensors, atomic_torch_save
 from ..precision import autocast
 
 BUDGET_MIN = 5.0  # minutes for a set of up to BUDGET_IMAGES training images
@@ -43,6 +46,7 @@ class RunPlan:
     budget_min: float  # the whole run's budget, minutes
     step_s: dict[str, float]  # measured seconds per optimizer step, by precision
     eval_s: float  # measured seconds of evaluating one image in the precision chosen
+    save_s: float  # measured seconds of the checkpoint written after every epoch
     expected_s: float  # training and evaluation the plan expects, seconds
     max_epochs: int  # what the default epochs rule would train without a clock
     spent_s: float = 0.0  # seconds spent before planning (reading the data, building the model)
@@ -61,18 +65,19 @@ class RunPlan:
 
 
 def plan_length(step_s: dict[str, float], eval_s: dict[str, float], steps_per_epoch: int, eval_images: int,
-                max_epochs: int, budget_min: float, spent_s: float = 0.0, eval_every: int = 1) -> RunPlan:
+                max_epochs: int, budget_min: float, spent_s: float = 0.0, eval_every: int = 1,
+                save_s: float = 0.0) -> RunPlan:
     """The plan for measured times (deterministic: the same times give the same plan): the
     precision of the fastest step (the first among equals), and the most epochs up to
-    max_epochs whose training and evaluation (eval_s seconds an image) end within SAFETY of
-    the budget left after spent_s; at least one."""
+    max_epochs whose training, evaluation (eval_s seconds an image) and checkpoints (save_s
+    each epoch) end within SAFETY of the budget left after spent_s; at least one."""
     precision = min(step_s, key=lambda p: (step_s[p], list(step_s).index(p)))
     step = step_s[precision]
     eval_epoch = eval_images * eval_s[precision]
-    per_epoch = steps_per_epoch * step + eval_epoch / max(eval_every, 1)
+    per_epoch = steps_per_epoch * step + eval_epoch / max(eval_every, 1) + save_s
     left = max(0.0, budget_min * 60 * SAFETY - spent_s - eval_epoch)  # the last epoch is always evaluated
     epochs = max(1, min(max_epochs, math.floor(left / max(per_epoch, 1e-9))))
-    return RunPlan(epochs, precision, budget_min, dict(step_s), eval_s[precision],
+    return RunPlan(epochs, precision, budget_min, dict(step_s), eval_s[precision], save_s,
                    epochs * per_epoch + eval_epoch, max_epochs, spent_s)
 
 
@@ -121,3 +126,15 @@ def measure_steps(net: torch.nn.Module, loss, x: torch.Tensor, y: torch.Tensor, 
                 evals[precision] = (time.perf_counter() - t) / len(x)
             probe.train()
     return steps, evals
+
+
+def measure_save(model: torch.nn.Module) -> float:
+    """Seconds to write a checkpoint of `model` as every epoch does (its weights, and a state
+    file with the weights and the optimizer's two moments), timed in a temporary folder."""
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as d:
+        moments = [{k: v.clone() for k, v in weights.items()} for _ in range(2)]  # one storage each
+        t = time.perf_counter()
+        atomic_save_tensors(Path(d) / "model.safetensors", weights)
+        atomic_torch_save(Path(d) / "state.pt", {"model": weights, "moments": moments})
+        return time.perf_counter() - t

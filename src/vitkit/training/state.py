@@ -18,7 +18,7 @@ class RunState:
     epoch: int = 0  # epochs completed
     batch_in_epoch: int = 0  # batches of the current epoch already trained
     step: int = 0  # optimizer steps in all
-    elapsed: float = 0.0  # training seconds (time budgets count these)
+    elapsed: float = 0.0  # seconds of training, evaluation and checkpoints (time budgets count these)
     best_acc: float | None = None
     metrics: list[dict] = field(default_factory=list)  # one row per epoch (metrics.csv)
 

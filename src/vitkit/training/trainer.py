@@ -40,7 +40,7 @@ from .config import TrainConfig
 from .curves import plot_curves
 from .distributed import Dist, any_rank, barrier, init_distributed, shutdown
 from .objectives import SUPERVISED, Classification, MultiLabel
-from .planner import default_budget, measure_steps, plan_length
+from .planner import default_budget, measure_save, measure_steps, plan_length
 from .records import EpochTally, TensorBoard, epoch_line, prepare_run_dir, write_metrics
 from .resume import resumed
 from .schedule import build_optimizer, lr_factor
@@ -213,8 +213,9 @@ class Trainer:
             self.strategy.net, step_loss, x.to(self.device), y.to(self.device), precisions, self.device,
             lambda module: build_optimizer(module, cfg.optim), cfg.optim.clip_grad)
         budget = cfg.run.time_budget or default_budget(len(self.data.train))
+        save_s = 0.0 if self.measured_steps else measure_save(self.model)
         plan = plan_length(step_s, eval_s, self.steps_per_epoch, len(self.data.val), self.epochs, budget,
-                           time.perf_counter() - self.started, cfg.run.eval_every)
+                           time.perf_counter() - self.started, cfg.run.eval_every, save_s)
         self.epochs, self.precision = plan.epochs, plan.precision
         self.strategy.precision = plan.precision
         self.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, epochs=plan.epochs,
@@ -410,7 +411,9 @@ class Trainer:
                     break
                 last = self.state.epoch + 1 == self.epochs or out_of_time
                 due = last or (self.state.epoch + 1) % max(cfg.run.eval_every, 1) == 0
+                mark = time.perf_counter()  # evaluation and checkpoints count against a time budget too
                 res = self.evaluate() if due and (self.dist.main or self.strategy.sharded) else None
+                self.state.elapsed += time.perf_counter() - mark
                 row = tally.row(self.state.epoch + 1, self.state.step, res,
                                 self.optimizer.param_groups[0]["lr"], self.state.elapsed)
                 self.state.metrics.append(row)
@@ -420,7 +423,9 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 self.log(epoch_line(row, self.epochs, self.supervised, self.multilabel))
+                mark = time.perf_counter()
                 self.save(final=last)
+                self.state.elapsed += time.perf_counter() - mark
                 if self.dist.main:
                     self.tb.add(row)
                 barrier(self.dist)

@@ -13,7 +13,9 @@ nothing else set but what the arm names:
 - epochs: the same model at 64 px, trained for as many epochs as the budget holds
   (--run.time_budget, the schedule following the clock);
 - 96px / 128px: --data.image_size 96 / 128 (patch 8 / 16: a 12x12 / 8x8 grid), the budget too;
-- deep: 64 px, 12 layers instead of 4 (--model.num_layers 12), the budget too.
+- deep: 64 px, 12 layers instead of 4 (--model.num_layers 12), the budget too;
+- 96px-60 / 128px-60 / 128px-p8-60: the larger inputs (128 px also with patch 8, a 16x16
+  grid) trained as the default is, for the epochs rule's 60 epochs, with no budget set.
 
 Budget arms set --run.time_budget to the minutes less the time the default arm spent reading
 the photos, so each ends within the budget. Each arm runs in its own process, one after the
@@ -47,6 +49,10 @@ ARMS = {
     "96px": {"data": {"image_size": 96}, "model": {"patch_size": 8}, "run": {"epochs": 100_000}},
     "128px": {"data": {"image_size": 128}, "model": {"patch_size": 16}, "run": {"epochs": 100_000}},
     "deep": {"model": {"num_layers": 12}, "run": {"epochs": 100_000}},
+    # the same inputs planned as the default is (the epochs rule's 60 epochs, no budget set)
+    "96px-60": {"data": {"image_size": 96}, "model": {"patch_size": 8}},
+    "128px-60": {"data": {"image_size": 128}, "model": {"patch_size": 16}},
+    "128px-p8-60": {"data": {"image_size": 128}, "model": {"patch_size": 8}},
 }
 
 CHILD = r"""

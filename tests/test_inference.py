@@ -26,6 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vitkit"
 TRAINING = {
     "vitkit.training.trainer": "Trainer.train_step",  # the training step
     "vitkit.bench": "make_step",  # the training step the benchmark times
+    "vitkit.training.planner": "measure_steps",  # the training step (and its evaluation) the planner times
 }
 DECIDE = {"inference_precision"}
 WRAP = {"autocast", "weights_autocast"}

@@ -101,11 +101,16 @@ def run_arm(arm: str, root: Path, epochs: int, resize: str = "squash", seed: int
     shutil.rmtree(out, ignore_errors=True)
     args = dict(arm=arm, train=str(root / "train"), val=str(root / "val"), cache=str(cache), out=str(out),
                 weights=str(DEIT), epochs=epochs, resize=resize, seed=seed)
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True,
+    return run_child(CHILD, args, arm)
+
+
+def run_child(code: str, args: dict, name: str) -> dict:
+    """Run `code` in a fresh process with args as JSON; the dict its "RESULT " line holds."""
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode or line is None:
-        raise SystemExit(f"{arm} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return json.loads(line.removeprefix("RESULT "))
 
 

@@ -17,8 +17,8 @@ nothing else set but what the arm names:
 - 96px-60 / 128px-60 / 128px-p8-60: the larger inputs (128 px also with patch 8, a 16x16
   grid) trained as the default is, for the epochs rule's 60 epochs, with no budget set.
 
-Budget arms set --run.time_budget to the minutes less the time the default arm spent reading
-the photos, so each ends within the budget. Each arm runs in its own process, one after the
+Budget arms set --run.time_budget to 90% of the minutes, so that reading the photos and the
+final evaluation fit in the rest. Each arm runs in its own process, one after the
 other, with the decoded-image cache cleared first; wall time is the whole job. Accuracy is on
 the 153 validation photos (one photo is 0.65 points). The CPU is named; compare arms of one
 run only.
@@ -28,21 +28,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from hymenoptera_transfer import WORK, extract, run_child  # noqa: E402  (the same photos, extracted once)
+
 from vitkit.precision import cpu_has_amx, cpu_name, native_bf16  # noqa: E402
 
-ARCHIVE = ROOT.parent / "shared" / "datasets" / "hymenoptera.tar.gz"
-WORK = Path(tempfile.gettempdir()) / "vitkit-hymenoptera"
 ARMS = {
     "default": {},
     "epochs": {"run": {"epochs": 100_000}},
@@ -78,27 +74,13 @@ print("RESULT " + json.dumps({"acc": result.val_acc, "epochs": result.epoch, "wa
 """
 
 
-def extract() -> Path:
-    root = WORK / "hymenoptera"
-    if not (root / "val").is_dir():
-        WORK.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(ARCHIVE) as t:
-            t.extractall(WORK, filter="data")
-    return root
-
-
 def run_arm(name: str, root: Path, minutes: float, seed: int) -> dict:
     cache, out = WORK / "cache", WORK / "runs" / f"budget-{name}-{seed}"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     args = dict(arm=ARMS[name], train=str(root / "train"), val=str(root / "val"), cache=str(cache),
                 out=str(out), seed=seed, minutes=minutes)
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(line.removeprefix("RESULT "))
+    return run_child(CHILD, args, name)
 
 
 def main() -> None:

@@ -4,11 +4,12 @@
     python benchmarks/export_speed.py --accuracy      # CIFAR-10 test set: fp32 / int8 against eager
     python benchmarks/export_speed.py --variants      # the int8 alternatives: accuracy, speed, size
 
-Speed: vitkit eager fp32, vitkit's default inference path (inference precision "auto": bf16
-where the CPU has native bf16, else fp32, which on a CPU is the ONNX route of
-vitkit.export.route; VITKIT_NATIVE_BF16=0 runs it as such a CPU would), ONNX Runtime fp32 and
-ONNX Runtime int8 run the same
-model, interleaved (the order rotates each round) at batch 1 and 8; medians of the rounds.
+Speed: vitkit eager fp32, PyTorch bf16 (where the CPU has native bf16), vitkit's default
+inference path (`prepare` at precision "auto" with engine "auto", as a server runs it: on a
+CPU the model's ONNX graph by onnxruntime or OpenVINO where vitkit.export.route measured that
+faster on this machine, else PyTorch; VITKIT_NATIVE_BF16=0 runs it as a CPU without native
+bf16 would), ONNX Runtime fp32 and ONNX Runtime int8 run the same model, interleaved (the
+order rotates each round) at batch 1 and 8; medians of the rounds.
 The CIFAR-10 model is the trained run at --run (model.safetensors + config.json) when it is
 there, else an untrained model of configs/cifar10.yaml (speed does not depend on the weights);
 the digits model likewise (--digits-run, else configs/digits.yaml, the model `make run` trains).
@@ -49,9 +50,10 @@ from vitkit.export import export_model  # noqa: E402
 from vitkit.export.onnx import export_onnx  # noqa: E402
 from vitkit.export.prepare import export_ready, metadata  # noqa: E402
 from vitkit.export.quantize import quantize_onnx  # noqa: E402
-from vitkit.export.runtime import OnnxViT, session  # noqa: E402
-from vitkit.inference import for_inference  # noqa: E402
-from vitkit.precision import autocast, cpu_name, inference_precision, native_bf16  # noqa: E402
+from vitkit.export.runtime import session  # noqa: E402
+from vitkit.formats.openvino import kept_signal_stack  # noqa: E402
+from vitkit.inference import prepare  # noqa: E402
+from vitkit.precision import cpu_name, inference_precision, native_bf16  # noqa: E402
 
 RUN, DATA = Path("/tmp/vitkit-cifar/run"), Path("/tmp/vitkit-cifar/cifar10")
 
@@ -146,24 +148,23 @@ def ort_runner(path: Path):
 
 
 def torch_runners(model: ViT) -> tuple[dict, str]:
-    """Eager fp32, and vitkit's default inference path: for_inference at precision "auto", as
-    a server runs it (which in fp32 is the ONNX route, vitkit.export.route)."""
+    """Eager fp32; where the CPU has native bf16, PyTorch bf16 (what the default ran before it
+    timed the graph's runtimes against it); and vitkit's default inference path: `prepare` at
+    precision "auto" with engine "auto", as a server runs it (vitkit.export.route: the graph by
+    onnxruntime or OpenVINO where measured faster on this machine, else PyTorch)."""
     eager = export_ready(model)[0]
     precision = inference_precision("auto", "cpu")
-    default = for_inference(copy.deepcopy(eager), precision, engine="auto", images=None)
-    device = torch.device("cpu")
-    # the runtime of the route (onnx: onnxruntime)
-    route = f", ONNX route: {default.engine}" if isinstance(default, OnnxViT) else ""
+    default = prepare(copy.deepcopy(eager), "cpu", "auto", engine="auto", images=None)
 
     def run_eager(x):
         with torch.inference_mode():
             return eager(x)
 
-    def run_default(x):
-        with torch.inference_mode(), autocast(device, precision):
-            return default(x)
-
-    return {"vitkit eager fp32": run_eager, f"vitkit default ({precision}{route})": run_default}, precision
+    runners = {"vitkit eager fp32": run_eager}
+    if precision == "bf16":
+        runners["vitkit PyTorch bf16"] = prepare(copy.deepcopy(eager), "cpu", "bf16", engine="torch")
+    runners[f"vitkit default ({default.precision}, {default.engine})"] = default
+    return runners, precision
 
 
 # ---- OpenVINO ---------------------------------------------------------------------------------
@@ -247,7 +248,8 @@ class OpenVINO:
         times = []
         for _ in range(1 if source in self.compile_s else 2):  # the first time: cold, then from CACHE_DIR
             start = time.perf_counter()
-            compiled = self.core.compile_model(model, "CPU", config)
+            with kept_signal_stack():  # as vitkit compiles: the thread keeps its own signal stack
+                compiled = self.core.compile_model(model, "CPU", config)
             times.append(time.perf_counter() - start)
         self.compile_s.setdefault(source, (times[0], times[-1]))
         return compiled
@@ -338,8 +340,12 @@ def model_images(key: str, spec: InputSpec, args) -> tuple[torch.Tensor, torch.T
 
 def run_logits(run, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat([torch.as_tensor(np.asarray(run(x[i:i + batch]))).float()
-                          for i in range(0, len(x), batch)])
+        return torch.cat([as_float(run(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def as_float(out) -> torch.Tensor:
+    """Logits as an fp32 tensor, whether a runner gave a tensor (bf16 included) or an array."""
+    return out.float() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out)).float()
 
 
 def speed(args) -> None:
@@ -591,7 +597,11 @@ def main() -> None:
                          "file's dynamic batch, as an engine serving any batch would run it)")
     ap.add_argument("--threads", type=int, default=0,
                     help="intra-op threads for torch and onnxruntime (0: each library's default)")
+    ap.add_argument("--ov-paths", nargs="+", default=[label for label, _, _ in OV_PATHS],
+                    help="the OpenVINO rows to run, by label (on a CPU with AMX, compiling OpenVINO's f32 "
+                         "and bf16 models in one process where PyTorch runs bf16 crashed it: run them apart)")
     args = ap.parse_args()
+    OV_PATHS[:] = [p for p in OV_PATHS if p[0] in args.ov_paths]
     if args.threads:
         global THREADS
         THREADS = args.threads

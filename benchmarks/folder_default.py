@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vitkit.data.pipeline import DataConfig  # noqa: E402
-from vitkit.precision import cpu_name, native_bf16  # noqa: E402
+from vitkit.precision import cpu_name  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
 
 WORK = Path(tempfile.gettempdir()) / "vitkit-folder28"
@@ -98,7 +98,7 @@ def main() -> None:
     a = ap.parse_args()
     root = build()
     rows = [run(f"{p}-{e or 'default'}ep", root, p, e) for e in a.epochs for p in a.precision]
-    cpu = f"{cpu_name()}, {'native' if native_bf16('cpu') else 'no native'} bf16"
+    cpu = cpu_name()
     print(f"\n8,000 training / 2,000 held-out 28x28 digits-upscaled images, every default but "
           f"precision and epochs ({cpu})\n")
     print("| precision | epochs | trained in | planned (step ms) | wall time | held-out accuracy |\n"

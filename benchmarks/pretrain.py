@@ -36,7 +36,7 @@ from vitkit.config import ViTConfig  # noqa: E402
 from vitkit.data.augment import AugmentConfig  # noqa: E402
 from vitkit.data.pipeline import DataConfig  # noqa: E402
 from vitkit.model import ViT  # noqa: E402
-from vitkit.precision import autocast, cpu_name, native_bf16, training_precision  # noqa: E402
+from vitkit.precision import autocast, cpu_name, training_precision  # noqa: E402
 from vitkit.training import ModelSpec, OptimConfig, RunConfig, TrainConfig, fit  # noqa: E402
 from vitkit.training.objectives import Classification, PretrainConfig, SelfSupervised  # noqa: E402
 from vitkit.training.schedule import build_optimizer  # noqa: E402
@@ -134,7 +134,7 @@ def cifar(minutes: float, dest: Path, archive: Path, out: Path, reuse: bool = Fa
     _, scratch_acc = arm("scratch", lambda r: fit(config(r)), 2 * minutes)
     rows = [(f"MAE {minutes:g} min + fine-tune {minutes:g} min", ft_acc),
             (f"from scratch {2 * minutes:g} min", scratch_acc)]
-    print(f"\nCIFAR-10 ({cpu_name()}, {'native' if native_bf16('cpu') else 'no native'} bf16), "
+    print(f"\nCIFAR-10 ({cpu_name()}), "
           f"{(time.perf_counter() - t0) / 60:.0f} min in all\n")
     print("| weights | 10-shot (mean of 3 draws) | linear probe | 20-NN |\n|---|---|---|---|")
     for name, r in probes.items():
@@ -166,7 +166,7 @@ def main() -> None:
     a = ap.parse_args()
     precision = training_precision("auto", torch.device("cpu"))
     print(f"Training step, batch {a.batch}, 32x32, encoder patch 4 / D 192 / 6 layers ({cpu_name()}, "
-          f"{'native' if native_bf16('cpu') else 'no native'} bf16, {precision}); median of "
+          f"{precision}); median of "
           f"{a.rounds} interleaved rounds x {a.steps} steps\n")
     print("| objective | ms / step | speed vs supervised |\n|---|---|---|")
     for name, ms, ratio in step_times(a.batch, a.rounds, a.steps, precision):

@@ -122,8 +122,9 @@ def test_predict_evaluate_and_serve_give_eager_top1_through_the_route(tmp_path, 
         probs = tiny_model(x).softmax(-1)
     got = torch.stack(engine.run_batch("predict", [engine.prepare(opened_image(f)) for f in files]))
     assert torch.equal(got.argmax(1), probs.argmax(1))
-    monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")
-    assert Engine(open_model(model_dir)).engine == "torch"  # bf16 where native: the module
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")  # bf16 where native: the module, where timed faster
+    monkeypatch.setattr("vitkit.export.route._time_call", lambda m, x: 1.0 if m.engine == "torch" else 2.0)
+    assert Engine(open_model(model_dir)).engine == "torch"
 
 
 def opened_image(path):
@@ -134,6 +135,7 @@ def opened_image(path):
         return im
 
 
+@pytest.mark.openvino
 def test_engine_openvino_runs_the_same_graph_with_eager_logits(tmp_path, tiny_model, cache, monkeypatch):
     pytest.importorskip("openvino")
     from vitkit.formats.openvino import OpenVINOViT
@@ -203,6 +205,7 @@ def test_engine_openvino_without_openvino_is_one_line(tiny_model, cache, monkeyp
     assert not cache.exists()
 
 
+@pytest.mark.openvino
 def test_auto_times_both_runtimes_once_and_runs_each_batch_on_the_faster(tiny_model, cache, monkeypatch):
     pytest.importorskip("openvino")
     import json
@@ -244,3 +247,89 @@ def test_auto_times_both_runtimes_once_and_runs_each_batch_on_the_faster(tiny_mo
     monkeypatch.setattr("vitkit.export.route._machine", lambda: "another CPU")
     again = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto").module
     assert calls and type(again) is OpenVINOViT
+
+
+def test_auto_on_native_bf16_runs_the_graph_only_where_it_beats_pytorch_bf16(tiny_model, cache, monkeypatch):
+    import json
+
+    monkeypatch.setenv("VITKIT_NATIVE_BF16", "1")  # "auto" resolves to bf16, as on such a CPU
+    seconds = {"torch": {1: 0.02, 8: 0.01}, "onnx": {1: 0.01, 8: 0.015}}
+    calls = []
+
+    def timed(module, x):  # injected timings, per runtime and batch size
+        calls.append((module.engine, len(x)))
+        return seconds[module.engine][len(x)] * len(x)
+
+    monkeypatch.setattr("vitkit.export.route._time_call", timed)
+    # onnxruntime 2x PyTorch bf16 at batch 1 and 0.67x at batch 8: 1.33x in all, so the graph runs
+    runner = prepare(copy.deepcopy(tiny_model), "cpu", "auto", images=None)
+    assert (runner.engine, runner.precision) == ("onnx", "fp32")
+    assert {e for e, _ in calls} == {"onnx", "torch"}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), tiny_model(x), atol=1e-4, rtol=1e-4)
+    path = graph_path(tiny_model)
+    record = json.loads(path.with_name(f"{path.stem}.speed-bf16.json").read_text())
+    assert record["faster"] == {"1": "onnx", "8": "torch"}
+    calls.clear()  # read back on this machine, not timed again
+    assert prepare(copy.deepcopy(tiny_model), "cpu", "auto", images=None).engine == "onnx" and calls == []
+
+    # another machine, where PyTorch bf16 is faster in all (1.2x slower at batch 1, 3x faster at 8)
+    seconds["torch"] = {1: 0.012, 8: 0.005}
+    monkeypatch.setattr("vitkit.export.route._machine", lambda: "another CPU")
+    runner = prepare(copy.deepcopy(tiny_model), "cpu", "auto", images=None)
+    assert (runner.engine, runner.precision) == ("torch", "bf16") and calls
+
+    # a precision or engine asked for is kept, and nothing is timed for it
+    calls.clear()
+    assert prepare(copy.deepcopy(tiny_model), "cpu", "bf16", images=None).engine == "torch"
+    assert prepare(copy.deepcopy(tiny_model), "cpu", "auto", engine="torch").engine == "torch"
+    assert calls == []
+
+
+# OpenVINO in bf16, in a process of its own (one OpenVINO precision per process): its logits
+# near eager fp32, the precision it computes in reported, and f32 no longer compiled by "auto".
+OV_BF16_CASE = """
+import sys
+import numpy as np
+import openvino as ov
+import torch
+from vitkit.formats.openvino import OpenVINOViT, compile_file, may_compile
+from vitkit.formats.exported import open_onnx
+opened = open_onnx(sys.argv[1])
+compiled = compile_file(sys.argv[1], 1, None, "bf16")
+model = OpenVINOViT(compiled, opened.model.config, {}, opened.model.path, 1, None, "bf16")
+x = torch.from_numpy(np.load(sys.argv[2], allow_pickle=False))
+got = model(x).numpy()
+np.save(sys.argv[3], got, allow_pickle=False)
+has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+print("precision", model.precision, "expected", "bf16" if has_bf16 else "fp32")
+print("copy", type(model).__deepcopy__(model, {}).precision)
+print("may compile", may_compile("bf16"), may_compile("fp32"))
+"""
+
+
+@pytest.mark.openvino
+def test_openvino_bf16_gives_near_fp32_logits_and_keeps_the_process_to_one_precision(tmp_path, tiny_model):
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from vitkit.export import export_model
+
+    path, _ = export_model(tiny_model, CLASSES, SPEC, tmp_path / "m.onnx")
+    x = torch.randn(4, 3, 32, 32)
+    np.save(tmp_path / "x.npy", x.numpy(), allow_pickle=False)
+    out = subprocess.run([sys.executable, "-c", OV_BF16_CASE, str(path), str(tmp_path / "x.npy"),
+                          str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    reported, expected = lines["precision"].split(" expected ")
+    assert reported == expected and lines["copy"] == reported
+    assert lines["may"] == "compile True False"
+    with torch.no_grad():
+        eager = tiny_model(x)
+    got = torch.from_numpy(np.load(tmp_path / "y.npy", allow_pickle=False))
+    torch.testing.assert_close(got, eager, atol=5e-2, rtol=5e-2)

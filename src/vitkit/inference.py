@@ -102,16 +102,23 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
     """
     device = torch.device(device) if device is not None else _device_of(model)
     if _is_graph(model):
-        return Runner(model, model, device, "int8" if getattr(model, "int8", False) else "fp32", model.engine)
-    precision = inference_precision(precision, device)
-    routed = onnx_engine(model, precision, engine, compile, images, any_size)
-    if routed is not None:
-        return Runner(routed, model, device, precision, routed.engine, owned=True)
+        return Runner(model, model, device, model.precision, model.engine)
+    asked, precision = precision, inference_precision(precision, device)
+    if precision != "bf16" or asked != "auto" or engine != "auto" or device.type != "cpu":
+        routed = onnx_engine(model, precision, engine, compile, images, any_size)
+        if routed is not None:
+            return Runner(routed, model, device, routed.precision, routed.engine, owned=True)
     module, owned = model, False
     if precision == "bf16" and bf16_weights and not _stored_bf16(model):
         module, owned = _bf16_copy(model), True
     call = compiled_call(module, compile, label="model for inference")
-    return Runner(module, model, device, precision, "torch", call, owned)
+    runner = Runner(module, model, device, precision, "torch", call, owned)
+    if precision == "bf16" and asked == "auto" and engine == "auto" and device.type == "cpu":
+        # native bf16 chosen by "auto": the graph's runtimes may still be faster here
+        routed = onnx_engine(model, precision, engine, compile, images, any_size, rival=runner)
+        if routed is not None:
+            return Runner(routed, model, device, routed.precision, routed.engine, owned=True)
+    return runner
 
 
 def as_runner(model: torch.nn.Module | Runner, device: torch.device | str | None = None,

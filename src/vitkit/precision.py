@@ -120,7 +120,7 @@ def autocast(device: torch.device, precision: str):
 
 def cpu_name() -> str:
     """The CPU as benchmark tables name it: model name, family and model numbers (a bare
-    "AMD EPYC" says little), core count and whether it has native bf16."""
+    "AMD EPYC" says little), core count, and whether it has native bf16 and AMX."""
     import platform
 
     try:
@@ -130,5 +130,6 @@ def cpu_name() -> str:
         return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
     info = {k.strip(): v.strip() for k, v in info.items()}
     bf16 = "native bf16" if native_bf16("cpu") else "no native bf16"
+    bf16 += ", AMX" if cpu_has_amx() else ", no AMX"
     return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
             f"{info.get('model', '?')}, {os.cpu_count()} cores, {bf16})")

@@ -26,13 +26,29 @@ Which runtime is faster depends on the CPU and the model (on a 2-core Zen 3, Ope
 both on this machine, once per graph (a few seconds, kept beside the graph in a .speed.json
 keyed by the CPU, the threads and the runtimes' versions), and runs each batch on the one
 measured faster at its size: batch 1 for small batches, batch 8 for the others.
+
+Where the CPU computes bf16 natively and the precision is "auto", PyTorch bf16 is the
+baseline the graph must beat: the caller hands over that runner (`rival`), and "auto" times it
+beside onnxruntime fp32 and OpenVINO bf16 (its own bf16 kernels). On a 2-core AMX Xeon
+OpenVINO bf16 ran S/16 at 1.4-2.0x and the small CIFAR-10 model at 2.5-3.5x PyTorch bf16, and
+onnxruntime fp32 the digits model at 8x at batch 1. The graph runs, each batch on its faster
+runtime, where that is faster in all (the product of its speed ratios to PyTorch at the batch
+sizes timed); else the PyTorch runner stays. The timings go to a .speed-bf16.json beside the
+graph.
+
+OpenVINO compiles one precision per process: compiling f32 and bf16 models in one process
+that also ran PyTorch bf16 crashed it on an AMX Xeon (a segmentation fault in OpenVINO's
+generated code), so once a process has compiled one precision, "auto" leaves OpenVINO out
+of the other.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -40,6 +56,8 @@ import torch
 
 from ..cache import default_cache_dir, model_fingerprint
 from ..formats.openvino import available as openvino_available
+from ..formats.openvino import may_compile as openvino_may_compile
+from ..formats.openvino import version as openvino_version
 from ..model import ViT
 from ..notices import VitkitWarning, first_line
 
@@ -85,16 +103,20 @@ def graph_path(model: ViT, any_size: bool = False) -> Path:
 
 
 def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "auto",
-                compile: bool | str = "auto", images: int | None = None, any_size: bool = False
-                ) -> torch.nn.Module | None:
+                compile: bool | str = "auto", images: int | None = None, any_size: bool = False,
+                rival: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.nn.Module | None:
     """The OnnxViT that runs `model` by onnxruntime when `engine` says so (module docstring),
     else None; `images`: how many images the caller will run (None: no end, as in serving);
-    any_size: the graph takes any H and W the patch divides (inputs of sizes of their own)."""
+    any_size: the graph takes any H and W the patch divides (inputs of sizes of their own);
+    rival: with engine "auto", the PyTorch bf16 runner the graph's runtimes are timed against
+    (None where it is not faster)."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "torch":
         return None
-    problem = route_problem(model, precision, compile)
+    if engine != "auto":
+        rival = None
+    problem = route_problem(model, "fp32" if rival is not None else precision, compile)
     if problem is None and engine == "openvino" and not openvino_available():
         problem = "openvino is not installed (pip install 'vitkit[openvino]')"
     if problem:
@@ -107,11 +129,11 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
     try:
         if path.is_file():
             try:
-                return _runtime(path, model, engine)
+                return _runtime(path, model, engine, rival)
             except ValueError:
                 path.unlink(missing_ok=True)  # a damaged cache file: export it again
         _export(model, path, any_size)
-        return _runtime(path, model, engine)
+        return _runtime(path, model, engine, rival)
     except Exception as e:
         if engine != "auto":
             raise ValueError(f"engine {engine}: {first_line(e)}") from None
@@ -124,22 +146,31 @@ SPEED_BATCHES = (1, 8)  # the batch sizes "auto" times each runtime at
 SPEED_MAX_CALL = 0.5  # seconds: a model slower than this at batch 8 is timed at batch 1 alone
 
 
-def _runtime(path: Path, model: ViT, engine: str) -> torch.nn.Module:
+def _runtime(path: Path, model: ViT, engine: str, rival: Callable | None = None) -> torch.nn.Module | None:
     """The graph on the runtime `engine` names; for "auto", the one measured faster (module
-    docstring), or both, split by batch size."""
+    docstring), or both, split by batch size; None where the `rival` runner is faster."""
     if engine != "auto":
         return _open(path, model, engine)
-    ort = _open(path, model, "onnx")
-    if not openvino_available():
-        return ort
-    try:
-        ov = _open(path, model, "openvino")
-    except ValueError as e:
-        warnings.warn(f"{first_line(e)}; running onnxruntime", VitkitWarning, stacklevel=3)
-        return ort
-    runtimes = {"onnx": ort, "openvino": ov}
-    faster = _faster(path, runtimes, model.config)
-    small, large = (runtimes[faster[b]] for b in SPEED_BATCHES)
+    runtimes: dict[str, Callable] = {"onnx": _open(path, model, "onnx")}
+    ov_precision = "bf16" if rival is not None else "fp32"
+    if openvino_available() and openvino_may_compile(ov_precision):
+        try:
+            runtimes["openvino"] = _open(path, model, "openvino", ov_precision)
+        except ValueError as e:
+            warnings.warn(f"{first_line(e)}; running onnxruntime", VitkitWarning, stacklevel=3)
+    if rival is not None:
+        runtimes["torch"] = rival
+    elif len(runtimes) == 1:
+        return runtimes["onnx"]
+    seconds = _speeds(path, runtimes, model.config, "-bf16" if rival is not None else "")
+    graphs = {b: min((n for n in s if n != "torch"), key=s.get) for b, s in seconds.items()}
+    if rival is not None:
+        ratios = [s["torch"] / s[graphs[b]] for b, s in seconds.items()]
+        if math.prod(ratios) <= 1.0:
+            return None  # PyTorch is faster in all
+    for b in SPEED_BATCHES:  # a batch size not timed (a slow model) follows batch 1
+        graphs.setdefault(b, graphs[SPEED_BATCHES[0]])
+    small, large = (runtimes[graphs[b]] for b in SPEED_BATCHES)
     if small is large:
         return small
     from ..formats.openvino import ByBatch
@@ -147,46 +178,45 @@ def _runtime(path: Path, model: ViT, engine: str) -> torch.nn.Module:
     return ByBatch(small, large, SPEED_BATCHES[-1]).eval()
 
 
-def _faster(path: Path, runtimes: dict[str, torch.nn.Module], config) -> dict[int, str]:
-    """{batch size: the name of the faster runtime} from the graph's .speed.json when it was
-    measured on this machine, else measured now and written there."""
+def _speeds(path: Path, runtimes: dict[str, Callable], config, tag: str = "") -> dict[int, dict[str, float]]:
+    """{batch size: {runtime: seconds per image}} from the graph's .speed{tag}.json when it was
+    measured on this machine for these runtimes, else measured now and written there."""
     import json
 
     from ..files import atomic_write_bytes
 
-    record = path.with_suffix(".speed.json")
+    record = path.with_name(f"{path.stem}.speed{tag}.json")
     machine = _machine()
     try:
         stored = json.loads(record.read_text())
-        if stored.get("machine") == machine:
-            return {int(b): name for b, name in stored["faster"].items()}
+        seconds = {int(b): dict(s) for b, s in stored["seconds_per_image"].items()}
+        if stored.get("machine") == machine and all(set(s) == set(runtimes) for s in seconds.values()):
+            return seconds
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         pass
     seconds = _time_runtimes(runtimes, config)
-    faster = {b: min(seconds[b], key=seconds[b].get) for b in seconds}
-    for b in SPEED_BATCHES:  # a batch size not timed (a slow model) follows batch 1
-        faster.setdefault(b, faster[SPEED_BATCHES[0]])
+    faster = {b: min(s, key=s.get) for b, s in seconds.items()}
     text = json.dumps({"machine": machine, "seconds_per_image": {str(b): s for b, s in seconds.items()},
                        "faster": {str(b): name for b, name in faster.items()}}, indent=1)
     try:
         atomic_write_bytes(record, text.encode())
     except OSError:  # a read-only cache: measured again next time
         pass
-    return faster
+    return seconds
 
 
 def _machine() -> str:
     """What the timings hold for: the CPU, the threads and the runtimes' versions."""
     import onnxruntime
-    import openvino
 
     from ..precision import cpu_name
 
-    return (f"{cpu_name()}; {torch.get_num_threads()} threads; onnxruntime {onnxruntime.__version__}; "
-            f"openvino {openvino.__version__}")
+    ov = f"; openvino {openvino_version()}" if openvino_available() else ""
+    return (f"{cpu_name()}; {torch.get_num_threads()} threads; torch {torch.__version__}; "
+            f"onnxruntime {onnxruntime.__version__}{ov}")
 
 
-def _time_runtimes(runtimes: dict[str, torch.nn.Module], config) -> dict[int, dict[str, float]]:
+def _time_runtimes(runtimes: dict[str, Callable], config) -> dict[int, dict[str, float]]:
     """Seconds per image of each runtime at each of SPEED_BATCHES (the best of 3 rounds that
     alternate the runtimes), on zero inputs: the speed of a graph does not depend on the pixels."""
     seconds: dict[int, dict[str, float]] = {}
@@ -203,15 +233,15 @@ def _time_runtimes(runtimes: dict[str, torch.nn.Module], config) -> dict[int, di
     return seconds
 
 
-def _time_call(module: torch.nn.Module, x: torch.Tensor) -> float:
+def _time_call(module: Callable, x: torch.Tensor) -> float:
     start = time.perf_counter()
     module(x)
     return time.perf_counter() - start
 
 
-def _open(path: Path, model: ViT, engine: str) -> torch.nn.Module:
-    """The cached graph as an OnnxViT (or, for engine "openvino", an OpenVINOViT) on torch's
-    intra-op thread count (ValueError if unreadable)."""
+def _open(path: Path, model: ViT, engine: str, precision: str = "fp32") -> torch.nn.Module:
+    """The cached graph as an OnnxViT (or, for engine "openvino", an OpenVINOViT computing in
+    `precision`) on torch's intra-op thread count (ValueError if unreadable)."""
     from ..formats.exported import open_onnx
 
     if engine == "onnx":
@@ -220,10 +250,10 @@ def _open(path: Path, model: ViT, engine: str) -> torch.nn.Module:
 
     threads, blobs = torch.get_num_threads(), path.parent / "openvino"
     try:
-        compiled = compile_file(path, threads, blobs)
+        compiled = compile_file(path, threads, blobs, precision)
     except Exception as e:  # OpenVINO's errors on a damaged file
         raise ValueError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from None
-    return OpenVINOViT(compiled, model.config, {}, path, threads, blobs).eval()
+    return OpenVINOViT(compiled, model.config, {}, path, threads, blobs, precision).eval()
 
 
 def _export(model: ViT, path: Path, any_size: bool = False) -> None:
@@ -237,5 +267,5 @@ def _export(model: ViT, path: Path, any_size: bool = False) -> None:
     c = model.config
     spec = InputSpec(c.image_hw, c.num_channels, [0.5] * c.num_channels, [0.5] * c.num_channels)
     export_model(model, [str(i) for i in range(c.num_classes)], spec, path, dynamic_size=any_size)
-    print(f"vitkit: fp32 inference runs through ONNX Runtime; exported the graph once in "
-          f"{time.perf_counter() - start:.1f} s to {path}", file=sys.stderr, flush=True)
+    print(f"vitkit: exported the graph once in {time.perf_counter() - start:.1f} s to {path} (inference "
+          f"runs it by onnxruntime or OpenVINO where faster)", file=sys.stderr, flush=True)

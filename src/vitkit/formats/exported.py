@@ -57,6 +57,7 @@ class OnnxViT(nn.Module):
         self.path = path
         self.input_name = self._input_name()
         self.int8 = bool(meta.get("int8"))
+        self.precision = "int8" if self.int8 else "fp32"  # what the runtime computes in
 
     def _input_name(self) -> str:
         return self.session.get_inputs()[0].name

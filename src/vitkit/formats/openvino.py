@@ -27,19 +27,40 @@ def available() -> bool:
     return True
 
 
-def compile_file(path: str | Path, threads: int | None = None, cache_dir: str | Path | None = None):
-    """The file compiled for the CPU in f32 for latency (one request, every thread it is
-    given); compiled blobs are kept in `cache_dir`, so a second compile reads them."""
+def version() -> str:
+    import openvino
+
+    return openvino.__version__
+
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # vitkit's names: OpenVINO's inference precision hints
+_compiled: set[str] = set()  # the precisions compiled in this process
+
+
+def may_compile(precision: str) -> bool:
+    """Whether compiling `precision` keeps this process to one OpenVINO precision: compiling
+    f32 and bf16 models in one process that also ran PyTorch bf16 crashed it on an AMX Xeon
+    (a segmentation fault in OpenVINO's generated code)."""
+    return not (_compiled - {precision})
+
+
+def compile_file(path: str | Path, threads: int | None = None, cache_dir: str | Path | None = None,
+                 precision: str = "fp32"):
+    """The file compiled for the CPU in `precision` ("fp32", or "bf16" where the CPU computes
+    it) for latency (one request, every thread it is given); compiled blobs are kept in
+    `cache_dir`, so a second compile reads them."""
     import openvino as ov
 
     core = ov.Core()
     if cache_dir is not None:
         core.set_property({"CACHE_DIR": str(cache_dir)})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     with kept_signal_stack():
-        return core.compile_model(str(path), "CPU", config)
+        compiled = core.compile_model(str(path), "CPU", config)
+    _compiled.add(precision)
+    return compiled
 
 
 class _SignalStack(ctypes.Structure):
@@ -75,9 +96,12 @@ class OpenVINOViT(OnnxViT):
     engine = "openvino"
 
     def __init__(self, compiled, config: ViTConfig, meta: dict, path: Path, threads: int | None = None,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, precision: str = "fp32"):
         super().__init__(compiled, config, meta, path)  # session: the compiled model
-        self.threads, self.cache_dir = threads, cache_dir
+        self.threads, self.cache_dir, self.asked = threads, cache_dir, precision
+        # what it computes in: OpenVINO keeps f32 where the CPU has no bf16
+        used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = "bf16" if used == "bf16" else "fp32"
         self._requests = threading.local()  # one infer request per calling thread
 
     def _input_name(self) -> str:
@@ -94,12 +118,13 @@ class OpenVINOViT(OnnxViT):
 
     def __deepcopy__(self, memo: dict) -> OpenVINOViT:
         """A copy with its own compiled model (read from the cache when there is one)."""
-        compiled = compile_file(self.path, self.threads, self.cache_dir)
-        copied = type(self)(compiled, self.config, dict(self.meta), self.path, self.threads, self.cache_dir)
+        compiled = compile_file(self.path, self.threads, self.cache_dir, self.asked)
+        copied = type(self)(compiled, self.config, dict(self.meta), self.path, self.threads, self.cache_dir,
+                            self.asked)
         return copied.train(self.training)
 
     def extra_repr(self) -> str:
-        return super().extra_repr().replace("onnxruntime", "openvino")
+        return super().extra_repr().replace("onnxruntime fp32", f"openvino {self.precision}")
 
 
 class ByBatch(OnnxViT):
@@ -110,6 +135,8 @@ class ByBatch(OnnxViT):
         super().__init__(small.session, small.config, small.meta, small.path)
         self.small, self.large, self.large_from = small, large, large_from
         self.engine = f"{small.engine} (batches under {large_from}), {large.engine} (the others)"
+        self.precision = (small.precision if small.precision == large.precision else
+                          f"{small.precision} (batches under {large_from}), {large.precision} (the others)")
 
     def _input_name(self) -> str:
         return ""  # each part feeds its own input

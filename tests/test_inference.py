@@ -216,6 +216,12 @@ def test_predict_evaluate_and_serve_give_what_the_eager_model_gives(saved, preci
     assert ev["loss"] == pytest.approx(loss, abs=tol)
 
     with TestClient(create_app(open_model(str(run)), ServeOptions(precision=precision))) as client:
+        model = client.get("/v1/model").json()
+        # a server has no end of work: with native bf16, "auto" runs the graph in fp32 where
+        # that measured faster on this machine than PyTorch bf16 (vitkit.export.route)
+        assert model["precision"] == decided or (decided, model["precision"], model["engine"]) == (
+            "bf16", "fp32", "onnxruntime")
+        probs = expected(run, files, model["precision"])
         for f, p in zip(files, probs, strict=True):
             r = client.post("/v1/predict?topk=10", content=f.read_bytes(),
                             headers={"content-type": "image/png"})
@@ -225,5 +231,3 @@ def test_predict_evaluate_and_serve_give_what_the_eager_model_gives(saved, preci
             got = torch.zeros(10)
             got[[t["index"] for t in top]] = torch.tensor([t["probability"] for t in top])
             torch.testing.assert_close(got, p, atol=tol, rtol=0)
-        model = client.get("/v1/model").json()
-        assert model["precision"] == decided

@@ -140,7 +140,7 @@ def test_a_keep_run_evaluates_predicts_serves_and_exports_as_it_trained(mixed_fo
                                                       cache_dir=str(tmp_path / "cache")), engine="torch")
     assert done.result.top1 == pytest.approx(result.val_acc)
     files = sorted((mixed_folder / "val").rglob("*.png"))
-    got = predict_files(opened, files, topk=2, batch_size=3, engine="torch")
+    got = predict_files(opened, files, topk=2, batch_size=3, engine="torch", precision="fp32")
     model = opened.model.eval()
     from vitkit.data.preprocess import open_image, prepare_image
 
@@ -154,7 +154,7 @@ def test_a_keep_run_evaluates_predicts_serves_and_exports_as_it_trained(mixed_fo
     # serve: one request batch of mixed sizes answers as the images one by one
     from vitkit.serve.inference import Engine
 
-    engine = Engine(opened, engine="torch")
+    engine = Engine(opened, "fp32", engine="torch")
     with open_image(files[0]) as a, open_image(files[1]) as b:
         items = [engine.prepare(a), engine.prepare(b)]
     assert items[0].tensor.shape != items[1].tensor.shape
@@ -221,9 +221,10 @@ def _finetuned(mixed_folder, tmp_path, image_size=(32, 48), mode="linear", **dat
 def test_finetuning_with_keep_evaluates_as_it_trained(mixed_folder, tmp_path, mode):
     from vitkit.evaluation import evaluate_path
 
-    result = _finetuned(mixed_folder, tmp_path, (32, 32), mode, resize="keep")
+    result = _finetuned(mixed_folder, tmp_path, (32, 32), mode, resize="keep")  # trained in fp32
     done = evaluate_path(tmp_path / "run", DataConfig(dataset="folder", path=str(mixed_folder / "val"),
-                                                      cache_dir=str(tmp_path / "cache")), engine="torch")
+                                                      cache_dir=str(tmp_path / "cache")), engine="torch",
+                         precision="fp32")
     assert done.result.top1 == pytest.approx(result.val_acc)
     assert done.result.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-4)
 

@@ -1,4 +1,5 @@
-"""fp32 inference on a CPU through ONNX Runtime, where that was measured to pay.
+"""Inference on a CPU through the model's ONNX graph (ONNX Runtime, OpenVINO), where that was
+measured to pay.
 
 In fp32 on a CPU, ONNX Runtime runs vitkit's own exported graph faster than eager PyTorch
 runs the model (benchmarks/export_speed.py; the figures are in benchmarks/README.md). So

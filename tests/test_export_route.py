@@ -223,7 +223,11 @@ def test_auto_times_both_runtimes_once_and_runs_each_batch_on_the_faster(tiny_mo
     runner = prepare(copy.deepcopy(tiny_model), "cpu", "fp32", engine="auto", images=None)
     split = runner.module
     assert isinstance(split, ByBatch) and (split.small.engine, split.large.engine) == ("onnx", "openvino")
-    assert len(calls) == 2 * 4 * 2  # two runtimes, a warm-up and three rounds, two batch sizes
+    from vitkit.export.route import SPEED_ROUND_S, SPEED_ROUNDS
+
+    # two batch sizes: two warm-up calls of each runtime, then rounds of calls filling SPEED_ROUND_S
+    per_round = round(SPEED_ROUND_S / 0.01) + round(SPEED_ROUND_S / 0.02)
+    assert len(calls) == 2 * (2 * 2 + SPEED_ROUNDS * per_round)
     record = json.loads(graph_path(tiny_model).with_suffix(".speed.json").read_text())
     assert record["faster"] == {"1": "onnx", "8": "openvino"} and "threads" in record["machine"]
 

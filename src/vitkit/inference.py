@@ -57,6 +57,8 @@ class Runner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a normalized batch (moved to the runner's device)."""
+        if self.engine != "torch":  # a runtime's graph: its precision and mode are its own
+            return self._call(x)
         return self.apply(lambda _, batch: self._call(batch), x.to(self.device, non_blocking=True))
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,8 @@ def onnx_engine(model: torch.nn.Module, precision: str, engine: Engine | str = "
 
 
 SPEED_BATCHES = (1, 8)  # the batch sizes "auto" times each runtime at
-SPEED_MAX_CALL = 0.5  # seconds: a model slower than this at batch 8 is timed at batch 1 alone
+SPEED_MAX_CALL = 1.5  # seconds: a model slower than this at batch 8 is timed at batch 1 alone
+SPEED_ROUNDS, SPEED_ROUND_S = 3, 0.25  # rounds, and seconds of calls per runtime in each
 
 
 def _runtime(path: Path, model: ViT, engine: str, rival: Callable | None = None) -> torch.nn.Module | None:
@@ -218,18 +219,23 @@ def _machine() -> str:
 
 
 def _time_runtimes(runtimes: dict[str, Callable], config) -> dict[int, dict[str, float]]:
-    """Seconds per image of each runtime at each of SPEED_BATCHES (the best of 3 rounds that
-    alternate the runtimes), on zero inputs: the speed of a graph does not depend on the pixels."""
+    """Seconds per image of each runtime at each of SPEED_BATCHES, on zero inputs (the speed
+    of a graph does not depend on the pixels): after two warm-up calls, SPEED_ROUNDS rounds
+    that alternate the runtimes, each running calls for about SPEED_ROUND_S; the best round's
+    mean. Single calls of a few milliseconds scatter by more than the runtimes differ."""
     seconds: dict[int, dict[str, float]] = {}
     for batch in SPEED_BATCHES:
         x = torch.zeros(batch, config.num_channels, *config.image_hw)
         first = {name: _time_call(m, x) for name, m in runtimes.items()}  # warm-up, and the cost
         if batch > 1 and max(first.values()) > SPEED_MAX_CALL:
             break
-        best = dict(first)
-        for _ in range(3):
+        cost = {name: min(first[name], _time_call(m, x)) for name, m in runtimes.items()}
+        calls = {name: max(1, round(SPEED_ROUND_S / max(c, 1e-6))) for name, c in cost.items()}
+        best = {name: math.inf for name in runtimes}
+        for _ in range(SPEED_ROUNDS):
             for name, m in runtimes.items():
-                best[name] = min(best[name], _time_call(m, x))
+                mean = sum(_time_call(m, x) for _ in range(calls[name])) / calls[name]
+                best[name] = min(best[name], mean)
         seconds[batch] = {name: s / batch for name, s in best.items()}
     return seconds
 

@@ -95,6 +95,8 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
     precision: "auto" (bf16 where the hardware computes it natively, else fp32; vitkit.precision),
     "fp32" or "bf16". engine: vitkit.export.route's choice: "auto" or "onnx" may run the
     model's ONNX graph in fp32 on a CPU by onnxruntime, "openvino" by OpenVINO, "torch" never;
+    where "auto" precision is bf16 on a CPU, "auto" runs the graph (onnxruntime fp32, OpenVINO
+    bf16) only where it measured faster than PyTorch bf16 on this machine;
     `images` is the work to come (None: no end, as in serving). compile: vitkit.compile's
     choice. bf16_weights=False runs the model's own weights under autocast in bf16 (no copy:
     what evaluation during training does); the results are the same. any_size: inputs come at

@@ -31,7 +31,7 @@ measured faster at its size: batch 1 for small batches, batch 8 for the others.
 Where the CPU computes bf16 natively and the precision is "auto", PyTorch bf16 is the
 baseline the graph must beat: the caller hands over that runner (`rival`), and "auto" times it
 beside onnxruntime fp32 and OpenVINO bf16 (its own bf16 kernels). On a 2-core AMX Xeon
-OpenVINO bf16 ran S/16 at 1.4-2.0x and the small CIFAR-10 model at 2.5-3.5x PyTorch bf16, and
+OpenVINO bf16 ran S/16 at 1.4-2.2x and the small CIFAR-10 model at 2.5-3.5x PyTorch bf16, and
 onnxruntime fp32 the digits model at 8x at batch 1. The graph runs, each batch on its faster
 runtime, where that is faster in all (the product of its speed ratios to PyTorch at the batch
 sizes timed); else the PyTorch runner stays. The timings go to a .speed-bf16.json beside the

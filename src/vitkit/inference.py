@@ -108,7 +108,9 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
     if _is_graph(model):
         return Runner(model, model, device, model.precision, model.engine)
     asked, precision = precision, inference_precision(precision, device)
-    if precision != "bf16" or asked != "auto" or engine != "auto" or device.type != "cpu":
+    # native bf16 chosen by "auto" on a CPU: the graph's runtimes are timed against PyTorch bf16
+    rivalled = precision == "bf16" and asked == "auto" and engine == "auto" and device.type == "cpu"
+    if not rivalled:
         routed = onnx_engine(model, precision, engine, compile, images, any_size)
         if routed is not None:
             return Runner(routed, model, device, routed.precision, routed.engine, owned=True)
@@ -117,8 +119,7 @@ def prepare(model: torch.nn.Module, device: torch.device | str | None = None, pr
         module, owned = _bf16_copy(model), True
     call = compiled_call(module, compile, label="model for inference")
     runner = Runner(module, model, device, precision, "torch", call, owned)
-    if precision == "bf16" and asked == "auto" and engine == "auto" and device.type == "cpu":
-        # native bf16 chosen by "auto": the graph's runtimes may still be faster here
+    if rivalled:
         routed = onnx_engine(model, precision, engine, compile, images, any_size, rival=runner)
         if routed is not None:
             return Runner(routed, model, device, routed.precision, routed.engine, owned=True)

@@ -14,7 +14,9 @@ labels (no teacher), hard, soft (alpha 0.5, tau 1) and token (DeiT's distillatio
 "labels, equal time" trains the labels-only student for as many more epochs as the teacher's
 views cost; "vitkit train" is the ordinary run (a fresh augmentation every epoch, its default
 epochs). Speed: images/s of the published models at batch 1 and 8 in one process (fp32 eager,
-vitkit's default inference path, ONNX int8), median of 5 rounds. CPU named, bf16 / AMX said.
+vitkit's default inference path as predict and serve run it, ONNX int8), median of 5 rounds.
+CPU named, bf16 / AMX said. --init teacher cuts the student from the teacher
+(vitkit.distill.student) instead of building a new one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from vitkit.distill import DistillOptions, distill, lessons  # noqa: E402
 from vitkit.finetune import finetune  # noqa: E402
 from vitkit.loading import LoadOptions, open_model  # noqa: E402
 from vitkit.notices import plain_warnings  # noqa: E402
-from vitkit.precision import cpu_has_amx, cpu_name, inference_precision, native_bf16  # noqa: E402
+from vitkit.precision import cpu_has_amx, cpu_name, native_bf16  # noqa: E402
 from vitkit.training import RunConfig, TrainConfig, fit  # noqa: E402
 from vitkit.training.config import ModelSpec  # noqa: E402
 
@@ -90,46 +92,40 @@ def cifar10(per_class: int, val_per_class: int) -> DataConfig:
                       cache_dir=str(dest / "cache"))
 
 
-def speed(model: torch.nn.Module, size: tuple[int, int], channels: int, batch: int, precision: str,
-          rounds: int = 5, seconds: float = 1.0) -> float:
-    """Images/s of model(x) for one batch size (median of rounds)."""
-    from vitkit.precision import autocast
-
+def speed(call, size: tuple[int, int], channels: int, batch: int, rounds: int = 5,
+          seconds: float = 1.0) -> float:
+    """Images/s of call(x) for one batch size (median of rounds)."""
     x = torch.randn(batch, channels, *size)
-    dev = torch.device("cpu")
     rates = []
     with torch.inference_mode():
         for _ in range(2):
-            with autocast(dev, precision):
-                model(x)
+            call(x)
         for _ in range(rounds):
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds:
-                with autocast(dev, precision):
-                    model(x)
+                call(x)
                 n += batch
             rates.append(n / (time.perf_counter() - t0))
     return sorted(rates)[len(rates) // 2]
 
 
 def speeds(path: Path, work: Path) -> dict[str, tuple[float, float]]:
-    """(batch 1, batch 8) images/s: fp32 eager, vitkit's default, ONNX int8."""
+    """(batch 1, batch 8) images/s: fp32 eager, vitkit's default (`prepare` at precision and
+    engine "auto", as predict and serve run it), ONNX int8."""
     from vitkit.export import export_file
-    from vitkit.inference import for_inference
+    from vitkit.inference import prepare
 
     out = {}
     for name in ("fp32", "default", "int8"):
         if name == "int8":
             opened = open_model(export_file(path, work / f"{path.name}-int8.onnx", int8=True).path)
-            model, precision = opened.model, "fp32"
+            call = opened.model
         else:
             opened = open_model(path)
-            precision = "fp32" if name == "fp32" else inference_precision("auto", "cpu")
-            engine = "torch" if name == "fp32" else "auto"
-            model = for_inference(opened.model, precision, compile=False if name == "fp32" else "auto",
-                                  engine=engine)
+            call = opened.model.eval() if name == "fp32" else \
+                prepare(opened.model, "cpu", "auto", engine="auto", images=None)
         c = opened.spec
-        out[name] = tuple(speed(model, c.image_size, c.channels, b, precision) for b in (1, 8))
+        out[name] = tuple(speed(call, c.image_size, c.channels, b) for b in (1, 8))
     return out
 
 
@@ -148,6 +144,9 @@ def main() -> None:
                          "(default: vitkit train's model for the data)")
     ap.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha of the views")
     ap.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha of the views")
+    ap.add_argument("--init", choices=["scratch", "teacher"], default="scratch",
+                    help="teacher: the student is the teacher's first layers at a lower resolution "
+                         "(--student may set num_layers only)")
     ap.add_argument("--alpha", type=float, default=DistillOptions.alpha, help="soft: the teacher's weight")
     ap.add_argument("--tau", type=float, default=DistillOptions.tau, help="soft: the temperature")
     args = ap.parse_args()
@@ -167,12 +166,13 @@ def main() -> None:
     run = RunConfig(out=str(work / "s"), overwrite=True, progress=False, epochs=args.epochs)
     student, augment = ModelSpec(**args.student), AugmentConfig(mixup=args.mixup, cutmix=args.cutmix)
     taught = lessons(teacher.run_dir, TrainConfig(data=data, model=student, augment=augment, run=run),
-                     DistillOptions(views=args.views))
+                     DistillOptions(views=args.views, init=args.init))
     print(f"teacher's views: {taught.seconds:.1f}s", flush=True)
     times = {}
     for loss in args.losses.split(","):
         t0 = time.perf_counter()
-        r = distill(teacher.run_dir, data, student, DistillOptions(loss=loss, alpha=args.alpha, tau=args.tau),
+        r = distill(teacher.run_dir, data, student, DistillOptions(loss=loss, alpha=args.alpha, tau=args.tau,
+                                                                   init=args.init),
                     augment=augment, run=replace(run, out=str(work / loss)), lessons=taught)
         times[loss] = time.perf_counter() - t0
         extra = 0.0 if loss == "labels" else taught.seconds
@@ -182,11 +182,12 @@ def main() -> None:
         epochs = rows[1][2]
         longer = max(epochs, round(epochs * (times["labels"] + taught.seconds) / times["labels"]))
         t0 = time.perf_counter()
-        r = distill(teacher.run_dir, data, student, DistillOptions(loss="labels"), augment=augment,
-                    run=replace(run, out=str(work / "labels-long"), epochs=longer), lessons=taught)
+        r = distill(teacher.run_dir, data, student, DistillOptions(loss="labels", init=args.init),
+                    augment=augment, run=replace(run, out=str(work / "labels-long"), epochs=longer),
+                    lessons=taught)
         rows.append(("student: labels, equal time", r.val_acc, r.epoch, time.perf_counter() - t0, r.run_dir))
     t0 = time.perf_counter()
-    r = fit(TrainConfig(data=data, model=student, augment=augment,
+    r = fit(TrainConfig(data=data, model=student if args.init == "scratch" else ModelSpec(), augment=augment,
                         run=RunConfig(out=str(work / "train"), overwrite=True, progress=False)))
     rows.append(("student: vitkit train (fresh augmentation, its epochs)", r.val_acc, r.epoch,
                  time.perf_counter() - t0, r.run_dir))

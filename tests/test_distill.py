@@ -253,3 +253,73 @@ def test_the_command_distills_and_says_what_to_run_next(teacher, tmp_path, capsy
     assert "teacher agrees with the labels on" in out and "final test-split accuracy" in out
     assert "vitkit evaluate" in out
     assert vitkit.open_model(tmp_path / "cli").model.config.hidden_size == 16
+
+
+# ---- a student cut from the teacher ----------------------------------------------------------
+
+def test_a_student_cut_from_the_teacher_keeps_its_first_layers_at_the_new_size():
+    from vitkit.distill.student import cut_from_teacher
+    from vitkit.posemb import resample_pos_embed
+
+    torch.manual_seed(0)
+    t = ViT(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_layers=3, num_heads=2, mlp_size=32,
+                      num_classes=3)).eval()
+    x16, x8 = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)
+    whole = cut_from_teacher(t, 3, 16, [2, 0, 1]).eval()  # every layer, same size: the teacher reordered
+    with torch.no_grad():
+        assert torch.allclose(whole(x16), t(x16)[:, [2, 0, 1]], atol=1e-6)
+    s = cut_from_teacher(t, 1, 8, [0, 1, 2]).eval()
+    assert s.config.num_layers == 1 and s.config.image_size == (8, 8) and len(s.blocks) == 1
+    with torch.no_grad():  # the teacher's own modules by hand: embed, first block, norm, head
+        pos = resample_pos_embed(t.pos_embed, (2, 2), (4, 4), 1)
+        z = torch.cat([t.cls_token.expand(2, -1, -1), t.patch_embed(x8)], 1) + pos
+        want = t.head(t.norm(t.blocks[0](z)[0])[:, 0])
+        assert torch.allclose(s(x8), want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"--model.num_layers 4: .* keeps 1 to 3"):
+        cut_from_teacher(t, 4, 8, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"--data.image_size \[10, 10\]"):
+        cut_from_teacher(t, 1, 10, [0, 1, 2])
+
+
+def cut_run(teacher, out, **kw):
+    data = DataConfig(dataset="digits", per_class=20, cache_dir=str(out.parent / "cache"))
+    return distill(teacher, data, kw.pop("model", None), DistillOptions(loss="soft", views=2, init="teacher"),
+                   augment=AUGMENT, run=RunConfig(out=str(out), epochs=3, batch_size=50, progress=False,
+                                                  precision="fp32"), **kw)
+
+
+def test_a_student_cut_from_the_teacher_trains_publishes_and_resumes_exactly(teacher, tmp_path, capsys):
+    from vitkit.distill import lessons
+    from vitkit.training import TrainConfig
+
+    data = DataConfig(dataset="digits", per_class=20, cache_dir=str(tmp_path / "cache"))
+    taught = lessons(teacher, TrainConfig(data=data, model=ModelSpec(), augment=AUGMENT,
+                                          run=RunConfig(out=str(tmp_path / "l"), precision="fp32")),
+                     DistillOptions(views=2, init="teacher"))
+    t = vitkit.open_model(teacher).model
+    s = taught.student  # half the layers at half the side, its first block the teacher's
+    assert s.config.num_layers == 1 and s.config.image_size == (4, 4)
+    assert taught.data.spec.image_size == (4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(s.blocks[0].state_dict().values(),
+                                                 t.blocks[0].state_dict().values(), strict=True))
+    full = cut_run(teacher, tmp_path / "full")
+    cut = cut_run(teacher, tmp_path / "cut", on_step=interrupt_at(2))
+    assert cut.status == "interrupted"
+    capsys.readouterr()
+    main(["train", "--resume", str(tmp_path / "cut")])
+    wa, wb = (load_file(tmp_path / n / "model.safetensors") for n in ("full", "cut"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    meta = json.loads((tmp_path / "full" / "config.json").read_text())
+    opened = vitkit.open_model(full.run_dir)
+    assert opened.model.config.num_layers == 1 and opened.spec.image_size == (4, 4)
+    assert meta["distill"]["init"] == "teacher" and meta["train"]["optim"]["name"] == "sgd"  # fine-tuning's optimizer
+
+
+def test_a_student_cut_from_the_teacher_refuses_what_it_cannot_be(teacher, tmp_path):
+    with pytest.raises(ValueError, match=r"^--distill.init teacher: .*only --model.num_layers .*hidden_size"):
+        cut_run(teacher, tmp_path / "a", model=ModelSpec(hidden_size=8))
+    with pytest.raises(ValueError, match=r"^--distill.loss token needs a new student"):
+        distill(teacher, DATA, None, DistillOptions(loss="token", init="teacher"),
+                run=RunConfig(out=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"^--distill.init 'x'"):
+        DistillOptions(init="x").validate()

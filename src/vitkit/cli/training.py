@@ -150,7 +150,8 @@ def distill(
     """Distill a teacher into a small, fast student (DeiT's hard, soft or token distillation).
 
     The teacher labels --distill.views augmented views of every training image once; the
-    student (default: the model vitkit train builds for the data) trains on them. Writes a run
+    student (default: the model vitkit train builds for the data; --distill.init teacher: the
+    teacher's first layers at a lower resolution) trains on them. Writes a run
     directory (--run.out) whose model folder every command opens. Example: vitkit distill
     runs/finetune --data.dataset folder --data.path photos/ --distill.loss token
 
@@ -159,7 +160,8 @@ def distill(
             another library's checkpoint, a Hub id, an exported .onnx file).
         data: the data to distill on.
         model: the student's architecture (unset: vitkit train's default for the data).
-        distill: the loss (hard, soft, token or labels), its weight and temperature, the views.
+        distill: the loss (soft, hard, token or labels), its weight and temperature, the views,
+            where the student starts (init: scratch or teacher).
         optim: the student's optimizer and schedule.
         augment: augmentation of the views (teacher and student see the same view).
         run: epochs (default: vitkit train's image passes spread over the views), output

@@ -3,7 +3,8 @@ large teacher's outputs on the same images, as well as from the labels.
 
 The teacher is anything vitkit opens (a run, a timm / Hugging Face / torchvision / .npz ViT, a
 Hub id, an exported .onnx file run by onnxruntime); the student is any vitkit ViT, by default
-the model vitkit trains for the data (`vitkit train`'s default architecture and image size).
+the model vitkit trains for the data (`vitkit train`'s default architecture and image size), or
+the teacher's own first layers at a lower resolution (vitkit.distill.student).
 The teacher labels K augmented views of every training image once (vitkit.distill.views); the
 student then trains on them through the ordinary training run (vitkit.training.fit), so
 checkpoints, exact resume, time budgets, DDP, metrics and the published model folder are the
@@ -12,6 +13,8 @@ same as for any run. The published student is a plain vitkit model folder.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -23,6 +26,7 @@ import torch
 from ..checkpoint import read_meta
 from ..data.augment import AugmentConfig
 from ..data.pipeline import Data, DataConfig
+from ..finetune import FINETUNE_OPTIM
 from ..inference import prepare
 from ..loading import LoadOptions, open_model
 from ..model import ViT
@@ -36,6 +40,7 @@ from ..training.config import ModelSpec
 from ..training.resume import OBJECTIVE_KEY, stored_config
 from ..training.trainer import RunResult
 from .objective import LOSSES, Distillation
+from .student import cut_from_teacher, default_layers, default_size
 from .views import TaughtViews, read_views, teach, views_bytes, views_key, views_path, write_views
 
 __all__ = ["KEY", "DistillOptions", "Lessons", "distill", "lessons"]
@@ -59,6 +64,10 @@ class DistillOptions:
         views: augmented views of every training image the teacher labels once (view 1 as
             evaluation prepares images); the student's epochs pass over all of them.
         teacher_batch: images per teacher forward.
+        init: "scratch" (a new student: --model options, default vitkit train's model for the
+            data) or "teacher" (the teacher's first --model.num_layers blocks, default half,
+            at --data.image_size, default half the teacher's side; a ViT teacher only; it
+            trains with vitkit finetune's optimizer unless --optim is changed).
     """
 
     loss: Literal["hard", "soft", "token", "labels"] = "soft"
@@ -66,10 +75,13 @@ class DistillOptions:
     tau: float = 1.0
     views: int = 10
     teacher_batch: int = 64
+    init: Literal["scratch", "teacher"] = "scratch"
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"--distill.loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if self.init not in ("scratch", "teacher"):
+            raise ValueError(f"--distill.init {self.init!r}: expected scratch or teacher")
         check_ranges("distill", [
             ("alpha", self.alpha, is_number(self.alpha) and 0 <= self.alpha <= 1, "in [0, 1]"),
             ("tau", self.tau, is_number(self.tau) and self.tau > 0, "> 0"),
@@ -99,6 +111,7 @@ class Lessons:
     data: Data
     entry: dict
     seconds: float  # opening the teacher, reading the data and computing the views
+    student: ViT | None = None  # the student cut from the teacher (options.init "teacher")
 
 
 def lessons(teacher: str | Path, cfg: TrainConfig, options: DistillOptions | None = None,
@@ -112,19 +125,28 @@ def lessons(teacher: str | Path, cfg: TrainConfig, options: DistillOptions | Non
     cfg.validate()
     device = pick_device(cfg.run.device)
     t0 = time.perf_counter()
-    data, entry = _lessons(str(teacher), load or LoadOptions(), cfg, opts, device, log)
-    return Lessons(data, entry, time.perf_counter() - t0)
+    data, entry, student = _lessons(str(teacher), load or LoadOptions(), cfg, opts, device, log)
+    return Lessons(data, entry, time.perf_counter() - t0, student)
 
 
 def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOptions, device: torch.device,
-             log=print) -> tuple[Data, dict]:
-    """The student's Data and the run's distill entry (see Lessons)."""
+             log=print) -> tuple[Data, dict, ViT | None]:
+    """The student's Data, the run's distill entry and the student cut from the teacher (see
+    Lessons)."""
     if cfg.data.resize == "keep":  # the views are stored as one tensor at the student's size
         raise ValueError("distillation: --data.resize keep is not supported (use squash or crop)")
     opened = open_model(teacher, load)
     tcfg, tspec = opened.model.config, opened.spec
     data = replace(cfg.data, channels=tspec.channels, mean=list(tspec.mean), std=list(tspec.std))
-    small = load_data(data, cfg.augment, cfg.model)  # the student's size and validation images
+    geometry = cfg.model
+    if opts.init == "teacher":
+        if not isinstance(opened.model, ViT):
+            raise ValueError(f"{one_line(teacher)}: --distill.init teacher needs a ViT teacher (opened in "
+                             f"PyTorch), not an exported graph")
+        geometry = ModelSpec(patch_size=tcfg.patch_size)
+        if data.image_size is None:
+            data = replace(data, image_size=default_size(opened.model))
+    small = load_data(data, cfg.augment, geometry)  # the student's size and validation images
     small.require_labels(str(data.path or data.dataset), "distillation")
     if is_multilabel(small):
         raise ValueError("distillation: multi-label data (multi-hot labels) are not supported; "
@@ -171,7 +193,12 @@ def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOpt
              "load": {k: v for k, v in vars(load).items() if v is not None}}
     if teacher_cost is not None:
         entry["teacher_parameters"] = teacher_cost
-    return student, entry
+    cut = None
+    if opts.init == "teacher":
+        entry["init"] = "teacher"
+        layers = cfg.model.num_layers or default_layers(opened.model)
+        cut = cut_from_teacher(opened.model.cpu(), layers, ssize, class_map)
+    return student, entry, cut
 
 
 def _identity(aug: AugmentConfig) -> bool:
@@ -202,6 +229,17 @@ def distill(teacher: str | Path | None, data: DataConfig | None = None, model: M
     opts = options or DistillOptions()
     opts.validate()
     model = model or ModelSpec()
+    if opts.init == "teacher":
+        given = [f.name for f in dataclasses.fields(model) if f.name != "num_layers"
+                 and getattr(model, f.name) is not None]
+        if given:
+            raise ValueError(f"--distill.init teacher: the student is the teacher's architecture; only "
+                             f"--model.num_layers may be set (not {', '.join(given)})")
+        if opts.loss == "token":
+            raise ValueError("--distill.loss token needs a new student with a distillation token "
+                             "(--distill.init scratch)")
+        if optim is None or optim == OptimConfig():
+            optim = FINETUNE_OPTIM
     if opts.loss == "token" and model.distill_token is None:
         model = replace(model, distill_token=True)
     run = run or RunConfig(out="runs/distill")
@@ -217,22 +255,28 @@ def distill(teacher: str | Path | None, data: DataConfig | None = None, model: M
     if run.threads:
         torch.set_num_threads(run.threads)
     if lessons is not None:
+        if (lessons.student is not None) != (opts.init == "teacher"):
+            raise ValueError(f"--distill.init {opts.init}: the lessons were made for init "
+                             f"{'teacher' if lessons.student is not None else 'scratch'}")
         views = lessons.entry["views"]
         student_data, entry = lessons.data, {**lessons.entry, "loss": opts.loss, "alpha": opts.alpha,
                                              "tau": opts.tau}
-        opts = replace(opts, views=views)
+        opts, cut = replace(opts, views=views), lessons.student
     else:
-        student_data, entry = _lessons(str(teacher), load or LoadOptions(), cfg, opts, device)
+        student_data, entry, cut = _lessons(str(teacher), load or LoadOptions(), cfg, opts, device)
     if run.epochs is None:  # the image passes vitkit train would make, spread over the views
         views = entry["views"]
         passes, _ = default_epochs(None, len(student_data.train) // views, run.time_budget)
         cfg = replace(cfg, run=replace(run, epochs=max(1, round(passes / views))))
-    spec = student_data.spec
-    config = cfg.model.build_config(spec.image_size, spec.channels, len(student_data.classes),
-                                    student_data.geometry)
-    with torch.random.fork_rng():  # the student's first weights follow the run's seed alone
-        torch.manual_seed(cfg.run.seed)
-        student = ViT(config)
+    if cut is not None:
+        student = copy.deepcopy(cut)  # each student of the same lessons starts from the same weights
+    else:
+        spec = student_data.spec
+        config = cfg.model.build_config(spec.image_size, spec.channels, len(student_data.classes),
+                                        student_data.geometry)
+        with torch.random.fork_rng():  # the student's first weights follow the run's seed alone
+            torch.manual_seed(cfg.run.seed)
+            student = ViT(config)
     size, teacher_size = student.num_params(), entry.get("teacher_parameters")
     if teacher_size and size >= teacher_size:
         warnings.warn(f"the student ({size:,} parameters) is as large as or larger than the teacher "
@@ -250,13 +294,14 @@ def _resume(run_dir: Path, on_step=None) -> RunResult:
         raise ValueError(f"{run_dir}: not a distillation run (no {KEY!r} entry in config.json)")
     cfg = stored_config(run_dir, meta)
     try:
-        opts = DistillOptions(**{k: entry[k] for k in ("loss", "alpha", "tau", "views", "teacher_batch")})
+        opts = DistillOptions(**{k: entry[k] for k in ("loss", "alpha", "tau", "views", "teacher_batch")},
+                              init=entry.get("init", "scratch"))
         load = LoadOptions(**entry.get("load", {}))
     except (KeyError, TypeError) as e:
         raise ValueError(f"{run_dir}/config.json: bad {KEY!r} entry ({e})") from None
     device = pick_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    student_data, _ = _lessons(entry["teacher"], load, cfg, opts, device)
+    student_data, _, _ = _lessons(entry["teacher"], load, cfg, opts, device)
     return fit(None, resume=run_dir, data=student_data, on_step=on_step)  # objective: from_meta
 

@@ -26,7 +26,6 @@ import torch
 from ..checkpoint import read_meta
 from ..data.augment import AugmentConfig
 from ..data.pipeline import Data, DataConfig
-from ..finetune import FINETUNE_OPTIM
 from ..inference import prepare
 from ..loading import LoadOptions, open_model
 from ..model import ViT
@@ -40,7 +39,7 @@ from ..training.config import ModelSpec
 from ..training.resume import OBJECTIVE_KEY, stored_config
 from ..training.trainer import RunResult
 from .objective import LOSSES, Distillation
-from .student import cut_from_teacher, default_layers, default_size
+from .student import CUT_OPTIM, cut_from_teacher, default_layers, default_size
 from .views import TaughtViews, read_views, teach, views_bytes, views_key, views_path, write_views
 
 __all__ = ["KEY", "DistillOptions", "Lessons", "distill", "lessons"]
@@ -67,7 +66,7 @@ class DistillOptions:
         init: "scratch" (a new student: --model options, default vitkit train's model for the
             data) or "teacher" (the teacher's first --model.num_layers blocks, default half,
             at --data.image_size, default half the teacher's side; a ViT teacher only; it
-            trains with vitkit finetune's optimizer unless --optim is changed).
+            trains with AdamW at 1e-4 unless --optim is changed).
     """
 
     loss: Literal["hard", "soft", "token", "labels"] = "soft"
@@ -239,7 +238,7 @@ def distill(teacher: str | Path | None, data: DataConfig | None = None, model: M
             raise ValueError("--distill.loss token needs a new student with a distillation token "
                              "(--distill.init scratch)")
         if optim is None or optim == OptimConfig():
-            optim = FINETUNE_OPTIM
+            optim = CUT_OPTIM
     if opts.loss == "token" and model.distill_token is None:
         model = replace(model, distill_token=True)
     run = run or RunConfig(out="runs/distill")

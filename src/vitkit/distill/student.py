@@ -17,7 +17,6 @@ import torch
 
 from ..config import patch_problem
 from ..model import ViT
-from ..posemb import resample_pos_embed
 from ..sizes import hw
 from ..training.config import OptimConfig
 
@@ -58,9 +57,9 @@ def cut_from_teacher(teacher: ViT, layers: int, image_size: int | tuple[int, int
         if m and int(m.group(1)) >= layers:
             continue
         state[key] = value
-    if "pos_embed" in state and cfg.grid_size != t.grid_size:
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.grid_size, t.grid_size,
-                                                t.num_prefix_tokens)
+    if "pos_embed" in state:  # learned: the teacher's own table for the student's grid
+        with torch.no_grad():
+            state["pos_embed"] = teacher.pos_embed_for(cfg.grid_size).detach().clone()
     rows = torch.tensor(class_map)
     for head in ("head", "head_dist"):
         for part in ("weight", "bias"):

@@ -3,6 +3,7 @@ import torch
 from vitkit.data.augment import (
     AugmentConfig,
     BatchAugment,
+    progressive_side,
     random_crop_pad,
     random_erasing,
     random_flip,
@@ -58,3 +59,29 @@ def test_randaugment_groups_share_one_draw_of_operations():
     single = BatchAugment(AugmentConfig(randaugment=2), 10, [0.5] * 3, [0.5] * 3)
     xs, _ = single(x, torch.zeros(8, dtype=torch.long))
     assert len({xs[i].sum().item() for i in range(8)}) > 2  # per image by default
+
+
+def test_progressive_side_grows_in_whole_patches_to_the_full_side():
+    # side 32, from 3/4 of it, full from half the run on, patches of 4
+    sides = [progressive_side(32, p, 0.5, 0.75, 4) for p in (0.0, 0.2, 0.3, 0.49, 0.5, 0.9)]
+    assert sides == [24, 24, 28, 28, 32, 32]  # 0.75, 0.85, 0.9, 0.995 of 32 rounded down to 4s
+    assert progressive_side(32, 0.0, 0.0, 0.75, 4) == 32  # off
+    assert progressive_side(8, 0.0, 1.0, 0.1, 2) == 2  # never below one patch
+    assert progressive_side(30, 0.99, 1.0, 0.5, 4) == 28  # a side the patch does not divide: rounded down
+
+
+def test_progressive_batches_are_the_full_batch_resized():
+    cfg = AugmentConfig(crop="none", progressive=0.5, progressive_scale=0.5)
+    aug = BatchAugment(cfg, 10, [0.5] * 3, [0.25] * 3, stride=4)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    full, _ = aug(x, torch.arange(4))  # no progress given (the planner's timing, features): full size
+    assert full.shape == (4, 3, 32, 32)
+    early, _ = aug(x, torch.arange(4), progress=0.0)
+    expected = torch.nn.functional.interpolate(full, size=(16, 16), mode="bilinear", antialias=True,
+                                               align_corners=False)
+    torch.testing.assert_close(early, expected)
+    assert aug(x, torch.arange(4), progress=0.3)[0].shape[-2:] == (24, 24)
+    assert torch.equal(aug(x, torch.arange(4), progress=0.5)[0], full)
+    crops = BatchAugment(AugmentConfig(crop="resized", progressive=1.0), 10, [0.5] * 3, [0.25] * 3,
+                         size=(16, 16), stride=4)
+    assert crops(x, torch.arange(4), progress=0.0)[0].shape[-2:] == (12, 12)  # crops cut at the smaller size

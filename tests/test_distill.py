@@ -240,6 +240,8 @@ def test_a_student_larger_than_its_teacher_is_warned_about(teacher, tmp_path):
 def test_bad_options_are_one_line(teacher, tmp_path):
     with pytest.raises(ValueError, match=r"--distill.tau 0"):
         distill(teacher, DATA, STUDENT, DistillOptions(tau=0))
+    with pytest.raises(ValueError, match=r"^distillation: --augment.progressive is not supported"):
+        distill(teacher, DATA, STUDENT, DistillOptions(), augment=AugmentConfig(progressive=0.5))
     with pytest.raises(ValueError, match=r"--distill.loss token needs --model.distill_token true"):
         distill(teacher, DATA, ModelSpec(distill_token=False), DistillOptions(loss="token"))
 

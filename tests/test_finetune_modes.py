@@ -70,6 +70,13 @@ def test_linear_computes_features_once(pretrained, tmp_path, monkeypatch, capsys
     assert len(rows) == 101
 
 
+def test_linear_mode_refuses_progressive_resizing(pretrained, tmp_path):
+    with pytest.raises(ValueError, match=r"^--augment.progressive: the linear mode caches features"):
+        finetune(pretrained, DataConfig(dataset="digits", per_class=5), run=run_config(tmp_path / "lp"),
+                 mode="linear", augment=AugmentConfig(progressive=0.5))
+    assert not (tmp_path / "lp").exists()
+
+
 def test_linear_probe_flag_is_linear_mode(pretrained, tmp_path):
     finetune(pretrained, DataConfig(dataset="digits", per_class=5), run=run_config(tmp_path / "lp"),
              linear_probe=True, linear=LinearOptions(epochs=5))

@@ -160,10 +160,11 @@ def saved(tmp_path_factory):
     return root / "run", folder
 
 
-def expected(run: Path, files: list[Path], precision: str) -> torch.Tensor:
+def expected(run: Path, files: list[Path], precision: str, flip: bool = False) -> torch.Tensor:
     """Probabilities computed here: the saved weights in an eager ViT, each file read as 8-bit
     grayscale, scaled to [0, 1] and normalized by the mean and std stored in config.json, run
-    under bf16 autocast for bf16."""
+    under bf16 autocast for bf16; with flip, the softmax of the mean logits of each image and
+    its mirror image."""
     from safetensors.torch import load_file
 
     meta = json.loads((run / "config.json").read_text())
@@ -176,7 +177,30 @@ def expected(run: Path, files: list[Path], precision: str) -> torch.Tensor:
                      for f in files])
     x = (x / 255.0 - mean) / std
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        return model(x).float().softmax(-1)
+        logits = model(x).float()
+        if flip:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        return logits.softmax(-1)
+
+
+def test_flip_answers_with_the_mean_logits_of_each_image_and_its_mirror(saved, tmp_path, capsys):
+    run, folder = saved
+    files = sorted(folder.rglob("*.png"))
+    probs, plain = expected(run, files, "fp32", flip=True), expected(run, files, "fp32")
+    assert (probs - plain).abs().max() > 1e-3  # the mirror images change the answers
+    capsys.readouterr()
+    main(["predict", str(run), str(folder), "--json", "true", "--topk", "10", "--precision", "fp32",
+          "--engine", "torch", "--flip", "true"])
+    for r, p in zip(sorted(json.loads(capsys.readouterr().out), key=lambda r: r["file"]), probs, strict=True):
+        got = torch.zeros(10)
+        got[[t["index"] for t in r["top"]]] = torch.tensor([t["probability"] for t in r["top"]])
+        torch.testing.assert_close(got, p, atol=1e-5, rtol=0)
+    main(["evaluate", str(run), "--data.dataset", "folder", "--data.path", str(folder), "--json", "true",
+          "--precision", "fp32", "--engine", "torch", "--flip", "true", "--out", str(tmp_path / "eval")])
+    ev = json.loads(capsys.readouterr().out)
+    labels = torch.tensor([int(f.parent.name) for f in files])
+    assert ev["flip"] is True and ev["top1"] == float((probs.argmax(1) == labels).float().mean())
+    assert ev["loss"] == pytest.approx(float(torch.nn.functional.nll_loss(probs.log(), labels)), abs=1e-5)
 
 
 @pytest.mark.precision

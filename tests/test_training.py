@@ -1,6 +1,7 @@
 """The training loop: it learns, it resumes exactly, it fails cleanly and never loses a checkpoint."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -56,6 +57,30 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path):
     sa = torch.load(tmp_path / "full" / "state.pt", weights_only=True)["model"]
     sb = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_progressive_resizing_trains_small_first_and_resumes_exactly(tmp_path):
+    sections = dict(augment={"crop": "pad", "flip": True, "progressive": 0.5, "progressive_scale": 0.5})
+    sizes = []
+
+    def record(trainer):  # the inputs of every later training step, through a hook set at the first
+        if trainer.state.step == 1:
+            trainer.model.register_forward_pre_hook(
+                lambda m, a: sizes.append(tuple(a[0].shape[-2:])) if m.training else None)
+
+    full = fit(tiny_train_config(tmp_path / "full", epochs=3, **sections), on_step=record)
+    steps_per_epoch = 1437 // 64
+    assert sizes[0] == (4, 4) and sizes[-1] == (8, 8)  # digits 8x8, patch 2: from half the side to all
+    assert set(sizes) == {(4, 4), (6, 6), (8, 8)}
+    first_full = sizes.index((8, 8)) + 2  # the step number: the hook records from the second step
+    assert first_full == math.floor(3 * steps_per_epoch * 0.5) + 1  # full once half the steps are done
+    cut = fit(tiny_train_config(tmp_path / "cut", epochs=3, **sections),
+              on_step=interrupt_at(steps_per_epoch + 3))
+    assert cut.status == "interrupted"
+    assert fit(None, resume=tmp_path / "cut").step == full.step
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):

@@ -232,12 +232,14 @@ def evaluation_images(opened, data=None, workers: int | None = None) -> tuple[ob
 
 
 def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None, batch_size: int = 500,
-                  precision: str = "auto", options=None, log=print, engine: str = "auto") -> Evaluated:
+                  precision: str = "auto", options=None, log=print, engine: str = "auto",
+                  flip: bool = False) -> Evaluated:
     """Evaluate `weights` (anything vitkit.open_model opens) on `data` (a DataConfig or ImageArrays;
     default: the run's validation split) and write confusion.png, confusion.csv and eval.json to
     `out` (default: the run directory when weights is one, else the current directory). A
     multi-label model gets mAP, micro and macro F1 at its stored threshold and per-tag AP in
-    eval.json instead (there is no confusion matrix of tag sets)."""
+    eval.json instead (there is no confusion matrix of tag sets). flip: each image is answered
+    with the mean logits of it and its mirror image (vitkit.inference.Runner.flip)."""
     import json
 
     from .files import atomic_write_json
@@ -253,8 +255,8 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     images, count, where = evaluation_images(opened, data)
     if log:
         log(f"evaluating on {count} images: {where}")
-    runner = prepare(opened.model, opened.device, precision, engine, images=count,
-                     any_size=opened.spec.any_size)
+    runner = prepare(opened.model, opened.device, precision, engine, images=count * (1 + flip),
+                     any_size=opened.spec.any_size, flip=flip)
     precision = runner.precision
     workers = getattr(data, "workers", 0 if isinstance(data, ImageArrays) else 2)
     out_dir = Path(out) if out else (Path(weights) if Path(weights).is_dir() else Path("."))
@@ -262,13 +264,13 @@ def evaluate_path(weights: str | Path, data=None, out: str | Path | None = None,
     if threshold is not None:
         ml = evaluate_multilabel(runner, images, opened.spec, opened.classes, batch_size, workers=workers,
                                  threshold=threshold)
-        summary = ml.summary()
+        summary = ml.summary() | {"flip": flip}
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
         return Evaluated(ml, where, precision, out_dir, summary)
     res = evaluate_model(runner, images, opened.spec, opened.classes, batch_size, workers=workers)
     write_confusion(res, out_dir / "confusion.csv", out_dir / "confusion.png")
-    summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss,
+    summary = {"images": res.count, "top1": res.top1, "top5": res.top5, "loss": res.loss, "flip": flip,
                "per_class": res.per_class}
     atomic_write_json(out_dir / "eval.json", json.loads(json.dumps(summary)))
     return Evaluated(res, where, precision, out_dir, summary)
@@ -279,7 +281,8 @@ def summary_lines(done: Evaluated) -> list[str]:
     res = done.result
     if getattr(res, "multilabel", False):
         return multilabel_lines(done)
-    lines = [f"{res.count} images ({done.precision}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
+    tta = ", each with its mirror image" if done.summary.get("flip") else ""
+    lines = [f"{res.count} images ({done.precision}{tta}): top-1 {res.top1:.2%}  top-5 {res.top5:.2%}  "
              f"loss {res.loss:.4f}"]
     width = max(len(c) for c in res.classes)
     lines += [f"  {c:<{width}}  {acc:.2%}" for c, acc in res.per_class.items()]

@@ -15,7 +15,8 @@ from .multilabel import over_threshold, probabilities, threshold_of
 
 @torch.no_grad()
 def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_size: int = 64,
-                  precision: str = "auto", compile: bool | str = "auto", engine: str = "auto") -> list[dict]:
+                  precision: str = "auto", compile: bool | str = "auto", engine: str = "auto",
+                  flip: bool = False) -> list[dict]:
     """Top-k classes with probabilities for each file; unreadable files get an "error" entry.
 
     A multi-label model (vitkit.multilabel) answers sigmoid probabilities: "labels" holds every
@@ -24,10 +25,11 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
 
     The model runs through vitkit.inference.prepare: precision "auto" is bf16 where the
     hardware has native bf16 (norms and softmax stay in fp32), else fp32; `compile` is
-    vitkit.compile's choice and `engine` vitkit.export.route's.
+    vitkit.compile's choice and `engine` vitkit.export.route's; flip: each image answered with
+    the mean logits of it and its mirror image (Runner.flip).
     """
-    runner = prepare(opened.model, opened.device, precision, engine, images=len(files), compile=compile,
-                     any_size=opened.spec.any_size)
+    runner = prepare(opened.model, opened.device, precision, engine, images=len(files) * (1 + flip),
+                     compile=compile, any_size=opened.spec.any_size, flip=flip)
     topk = min(topk, len(opened.classes))
     threshold = threshold_of(opened.extra)
     results: list[dict] = []
@@ -65,7 +67,7 @@ def predict_files(opened: OpenedModel, files: list[Path], topk: int = 5, batch_s
 
 
 def predict_paths(weights: str | Path, inputs: list[str | Path], topk: int = 5, precision: str = "auto",
-                  options=None, engine: str = "auto") -> list[dict]:
+                  options=None, engine: str = "auto", flip: bool = False) -> list[dict]:
     """Open `weights` (anything vitkit.open_model opens) and predict for image files and folders
     of images; files that cannot be read get an "error" entry instead of "top"."""
     from .loading import open_model
@@ -73,7 +75,7 @@ def predict_paths(weights: str | Path, inputs: list[str | Path], topk: int = 5, 
     if topk < 1:
         raise ValueError(f"--topk {topk}: must be 1 or more")
     return predict_files(open_model(weights, options), list_images(inputs), topk, precision=precision,
-                         engine=engine)
+                         engine=engine, flip=flip)
 
 
 def result_lines(results: list[dict]) -> list[str]:

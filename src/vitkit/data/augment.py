@@ -2,7 +2,10 @@
 
 In-memory data sets are augmented a batch at a time: crops and flips are vectorized
 gathers, RandAugment runs per image (or per small group of images) and MixUp/CutMix
-come from torchvision.transforms.v2. Randomness comes from the global torch RNG,
+come from torchvision.transforms.v2. Progressive resizing (FixRes, Touvron et al. 2019, and
+the CIFAR-10 speed records) feeds smaller images early in a run, when a step at lower
+resolution buys as much learning for less time, and the full size at the end, so the model
+ends on the resolution it is evaluated at. Randomness comes from the global torch RNG,
 whose state every checkpoint saves, so a resumed run augments exactly as an unbroken one.
 """
 
@@ -36,6 +39,10 @@ class AugmentConfig:
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
     label_smoothing: float = 0.0
+    # progressive resizing: the fraction of training (0: off) over which the input side grows
+    # from progressive_scale of its size to the full size, in whole patches (progressive_side)
+    progressive: float = 0.0
+    progressive_scale: float = 0.75
 
     def validate(self) -> None:
         """Refuse augmentation settings outside their range, naming the option."""
@@ -56,7 +63,20 @@ class AugmentConfig:
             real("mixup", lambda v: v >= 0, ">= 0 (0: off)"),
             real("cutmix", lambda v: v >= 0, ">= 0 (0: off)"),
             real("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            real("progressive", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of training)"),
+            real("progressive_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
         ])
+
+
+def progressive_side(side: int, progress: float, until: float, scale: float, stride: int = 1) -> int:
+    """The side an image of `side` pixels is fed at `progress` (0 to 1) of a run that grows its
+    inputs: `scale` of it at the start, growing linearly to the whole side at `until`, rounded
+    down to whole multiples of `stride` (the model's patch, so every size cuts into patches);
+    the whole side from `until` on, and always when `until` is 0."""
+    if until <= 0 or progress >= until:
+        return side
+    grown = scale + (1.0 - scale) * max(progress, 0.0) / until
+    return min(side, max(stride, int(grown * side) // stride * stride))
 
 
 def random_crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -118,8 +138,9 @@ class BatchAugment:
     """uint8 batch in, normalized float batch (and possibly soft targets) out."""
 
     def __init__(self, cfg: AugmentConfig, num_classes: int, mean: list[float], std: list[float],
-                 size: tuple[int, int] | None = None):
+                 size: tuple[int, int] | None = None, stride: int = 1):
         self.cfg, self.size = cfg, None if size is None else (int(size[0]), int(size[1]))
+        self.stride = stride  # the model's patch: progressive sizes are multiples of it
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.randaugment = (v2.RandAugment(cfg.randaugment, cfg.randaugment_magnitude)
@@ -134,17 +155,30 @@ class BatchAugment:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def size_at(self, shape: tuple[int, int], progress: float | None) -> tuple[int, int]:
+        """The size a batch of `shape` (h, w) leaves at `progress` of the run (None: the full one)."""
+        h, w = self.size or shape
+        cfg = self.cfg
+        if progress is None or not cfg.progressive:
+            return h, w
+        return tuple(progressive_side(s, progress, cfg.progressive, cfg.progressive_scale, self.stride)
+                     for s in (h, w))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, progress: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a uint8 batch; `progress` (0 to 1, the run's) sets the size under progressive
+        resizing, and without it the batch leaves at the full size."""
         cfg = self.cfg
         if self.randaugment is not None:
             x = torch.cat([self.randaugment(g) for g in x.split(max(cfg.randaugment_group, 1))])
         if cfg.crop == "pad" and cfg.pad > 0:
             x = random_crop_pad(x, cfg.pad)
         x = self.normalize(x)
+        size = self.size_at(tuple(x.shape[-2:]), progress)
         if cfg.crop == "resized":
-            x = random_resized_crop(x, cfg.scale_min, size=self.size)
-        elif self.size is not None and tuple(x.shape[-2:]) != self.size:  # a larger cached copy
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+            x = random_resized_crop(x, cfg.scale_min, size=size)
+        elif tuple(x.shape[-2:]) != size:  # a larger cached copy, or a smaller progressive size
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         if cfg.flip:
             x = random_flip(x)
         if cfg.erasing > 0:

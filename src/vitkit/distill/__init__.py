@@ -134,6 +134,9 @@ def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOpt
     Lessons)."""
     if cfg.data.resize == "keep":  # the views are stored as one tensor at the student's size
         raise ValueError("distillation: --data.resize keep is not supported (use squash or crop)")
+    if cfg.augment.progressive:  # the teacher's answers are computed once per view
+        raise ValueError("distillation: --augment.progressive is not supported (the views are made once, "
+                         "at the student's size)")
     opened = open_model(teacher, load)
     tcfg, tspec = opened.model.config, opened.spec
     data = replace(cfg.data, channels=tspec.channels, mean=list(tspec.mean), std=list(tspec.std))

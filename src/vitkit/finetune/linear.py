@@ -172,6 +172,9 @@ def linear_finetune(model: ViT, cfg: TrainConfig, views: int, opts: LinearOption
     opts.validate()
     if views < 1:
         raise ValueError(f"--views {views}: 1 or more views of the training images")
+    if cfg.augment.progressive:  # each view's features are computed once, at the model's size
+        raise ValueError("--augment.progressive: the linear mode caches features at the model's size; "
+                         "use --mode full or lora to grow the input")
     run = cfg.run
     device = pick_device(run.device)
     if run.threads:

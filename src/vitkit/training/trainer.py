@@ -180,7 +180,8 @@ class Trainer:
         # a streamed random resized crop was taken on decoding, at full resolution
         spec = self.data.spec
         self.augment = BatchAugment(self.data.batch_augment(self.cfg.augment), len(self.data.classes),
-                                    spec.mean, spec.std, size=spec.batch_size_hw)
+                                    spec.mean, spec.std, size=spec.batch_size_hw,
+                                    stride=self.model.config.patch_size)
 
     def set_up_length(self, resume: bool = False) -> None:
         """The batch size, the epochs and the steps they make: planned against the clock
@@ -386,7 +387,7 @@ class Trainer:
                     lr = self.set_lr()
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
-                    x, y = self.augment(x, y)
+                    x, y = self.augment(x, y, self.progress())  # the progress sets a growing size
                     loss, correct = self.train_step(x, y)
                     self.state.step += 1
                     self.state.batch_in_epoch += 1

@@ -3,6 +3,7 @@ trained on labels alone, at equal epochs and at equal wall time, and how fast ea
 
     python benchmarks/distill.py --data hymenoptera
     python benchmarks/distill.py --data cifar10 --per-class 200 --teacher-size 112
+    python benchmarks/distill.py --data folder --path TRAIN_DIR --val-path VAL_DIR  # any photo set
 
 Teacher: the shared ImageNet DeiT-Tiny (timm layout) fine-tuned on the data with
 `vitkit finetune --mode linear` (the head on frozen features; --load.preprocess deit) at
@@ -131,7 +132,9 @@ def speeds(path: Path, work: Path) -> dict[str, tuple[float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", choices=["hymenoptera", "cifar10"], default="hymenoptera")
+    ap.add_argument("--data", choices=["hymenoptera", "cifar10", "folder"], default="hymenoptera")
+    ap.add_argument("--path", help="folder: the training images (class/*.jpg)")
+    ap.add_argument("--val-path", help="folder: the validation images (class/*.jpg)")
     ap.add_argument("--per-class", type=int, default=200, help="cifar10: training images per class")
     ap.add_argument("--val-per-class", type=int, default=100, help="cifar10: test images per class")
     ap.add_argument("--teacher-size", type=int, default=224)
@@ -152,7 +155,12 @@ def main() -> None:
     args = ap.parse_args()
     plain_warnings()
     torch.manual_seed(0)
-    data = hymenoptera() if args.data == "hymenoptera" else cifar10(args.per_class, args.val_per_class)
+    if args.data == "folder":
+        if not (args.path and args.val_path):
+            raise SystemExit("--data folder needs --path and --val-path")
+        data = DataConfig(dataset="folder", path=args.path, val_path=args.val_path)
+    else:
+        data = hymenoptera() if args.data == "hymenoptera" else cifar10(args.per_class, args.val_per_class)
     work = WORK / f"vitkit-distill-{args.data}"
     work.mkdir(exist_ok=True)
 

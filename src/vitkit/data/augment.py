@@ -2,10 +2,10 @@
 
 In-memory data sets are augmented a batch at a time: crops and flips are vectorized
 gathers, RandAugment runs per image (or per small group of images) and MixUp/CutMix
-come from torchvision.transforms.v2. Progressive resizing (FixRes, Touvron et al. 2019, and
-the CIFAR-10 speed records) feeds smaller images early in a run, when a step at lower
-resolution buys as much learning for less time, and the full size at the end, so the model
-ends on the resolution it is evaluated at. Randomness comes from the global torch RNG,
+come from torchvision.transforms.v2. Progressive resizing (FixRes, Touvron et al. 2019;
+fast.ai's DAWNBench ImageNet runs) feeds smaller, cheaper images early in a run and the full size at
+the end, so the model ends on the resolution it is evaluated at (docs/training.md has what it
+bought on CIFAR-10). Randomness comes from the global torch RNG,
 whose state every checkpoint saves, so a resumed run augments exactly as an unbroken one.
 """
 

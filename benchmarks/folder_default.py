@@ -1,6 +1,7 @@
 """A 28x28 folder of 8,000 images trained with every default: wall time and held-out accuracy.
 
     python benchmarks/folder_default.py [--precision auto fp32] [--epochs 0 60]   # 0: the default
+    python benchmarks/folder_default.py --path DIR/train --val-path DIR/test --epochs 0 30
 
 The data (digits-upscaled, built once under /tmp/vitkit-folder28): scikit-learn's 1,797
 8x8 digits are split by image into 1,400 training and 397 held-out originals; each training
@@ -15,6 +16,8 @@ set, so the run is planned against the clock by vitkit.training.planner; 30 is t
 epochs rule alone gives 8,000 images); wall
 time is the whole fit (decoding and caching included, the cache cleared first). Arms run one
 after another: run this on an otherwise quiet machine.
+
+--path / --val-path run the same arms on any folder of images (CIFAR-10's JPEGs, for instance).
 """
 
 from __future__ import annotations
@@ -73,12 +76,11 @@ def build(per_class_train: int = 800, per_class_test: int = 200) -> Path:
     return WORK
 
 
-def run(name: str, root: Path, precision: str, epochs: int) -> dict:
+def run(name: str, train: Path, test: Path, precision: str, epochs: int) -> dict:
     cache = WORK / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # every arm decodes from scratch
     cfg = TrainConfig(
-        data=DataConfig(dataset="folder", path=str(root / "train"), val_path=str(root / "test"),
-                        cache_dir=str(cache)),
+        data=DataConfig(dataset="folder", path=str(train), val_path=str(test), cache_dir=str(cache)),
         run=RunConfig(out=str(WORK / "runs" / name), overwrite=True, progress=False,
                       precision=precision, epochs=epochs or None))
     print(f"\n== {name}", flush=True)
@@ -87,29 +89,34 @@ def run(name: str, root: Path, precision: str, epochs: int) -> dict:
     wall = time.perf_counter() - t0
     meta = json.loads((WORK / "runs" / name / "config.json").read_text())
     plan = meta.get("plan") or {}
+    m = meta["model"]
     return dict(precision=precision, wall=wall, acc=result.val_acc or 0.0, epochs=result.epoch,
-                resolved=meta["train"]["run"]["precision"], plan=plan)
+                resolved=meta["train"]["run"]["precision"], plan=plan,
+                model=f"D {m['hidden_size']}, {m['num_layers']} layers")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", nargs="+", default=["auto", "fp32"])
     ap.add_argument("--epochs", nargs="+", type=int, default=[0])
+    ap.add_argument("--path", type=Path, help="a training folder (default: the 28x28 digits folder)")
+    ap.add_argument("--val-path", type=Path, help="its held-out folder")
     a = ap.parse_args()
-    root = build()
-    rows = [run(f"{p}-{e or 'default'}ep", root, p, e) for e in a.epochs for p in a.precision]
+    train, test = (a.path, a.val_path) if a.path else (build() / "train", WORK / "test")
+    rows = [run(f"{p}-{e or 'default'}ep", train, test, p, e) for e in a.epochs for p in a.precision]
     cpu = cpu_name()
-    print(f"\n8,000 training / 2,000 held-out 28x28 digits-upscaled images, every default but "
-          f"precision and epochs ({cpu})\n")
-    print("| precision | epochs | trained in | planned (step ms) | wall time | held-out accuracy |\n"
-          "|---|---|---|---|---|---|")
+    what = (f"{train}" if a.path else
+            "8,000 training / 2,000 held-out 28x28 digits-upscaled images")
+    print(f"\n{what}, every default but precision and epochs ({cpu})\n")
+    print("| model | precision | epochs | trained in | planned (step ms) | wall time | held-out accuracy |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         plan = r["plan"]
         steps = ", ".join(f"{k} {v * 1000:.0f}" for k, v in plan.get("step_s", {}).items())
         planned = (f"{plan['expected_s'] + plan['spent_s']:.0f} s of {plan['budget_min'] * 60:.0f} ({steps})"
                    if plan else "-")
-        print(f"| {r['precision']} | {r['epochs']}{'' if plan else ' (set)'} | {r['resolved']} | {planned} | "
-              f"{r['wall']:.0f} s | {r['acc']:.2%} |")
+        print(f"| {r['model']} | {r['precision']} | {r['epochs']}{'' if plan else ' (set)'} | "
+              f"{r['resolved']} | {planned} | {r['wall']:.0f} s | {r['acc']:.2%} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ nothing else set but what the arm names:
 - deep: 64 px, 12 layers instead of 4 (--model.num_layers 12), the budget too;
 - 96px-60 / 128px-60 / 128px-p8-60: the larger inputs (128 px also with patch 8, a 16x16
   grid) trained as the default is, for the epochs rule's 60 epochs, with no budget set;
-- 64px-60: the default's model and epochs set explicitly; 96px-400: 96 px, patch 8, 400 epochs.
+- 64px-60: the default's model and epochs set explicitly; 96px-400: 96 px, patch 8, 400 epochs;
+- d128-60 / d192-60: the default's input and 60 epochs with a wider, deeper model (D 128, 6
+  layers / D 192, 6 layers).
 
 Budget arms set --run.time_budget to 90% of the minutes, so that reading the photos and the
 final evaluation fit in the rest. Each arm runs in its own process, one after the
@@ -54,6 +56,11 @@ ARMS = {
     "96px-60": {"data": {"image_size": 96}, "model": {"patch_size": 8}},
     "128px-60": {"data": {"image_size": 128}, "model": {"patch_size": 16}},
     "128px-p8-60": {"data": {"image_size": 128}, "model": {"patch_size": 8}},
+    # the default input and length with a wider and deeper model
+    "d128-60": {"model": {"hidden_size": 128, "num_layers": 6, "num_heads": 4, "mlp_size": 256},
+                "run": {"epochs": 60}},
+    "d192-60": {"model": {"hidden_size": 192, "num_layers": 6, "num_heads": 3, "mlp_size": 384},
+                "run": {"epochs": 60}},
 }
 
 CHILD = r"""

@@ -3,6 +3,7 @@ import torch
 from vitkit.data.augment import (
     AugmentConfig,
     BatchAugment,
+    default_pad,
     progressive_side,
     random_crop_pad,
     random_erasing,
@@ -19,6 +20,18 @@ def test_pad_crop_is_a_shift():
         padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
         assert any(torch.equal(out[i], padded[:, dy:dy + 6, dx:dx + 6])
                    for dy in range(5) for dx in range(5))
+
+
+def test_an_unset_pad_is_an_eighth_of_the_side():
+    assert [default_pad(s) for s in ((8, 8), (28, 28), (32, 32), (64, 48), (4, 4))] == [1, 3, 4, 6, 1]
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mean, std = [0.5] * 3, [0.5] * 3
+    torch.manual_seed(0)
+    y = torch.zeros(4, dtype=torch.long)
+    unset, _ = BatchAugment(AugmentConfig(crop="pad"), 10, mean, std)(x, y)
+    torch.manual_seed(0)
+    four, _ = BatchAugment(AugmentConfig(crop="pad", pad=4), 10, mean, std)(x, y)
+    assert torch.equal(unset, four)
 
 
 def test_flip_and_resized_crop_shapes():

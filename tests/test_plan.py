@@ -59,8 +59,14 @@ def test_small_images_keep_their_size_and_full_resolution_stem(own, channels, na
     geo = decide(own, channels, natural)
     assert geo.image_size == size and geo.channels == channels and not geo.photos and geo.resize == "squash"
     assert (geo.model.patch_size, geo.model.stem, geo.model.stem_stride) == (patch, "conv", 1)
-    aug, reason = resolve_augment(AugmentConfig(), geo.photos)
-    assert (aug.crop, aug.flip, reason) == ("none", False, None)
+    aug, reason = resolve_augment(AugmentConfig(), geo.photos, size)
+    assert (aug.crop, aug.flip, aug.pad) == ("pad", False, None)  # shifts, never mirrors (digits)
+    shift = {8: 1, 28: 3, 32: 4, 30: 3}[size[0]]  # an eighth of the side, at least 1
+    assert reason == f"random shifts by up to {shift} px (pad and crop; set --augment.crop none to turn off)"
+    assert resolve_augment(AugmentConfig(crop="none"), geo.photos, size) == (
+        AugmentConfig(crop="none", flip=False), None)
+    given = resolve_augment(AugmentConfig(), geo.photos, size, from_scratch=False)  # fine-tuning
+    assert given == (AugmentConfig(crop="none", flip=False), None)
 
 
 @pytest.mark.parametrize("own", [(512, 384), (100, 75), (4000, 3000)])
@@ -165,13 +171,14 @@ def test_a_folder_over_the_budget_streams(tmp_path):
     assert any("streamed" in n and "cache_gb" in n for n in data.notes)
 
 
-def test_small_folder_keeps_todays_behaviour(tmp_path):
+def test_a_small_folder_keeps_its_size_and_is_shifted_not_mirrored(tmp_path):
     root = _folder(tmp_path / "small", [(32, 32)])
     data = load_data(DataConfig(dataset="folder", path=str(root), val_split=0.25,
                                 cache_dir=str(tmp_path / "cache")), AugmentConfig())
     assert data.in_memory and tuple(data.train.images.shape[-2:]) == (32, 32)
-    assert (data.augment.crop, data.augment.flip) == ("none", False)
+    assert (data.augment.crop, data.augment.flip) == ("pad", False)
     assert "image size 32x32 taken from the data" in data.notes
+    assert "random shifts by up to 4 px (pad and crop; set --augment.crop none to turn off)" in data.notes
     assert not any(n.startswith("photos") for n in data.notes)
 
 

@@ -85,3 +85,19 @@ def test_a_planned_run_ends_within_its_budget(tmp_path, budget_min):
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     assert result.status in ("finished", "budget") and meta["plan"]["budget_min"] == budget_min
     assert wall <= budget_min * 60 + 10, wall  # the final evaluation and saving on top
+
+
+def test_a_planned_large_set_trains_what_its_budget_holds(tmp_path, monkeypatch, capsys):
+    from vitkit.training import batches
+
+    monkeypatch.setattr(batches, "BUDGET_IMAGES", 1000)  # digits' 1,437 training images as a large set
+    monkeypatch.setattr(batches, "DEFAULT_IMAGES", 1437 * 12)  # for which the rule alone gives 12 epochs
+    step_s, eval_s = {"fp32": 0.5}, {"fp32": 0.0}
+    trainer = Trainer(tiny_train_config(tmp_path / "run", epochs=None), measured_steps=(step_s, eval_s))
+    want = plan_length(step_s, eval_s, trainer.steps_per_epoch, len(trainer.data.val), 60,
+                       default_budget(1437), trainer.extra_meta["plan"]["spent_s"])
+    assert trainer.epochs == want.epochs and 12 < want.epochs < 60
+    assert "1,437 training images: as many epochs as the default budget holds" in capsys.readouterr().out
+    explicit = Trainer(tiny_train_config(tmp_path / "explicit", epochs=None, run={"time_budget": 0.5}),
+                       measured_steps=(step_s, eval_s))
+    assert explicit.extra_meta["plan"]["budget_min"] == 0.5 and explicit.epochs < want.epochs

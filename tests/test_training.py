@@ -168,6 +168,11 @@ def test_default_epochs_shorten_for_large_sets_without_a_time_budget(tmp_path, m
     assert batches.default_epochs(None, 10**6, None)[0] == batches.MIN_DEFAULT_EPOCHS
     assert batches.default_epochs(None, 8000, 5.0) == (60, None)  # a budget decides the length
     assert batches.default_epochs(7, 8000, None) == (7, None)  # as asked
+    # a planned run of a set whose default budget grows with it fills that budget (at most 60)
+    epochs, note = batches.default_epochs(None, 50_000, None, planned=True)
+    assert epochs == 60 and note.startswith("50,000 training images: as many epochs as the default budget")
+    assert batches.default_epochs(None, 8000, None, planned=True)[0] == 30  # the rule up to BUDGET_IMAGES
+    assert batches.default_epochs(None, 50_000, None)[0] == 10  # not planned: the rule
     monkeypatch.setattr(batches, "DEFAULT_IMAGES", 1437 * 12)  # digits' training split as "large"
     cfg = tiny_train_config(tmp_path / "r")
     cfg.run.epochs = None

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config import ViTConfig, patch_problem
-from .data.augment import AugmentConfig
+from .data.augment import AugmentConfig, default_pad
 from .data.inputs import InputPlan, ModelGeometry, Survey, cache_bytes, should_cache
 from .data.pipeline import Data, DataConfig, read_data, survey_data
 from .sizes import hw
@@ -34,14 +34,15 @@ ARRAY_SETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")  # read
 
 
 def plan_input(data: DataConfig, augment: AugmentConfig | None = None, model: Any = None,
-               survey: Survey | None = None) -> InputPlan:
+               survey: Survey | None = None, from_scratch: bool = True) -> InputPlan:
     """The input plan for `data` (surveyed here unless `survey` is given).
 
     `model` is None (the default small model), the given fields of a ModelSpec or a
     ModelGeometry (training: the rest from the default rules), or a built model's ViTConfig
     (fine-tuning, probing: its size unless data.image_size is given, its channels unless
     data.channels is, its patch and stem). Given image size, channels and normalization
-    always win. Without `augment` nothing is augmented (evaluation, probes).
+    always win. Without `augment` nothing is augmented (evaluation, probes). `from_scratch`
+    False (fine-tuning): small images are not shifted by default (resolve_augment).
     """
     survey = survey or survey_data(data)
     photos = is_photo(survey.own, survey.natural)
@@ -61,9 +62,11 @@ def plan_input(data: DataConfig, augment: AugmentConfig | None = None, model: An
         channels = data.channels or survey.channels
         geometry = model_geometry(size, _given(model), photos)
     resize = resolve_resize(data.resize, photos)
-    aug, reason = resolve_augment(augment, photos) if augment is not None else (None, None)
+    aug, reason = (resolve_augment(augment, photos, size, from_scratch and not built)
+                   if augment is not None else (None, None))
     line = defaults_line(survey.own, size, photos, resize, None if built else geometry, reason)
-    notes += [line] if line else []
+    if line or (reason and not photos):  # photos: the defaults line; small images: the shifts alone
+        notes.append(line or reason)
     train_size, cache = size, True
     if survey.dataset == "shards":
         cache = False
@@ -154,14 +157,27 @@ def resolve_resize(resize: str, photos: bool) -> str:
     return "crop" if photos else "squash"
 
 
-def resolve_augment(augment: AugmentConfig, photos: bool) -> tuple[AugmentConfig, str | None]:
-    """The augmentation with its "auto" values settled: random resized crop and flip for photos,
-    none for digits and other small images; and the reason, when a default was taken."""
+def resolve_augment(augment: AugmentConfig, photos: bool, size: tuple[int, int] | None = None,
+                    from_scratch: bool = True) -> tuple[AugmentConfig, str | None]:
+    """The augmentation with its "auto" values settled: random resized crop and flip for photos;
+    for small images trained from scratch a random pad-and-crop (a shift of up to default_pad
+    px, which changes no digit's or object's class) and no flip (a mirrored digit is another
+    sign): on CIFAR-10 it turned longer training from overfitting into a gain
+    (benchmarks/README.md, "every default on CIFAR-10"); small images fine-tuning a given model
+    keep none, as measured before. Also the reason, when a default was taken (`size`: the
+    images', for the pad)."""
     crop_auto, flip_auto = augment.crop == "auto", augment.flip is None
-    crop = ("resized" if photos else "none") if crop_auto else augment.crop
+    small = "pad" if from_scratch else "none"
+    crop = ("resized" if photos else small) if crop_auto else augment.crop
     flip = photos if flip_auto else augment.flip
     resolved = replace(augment, crop=crop, flip=flip)
-    if not photos or not (crop_auto or flip_auto):
+    if not photos:
+        if not crop_auto or crop == "none":
+            return resolved, None
+        pad = augment.pad if augment.pad is not None else default_pad(size) if size else None
+        by = f" by up to {pad} px" if pad is not None else ""
+        return resolved, f"random shifts{by} (pad and crop; set --augment.crop none to turn off)"
+    if not (crop_auto or flip_auto):
         return resolved, None
     chosen = [f"crop {crop}" if crop_auto else "", "flip" if flip_auto and flip else ""]
     off = "--augment.crop none" if crop_auto else "--augment.flip false"

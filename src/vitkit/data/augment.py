@@ -25,9 +25,9 @@ from ..notices import check_ranges, is_number
 class AugmentConfig:
     """Which augmentations run; each is off when its value is 0 / False / "none"."""
 
-    # pad-and-crop, or random resized crop; "auto": resized for photos, else none (vitkit.plan)
+    # pad-and-crop, or random resized crop; "auto": resized for photos, else pad (vitkit.plan)
     crop: Literal["auto", "none", "pad", "resized"] = "auto"
-    pad: int = 1  # pixels of padding for crop="pad"
+    pad: int | None = None  # pixels of padding for crop="pad"; unset: default_pad of the image size
     scale_min: float = 0.35  # smallest area fraction for crop="resized"
     flip: bool | None = None  # horizontal flip; unset: on for photos, off for digits and small images
     randaugment: int = 0  # RandAugment operations per image (0: off)
@@ -46,9 +46,10 @@ class AugmentConfig:
 
     def validate(self) -> None:
         """Refuse augmentation settings outside their range, naming the option."""
-        def count(name: str, low: int) -> tuple:
+        def count(name: str, low: int, optional: bool = False) -> tuple:
             v = getattr(self, name)
-            return name, v, isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{low} or more"
+            ok = (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+            return name, v, ok, f"{low} or more"
 
         def real(name: str, ok, rule: str) -> tuple:
             v = getattr(self, name)
@@ -56,7 +57,7 @@ class AugmentConfig:
 
         m = self.randaugment_magnitude
         check_ranges("augment", [
-            count("pad", 0), count("randaugment", 0), count("randaugment_group", 1),
+            count("pad", 0, optional=True), count("randaugment", 0), count("randaugment_group", 1),
             ("randaugment_magnitude", m, isinstance(m, int) and 0 <= m <= 30, "0 to 30"),
             real("scale_min", lambda v: 0 < v <= 1, "in (0, 1]"),
             real("erasing", lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
@@ -77,6 +78,12 @@ def progressive_side(side: int, progress: float, until: float, scale: float, str
         return side
     grown = scale + (1.0 - scale) * max(progress, 0.0) / until
     return min(side, max(stride, int(grown * side) // stride * stride))
+
+
+def default_pad(size: tuple[int, int]) -> int:
+    """Padding for a pad-and-crop when none is given: an eighth of the shorter side, at least 1
+    (4 px at 32x32, the usual CIFAR shift; 3 at 28x28; 1 at 8x8)."""
+    return max(1, min(size) // 8)
 
 
 def random_crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -171,8 +178,9 @@ class BatchAugment:
         cfg = self.cfg
         if self.randaugment is not None:
             x = torch.cat([self.randaugment(g) for g in x.split(max(cfg.randaugment_group, 1))])
-        if cfg.crop == "pad" and cfg.pad > 0:
-            x = random_crop_pad(x, cfg.pad)
+        pad = default_pad(tuple(x.shape[-2:])) if cfg.pad is None else cfg.pad
+        if cfg.crop == "pad" and pad > 0:
+            x = random_crop_pad(x, pad)
         x = self.normalize(x)
         size = self.size_at(tuple(x.shape[-2:]), progress)
         if cfg.crop == "resized":

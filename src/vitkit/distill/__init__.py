@@ -205,7 +205,7 @@ def _lessons(teacher: str, load: LoadOptions, cfg: TrainConfig, opts: DistillOpt
 
 def _identity(aug: AugmentConfig) -> bool:
     """Whether the augmentation leaves every image as it is."""
-    no_crop = aug.crop == "none" or (aug.crop == "pad" and aug.pad == 0)
+    no_crop = aug.crop == "none" or (aug.crop == "pad" and aug.pad == 0)  # pad None: default_pad
     return no_crop and not (aug.flip or aug.randaugment or aug.erasing or aug.mixup or aug.cutmix)
 
 

@@ -72,7 +72,8 @@ def finetune(weights: str | Path, data: DataConfig, image_size: int | tuple[int,
     # a resumed run) plans its input as the source reads images
     data, geo = for_source(data, c, source.spec.mean, source.spec.std, image_size)
     geometry = ModelSpec(patch_size=geo.patch_size, stem=geo.stem, stem_stride=geo.stem_stride)
-    plan = plan_input(data, augment, geometry)  # the run's one plan: the data are read once, as it says
+    plan = plan_input(data, augment, geometry, from_scratch=False)  # the one plan: data read once, as it says
+    augment = replace(augment, crop=plan.augment.crop)  # stored settled: a resumed run plans the same
     survey = plan.survey
     require_labels(survey.classes, str(data.path or data.dataset), "fine-tuning")
     if mode != "full" and survey.multilabel:

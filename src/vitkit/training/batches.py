@@ -9,20 +9,31 @@ import torch
 
 from ..data.pipeline import Data, array_batches
 from .distributed import Dist
+from .planner import BUDGET_IMAGES
 
 # The default length of a run: 60 epochs (what the digits and photo defaults were measured
 # at), except that without a time budget a set of more than 4,000 training images trains for
-# about 240,000 images in all (at least 10 epochs): a larger set learns as much in fewer passes
-# (benchmarks/folder_default.py; benchmarks/README.md).
+# about 240,000 images in all (at least 10 epochs): a set of 8,000 learns as much in 30 passes
+# as in 60 (benchmarks/folder_default.py; benchmarks/README.md). A planned run (timed by
+# vitkit.training.planner) of a set larger than the planner's BUDGET_IMAGES, whose default
+# budget grows with it, trains instead as many epochs as that budget holds, at most 60: on
+# CIFAR-10's 50,000 images the rule's 10 epochs used 7 of 25 minutes for 73.4%; with small
+# images shifted by default the budget's 28 gave 79.2% (benchmarks/README.md, "every default
+# on CIFAR-10").
 DEFAULT_EPOCHS, DEFAULT_IMAGES, MIN_DEFAULT_EPOCHS = 60, 240_000, 10
 
 
-def default_epochs(requested: int | None, n_train: int, time_budget: float | None) -> tuple[int, str | None]:
-    """The epochs to train (`requested` when given) and a note when the default shortened them."""
+def default_epochs(requested: int | None, n_train: int, time_budget: float | None,
+                   planned: bool = False) -> tuple[int, str | None]:
+    """The epochs to train (`requested` when given) and a note when the default shortened them;
+    `planned`: the planner fits them into the budget (the most it may plan)."""
     if requested is not None:
         return requested, None
     if time_budget is not None or n_train * DEFAULT_EPOCHS <= DEFAULT_IMAGES:
         return DEFAULT_EPOCHS, None
+    if planned and n_train > BUDGET_IMAGES:
+        return DEFAULT_EPOCHS, (f"{n_train:,} training images: as many epochs as the default budget holds, "
+                                f"at most {DEFAULT_EPOCHS} (--run.epochs sets a number)")
     epochs = max(MIN_DEFAULT_EPOCHS, round(DEFAULT_IMAGES / n_train))
     return epochs, (f"{epochs} epochs: the default for {n_train:,} training images (about "
                     f"{DEFAULT_IMAGES:,} images in all; --run.epochs sets another number)")

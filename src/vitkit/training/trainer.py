@@ -189,11 +189,12 @@ class Trainer:
         cfg, n_train = self.cfg, len(self.data.train)
         self.batch_size, note = batch_size_for(cfg.run.batch_size, n_train, self.dist, cfg.optim.accumulate)
         self.log(*([note] if note else []))
-        self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget)
+        planned = cfg.run.epochs is None and self.data.in_memory and not (
+            resume or self.dist.enabled or self.compiled)
+        self.epochs, note = default_epochs(cfg.run.epochs, n_train, cfg.run.time_budget, planned)
         self.log(*([note] if note else []))
         self.steps_per_epoch = epoch_steps(self.data.train, self.batch_size, self.dist.world)
-        timed = self.data.in_memory and not (resume or self.dist.enabled or self.compiled)
-        if cfg.run.epochs is None and timed:
+        if planned:
             self.plan_length()
         self.total_steps = self.steps_per_epoch * self.epochs
 
